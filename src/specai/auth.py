@@ -1,0 +1,138 @@
+"""Passwords (argon2id, legacy spec-ai PBKDF2) and bearer tokens (JWT HS256). Pure: no HTTP, no files but the secret."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from specai.config import Settings
+from specai.errors import ConfigError, TokenError
+from specai.files import write_private
+
+ISSUER = "specai"
+ALGORITHM = "HS256"
+_LEGACY_ITERATIONS = 100_000
+_hasher = PasswordHasher()  # argon2id, RFC 9106 low-memory profile
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    """The verified claims of a bearer token."""
+
+    sub: str
+    iat: int
+    exp: int
+    jti: str
+
+
+def hash_password(password: str) -> str:
+    """Hash a password as an argon2id PHC string."""
+    return _hasher.hash(password)
+
+
+def verify_password(stored: str, password: str) -> bool:
+    """Check a password against an argon2 PHC hash or a legacy spec-ai PBKDF2 hash."""
+    if stored.startswith("$argon2"):
+        try:
+            return _hasher.verify(stored, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+    return _verify_legacy(stored, password)
+
+
+def needs_rehash(stored: str) -> bool:
+    """True when a stored hash is legacy or uses weaker argon2 parameters than today's."""
+    if not stored.startswith("$argon2"):
+        return True
+    try:
+        return _hasher.check_needs_rehash(stored)
+    except InvalidHashError:
+        return True
+
+
+def is_valid_hash(stored: str) -> bool:
+    """True when `stored` looks like a hash this module can verify."""
+    if stored.startswith("$argon2"):
+        parts = stored.split("$")
+        return len(parts) == 6
+    return _decode_legacy(stored) is not None
+
+
+def legacy_hash(password: str, salt: bytes | None = None) -> str:
+    """Make a spec-ai PBKDF2 hash (for tests and migration tooling; new users get argon2id)."""
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, _LEGACY_ITERATIONS, 32)
+    return base64.urlsafe_b64encode(salt + digest).rstrip(b"=").decode()
+
+
+def issue_token(secret: str, subject: str, expiry_secs: int, now: int | None = None) -> tuple[str, TokenClaims]:
+    """Sign a JWT for `subject` that expires `expiry_secs` from now."""
+    iat = int(time.time()) if now is None else now
+    claims = TokenClaims(sub=subject, iat=iat, exp=iat + expiry_secs, jti=uuid.uuid4().hex)
+    payload = {"sub": claims.sub, "iat": claims.iat, "exp": claims.exp, "jti": claims.jti, "iss": ISSUER}
+    return jwt.encode(payload, secret, algorithm=ALGORITHM), claims
+
+
+def decode_token(secret: str, token: str) -> TokenClaims:
+    """Verify signature, issuer and expiry; raise TokenError otherwise."""
+    try:
+        payload = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            issuer=ISSUER,
+            options={"require": ["sub", "iat", "exp", "jti", "iss"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError("token expired; run `specai login` again") from None
+    except jwt.PyJWTError:
+        raise TokenError("invalid token") from None
+    return TokenClaims(sub=payload["sub"], iat=payload["iat"], exp=payload["exp"], jti=payload["jti"])
+
+
+def load_token_secret(settings: Settings) -> str:
+    """The signing secret: `[auth] token_secret`, else `$SPECAI_HOME/token_secret`, generated once (0600)."""
+    if settings.auth.token_secret:
+        if len(settings.auth.token_secret.encode()) < 32:
+            raise ConfigError("[auth] token_secret must be at least 32 bytes long")
+        return settings.auth.token_secret
+    path = settings.home / "token_secret"
+    try:
+        secret = path.read_text().strip()
+    except FileNotFoundError:
+        secret = secrets.token_urlsafe(64)
+        write_private(path, (secret + "\n").encode())
+        return secret
+    except OSError as exc:
+        raise ConfigError(f"cannot read token secret {path}: {exc.strerror}") from None
+    if len(secret) < 32:
+        raise ConfigError(f"token secret {path} is shorter than 32 characters; delete it to generate a new one")
+    return secret
+
+
+def _decode_legacy(stored: str) -> tuple[bytes, bytes] | None:
+    try:
+        raw = base64.urlsafe_b64decode(stored + "=" * (-len(stored) % 4))
+    except (ValueError, TypeError):
+        return None
+    if len(raw) != 48:
+        return None
+    return raw[:16], raw[16:]
+
+
+def _verify_legacy(stored: str, password: str) -> bool:
+    decoded = _decode_legacy(stored)
+    if decoded is None:
+        return False
+    salt, expected = decoded
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, _LEGACY_ITERATIONS, 32)
+    return hmac.compare_digest(digest, expected)

@@ -1,0 +1,143 @@
+"""Error hierarchy shared by the core, the server and the CLI; each error carries a stable `code`."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class SpecaiError(Exception):
+    """Superclass of all specai errors. Never raised directly."""
+
+    code: ClassVar[str] = "error"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class ConfigError(SpecaiError):
+    """The configuration file or an override is invalid."""
+
+    code = "config_error"
+    status = 500
+
+
+class InvalidRequestError(SpecaiError):
+    """The request is malformed or semantically invalid."""
+
+    code = "invalid_request"
+    status = 400
+
+
+class NotFoundError(SpecaiError):
+    """The named thing does not exist."""
+
+    code = "not_found"
+    status = 404
+
+
+class ConflictError(SpecaiError):
+    """The thing already exists or changed underneath the caller."""
+
+    code = "conflict"
+    status = 409
+
+
+class AuthError(SpecaiError):
+    """Authentication failed."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class InvalidCredentialsError(AuthError):
+    """Username or password is wrong."""
+
+    code = "invalid_credentials"
+
+
+class TokenError(AuthError):
+    """A bearer token is missing, malformed, tampered with or expired."""
+
+    code = "unauthorized"
+
+
+class ThrottledError(SpecaiError):
+    """Too many failed attempts; retry after `retry_after` seconds."""
+
+    code = "too_many_attempts"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, details={"retry_after": retry_after})
+        self.retry_after = retry_after
+
+
+class AuthDisabledError(SpecaiError):
+    """Authentication is switched off on this server."""
+
+    code = "auth_disabled"
+    status = 503
+
+
+class CredentialsError(SpecaiError):
+    """The credentials file is missing, unreadable or malformed."""
+
+    code = "credentials_error"
+    status = 500
+
+
+class TlsError(SpecaiError):
+    """A certificate or key is missing, unreadable or mismatched."""
+
+    code = "tls_error"
+    status = 500
+
+
+class TrustError(SpecaiError):
+    """The server's certificate is not pinned, or differs from the pin."""
+
+    code = "untrusted_server"
+    status = 495
+
+    def __init__(self, message: str, *, fingerprint: str | None = None) -> None:
+        super().__init__(message, details={"fingerprint": fingerprint} if fingerprint else None)
+        self.fingerprint = fingerprint
+
+
+class ConnectionFailedError(SpecaiError):
+    """The server could not be reached."""
+
+    code = "connection_failed"
+    status = 502
+
+
+class AgentNotFoundError(NotFoundError):
+    """No agent profile has that name."""
+
+    code = "agent_not_found"
+
+
+class ProviderUnavailableError(SpecaiError):
+    """The agent's model provider cannot serve requests."""
+
+    code = "provider_unavailable"
+    status = 503
+
+
+class ExecutionError(SpecaiError):
+    """The agent failed while producing its answer."""
+
+    code = "execution_error"
+    status = 500
+
+
+class RemoteError(SpecaiError):
+    """The server answered with an error body."""
+
+    def __init__(self, message: str, *, status: int, code: str, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.http_status = status
+        self.remote_code = code

@@ -1,0 +1,80 @@
+"""`create_app(settings)`: the only place routes, auth, errors, CORS and OpenAPI are assembled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.security.jwt import JWTAuth, Token
+
+from specai import __version__, auth
+from specai.config import Settings
+from specai.errors import CredentialsError
+from specai.server.errors import EXCEPTION_HANDLERS
+from specai.server.routes import agents, health
+from specai.server.routes import auth as auth_routes
+from specai.server.state import ServerState
+from specai.tls import CertInfo
+from specai.users import UserDirectory
+
+ROUTES = [
+    health.health,
+    health.cert,
+    auth_routes.create_token,
+    auth_routes.hash_password,
+    agents.list_agents,
+    agents.query,
+    agents.stream,
+]
+
+
+def create_app(settings: Settings, cert: CertInfo, *, token_secret: str | None = None) -> Litestar:
+    """Build the Litestar app for `settings`, serving `cert`; fails closed when auth is on but unusable."""
+    users = None
+    if settings.auth.enabled:
+        users = UserDirectory(settings.credentials_file)
+        if not len(users):
+            raise CredentialsError(
+                f"auth is enabled but {settings.credentials_file} has no users; "
+                "add one with `specai auth add-user`"
+            )
+    secret = token_secret or auth.load_token_secret(settings)
+    state = ServerState.build(settings, cert, secret, users)
+    middleware: list[Any] = []
+    on_app_init = []
+    if users is not None:
+        on_app_init.append(_jwt_auth(state, users).on_app_init)
+    cors = None
+    if settings.server.enable_cors:
+        cors = CORSConfig(allow_origins=list(settings.server.cors_origins) or ["*"], allow_credentials=False)
+    app = Litestar(
+        route_handlers=ROUTES,
+        dependencies={"server": Provide(lambda: state, sync_to_thread=False, use_cache=True)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=middleware,
+        on_app_init=on_app_init,
+        cors_config=cors,
+        request_max_body_size=settings.server.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="specai", version=__version__, path="/schema"),
+        debug=False,
+    )
+    app.state.specai = state
+    return app
+
+
+def _jwt_auth(state: ServerState, users: UserDirectory) -> JWTAuth[str, Token]:
+    async def retrieve_user(token: Token, _: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+        return token.sub if users.exists(token.sub) else None
+
+    return JWTAuth[str, Token](
+        retrieve_user_handler=retrieve_user,
+        token_secret=state.token_secret,
+        algorithm=auth.ALGORITHM,
+        accepted_issuers=[auth.ISSUER],
+        require_claims=["sub", "iat", "exp", "jti"],
+        exclude=["^/schema(/|$)"],
+    )

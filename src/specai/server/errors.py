@@ -1,0 +1,74 @@
+"""Translate every exception into the one JSON error shape `{"error", "code", "details"?}`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from specai.errors import SpecaiError, ThrottledError
+
+log = logging.getLogger("specai.server")
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+def error_response(status: int, message: str, code: str, details: Any = None, headers: dict[str, str] | None = None) -> Response[dict[str, Any]]:
+    """Build the canonical error response."""
+    body: dict[str, Any] = {"error": message, "code": code}
+    if details is not None:
+        body["details"] = details
+    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def handle_specai_error(_: Request[Any, Any, Any], exc: SpecaiError) -> Response[dict[str, Any]]:
+    """Domain errors carry their own status and code."""
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ThrottledError) else None
+    return error_response(exc.status, exc.message, exc.code, exc.details, headers)
+
+
+def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    """Litestar's own errors (validation, routing, body size, auth middleware) in our shape."""
+    status = exc.status_code
+    code = _HTTP_CODES.get(status, "internal_error" if status >= 500 else "http_error")
+    details = exc.extra if isinstance(exc, ValidationException) and exc.extra else None
+    message = exc.detail
+    if status == 401:
+        message = _auth_message(exc.detail)
+    elif status == 413:
+        message = "request body too large"
+    return error_response(status, message, code, details, exc.headers)
+
+
+def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """A bug: log it with its traceback, answer with a generic 500."""
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal server error", "internal_error")
+
+
+def _auth_message(detail: str) -> str:
+    lowered = detail.lower()
+    if "no jwt token" in lowered or "no auth" in lowered:
+        return "missing bearer token: send 'Authorization: Bearer <token>' (get one with `specai login`)"
+    if "expired" in lowered:
+        return "token expired; run `specai login` again"
+    return "invalid or expired token; run `specai login` again"
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    SpecaiError: handle_specai_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

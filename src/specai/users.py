@@ -1,0 +1,196 @@
+"""Users in the credentials file (`[{"username", "password_hash"}]`): read, add, change, remove, authenticate."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from specai import auth
+from specai.errors import ConflictError, CredentialsError, InvalidRequestError, NotFoundError
+from specai.files import ensure_private_dir, write_private_json
+
+_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class User:
+    """One entry of the credentials file."""
+
+    username: str
+    password_hash: str
+
+    @property
+    def scheme(self) -> str:
+        """`argon2id` for new hashes, `pbkdf2-legacy` for the original's format."""
+        return "argon2id" if self.password_hash.startswith("$argon2id") else (
+            "argon2" if self.password_hash.startswith("$argon2") else "pbkdf2-legacy"
+        )
+
+
+def check_username(username: str) -> str:
+    """Return the username when it is acceptable, else raise InvalidRequestError."""
+    if not _USERNAME.match(username):
+        raise InvalidRequestError(
+            f"invalid username {username!r}: use 1-64 letters, digits or . _ @ + - (starting with a letter or digit)"
+        )
+    return username
+
+
+def check_password(password: str) -> str:
+    """Refuse empty passwords."""
+    if not password:
+        raise InvalidRequestError("the password must not be empty")
+    return password
+
+
+def load_users(path: Path) -> list[User]:
+    """Read and validate the credentials file; any problem is a CredentialsError naming the file."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise CredentialsError(
+            f"credentials file {path} does not exist; create a user with `specai auth add-user`"
+        ) from None
+    except OSError as exc:
+        raise CredentialsError(f"cannot read credentials file {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CredentialsError(f"credentials file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise CredentialsError(f"credentials file {path} must hold a JSON list of {{username, password_hash}}")
+    users: list[User] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(data):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("username"), str)
+            or not isinstance(entry.get("password_hash"), str)
+        ):
+            raise CredentialsError(f"credentials file {path}: entry {index} needs string 'username' and 'password_hash'")
+        if not auth.is_valid_hash(entry["password_hash"]):
+            raise CredentialsError(f"credentials file {path}: user '{entry['username']}' has an unrecognised hash")
+        if entry["username"] in seen:
+            raise CredentialsError(f"credentials file {path}: user '{entry['username']}' appears twice")
+        seen.add(entry["username"])
+        users.append(User(entry["username"], entry["password_hash"]))
+    return users
+
+
+def add_user(path: Path, username: str, password: str) -> User:
+    """Add a user with an argon2id hash; refuse an existing name."""
+    check_username(username)
+    check_password(password)
+    with _locked(path):
+        users = load_users(path) if path.exists() else []
+        if any(user.username == username for user in users):
+            raise ConflictError(
+                f"user '{username}' already exists in {path}; use `specai auth passwd {username}` to change the password"
+            )
+        user = User(username, auth.hash_password(password))
+        _save(path, [*users, user])
+    return user
+
+
+def set_password(path: Path, username: str, password: str) -> User:
+    """Replace a user's password hash."""
+    check_password(password)
+    return replace_hash(path, username, auth.hash_password(password))
+
+
+def replace_hash(path: Path, username: str, password_hash: str, *, expected: str | None = None) -> User:
+    """Store a new hash for `username`; with `expected`, only if the stored hash is still that one."""
+    with _locked(path):
+        users = load_users(path)
+        found = next((user for user in users if user.username == username), None)
+        if found is None:
+            raise NotFoundError(f"no user '{username}' in {path}; see `specai auth list-users`")
+        if expected is not None and found.password_hash != expected:
+            return found
+        updated = User(username, password_hash)
+        _save(path, [updated if user.username == username else user for user in users])
+    return updated
+
+
+def remove_user(path: Path, username: str) -> None:
+    """Delete a user."""
+    with _locked(path):
+        users = load_users(path)
+        remaining = [user for user in users if user.username != username]
+        if len(remaining) == len(users):
+            raise NotFoundError(f"no user '{username}' in {path}; see `specai auth list-users`")
+        _save(path, remaining)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return auth.hash_password("specai-timing-equaliser")
+
+
+def _save(path: Path, users: list[User]) -> None:
+    write_private_json(path, [{"username": u.username, "password_hash": u.password_hash} for u in users])
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise read-modify-write of the credentials file across processes."""
+    ensure_private_dir(path.parent)
+    lock_path = path.with_name(f".{path.name}.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class UserDirectory:
+    """The server's view of the credentials file: loaded at start, re-read when the file changes on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._users: dict[str, User] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Reload when the file changed; a broken file keeps the last good users (and raises to the caller)."""
+        stat = self.path.stat() if self.path.exists() else None
+        stamp = (stat.st_mtime_ns, stat.st_size) if stat else None
+        if stamp is not None and stamp == self._stamp:
+            return
+        users = load_users(self.path)
+        self._users = {user.username: user for user in users}
+        self._stamp = stamp
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def exists(self, username: str) -> bool:
+        """True when the user is (still) in the credentials file."""
+        with contextlib.suppress(CredentialsError, OSError):
+            self.refresh()
+        return username in self._users
+
+    def authenticate(self, username: str, password: str) -> bool:
+        """Verify a password (slow: run it in a thread); upgrade legacy or weak hashes on success."""
+        with contextlib.suppress(CredentialsError, OSError):
+            self.refresh()
+        user = self._users.get(username)
+        if user is None:
+            auth.verify_password(_dummy_hash(), password)  # same cost as a real check
+            return False
+        if not auth.verify_password(user.password_hash, password):
+            return False
+        if auth.needs_rehash(user.password_hash):
+            with contextlib.suppress(CredentialsError, NotFoundError, OSError):
+                replace_hash(self.path, username, auth.hash_password(password), expected=user.password_hash)
+        return True
