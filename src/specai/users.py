@@ -84,6 +84,14 @@ def load_users(path: Path) -> list[User]:
     return users
 
 
+def get_user(path: Path, username: str) -> User:
+    """The named user, or NotFoundError with a hint."""
+    for user in load_users(path):
+        if user.username == username:
+            return user
+    raise NotFoundError(f"no user '{username}' in {path}; see `specai auth list-users`")
+
+
 def add_user(path: Path, username: str, password: str) -> User:
     """Add a user with an argon2id hash; refuse an existing name."""
     check_username(username)

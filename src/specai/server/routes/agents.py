@@ -1,6 +1,7 @@
 """List agents and query them, whole (`/query`) or streamed as server-sent events (`/stream`)."""
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -100,6 +101,8 @@ async def until_stopped(events: AsyncIterator[AgentEvent], stopping: asyncio.Eve
                     return
             else:
                 step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
                 yield AgentEvent("error", {"message": "server is shutting down", "code": "shutting_down"})
                 return
     finally:

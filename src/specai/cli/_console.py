@@ -1,0 +1,104 @@
+"""The CLI's output and failure conventions: one Rich console pair, named exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from specai.errors import (
+    AuthError,
+    ConfigError,
+    RemoteError,
+    SpecaiError,
+    TrustError,
+)
+
+OK = 0
+ERROR = 1
+USAGE = 2
+STARTUP_FAILURE = 3
+AUTH_FAILURE = 4
+UNTRUSTED_SERVER = 5
+
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fail(message: str, code: int = ERROR) -> NoReturn:
+    """Print one line to stderr and exit with `code`."""
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """Print a warning line to stderr."""
+    err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+
+
+def exit_code_for(exc: SpecaiError) -> int:
+    """Map an error to the documented exit code."""
+    if isinstance(exc, TrustError):
+        return UNTRUSTED_SERVER
+    if isinstance(exc, AuthError) or (isinstance(exc, RemoteError) and exc.http_status == 401):
+        return AUTH_FAILURE
+    return ERROR
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn SpecaiError into one stderr line and its exit code; Ctrl-C into exit 130."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except SpecaiError as exc:
+            fail(_escape(exc.message), exit_code_for(exc))
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def print_json(value: Any) -> None:
+    """Machine output: JSON on stdout, nothing else."""
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def print_warnings(warnings: tuple[str, ...]) -> None:
+    """Show config or certificate warnings."""
+    for message in warnings:
+        warn(_escape(message))
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+__all__ = [
+    "AUTH_FAILURE",
+    "ERROR",
+    "OK",
+    "STARTUP_FAILURE",
+    "UNTRUSTED_SERVER",
+    "USAGE",
+    "ConfigError",
+    "err",
+    "exit_code_for",
+    "fail",
+    "handle_errors",
+    "out",
+    "print_json",
+    "print_warnings",
+    "warn",
+]

@@ -1,0 +1,162 @@
+"""Commands that talk to a running server: login, logout, health, agents, query."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from specai.cli import _prompt
+from specai.cli._client import DEFAULT_SERVER, FingerprintOption, JsonOption, ServerOption, open_client
+from specai.cli._console import USAGE, err, fail, handle_errors, out, print_json
+from specai.config import home_dir
+from specai.errors import ExecutionError
+from specai.trust import LastSessions, SavedTokens, parse_server
+
+
+@handle_errors
+def login(
+    server: ServerOption = DEFAULT_SERVER,
+    username: Annotated[Optional[str], typer.Option("--username", "-u", help="User to log in as (asked when missing).")] = None,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")] = False,
+    fingerprint: FingerprintOption = None,
+) -> None:
+    """Pin the server's certificate, exchange a password for a token, and save it (0600).
+
+    The certificate is checked before the password is sent.
+
+    Examples:
+
+      specai login --server https://127.0.0.1:3000 --username alice
+
+      printf 'pw\\n' | specai login -s https://host:3000 -u alice --password-stdin --fingerprint AA:BB:...
+    """
+    with open_client(server, fingerprint, use_saved_token=False) as client:
+        name = username or _prompt.ask_username()
+        password = _prompt.read_password_stdin() if password_stdin else _prompt.ask_password()
+        body = client.login(name, password)
+    origin = client.server.origin
+    expires_at = int(time.time()) + int(body["expires_in"])
+    SavedTokens(home_dir()).set(origin, {"token": body["token"], "username": name, "expires_at": expires_at})
+    until = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires_at))
+    out.print(f"logged in to {origin} as {name} (token valid until {until})")
+
+
+@handle_errors
+def logout(server: ServerOption = DEFAULT_SERVER) -> None:
+    """Forget the saved token for a server (the pin stays).
+
+    Example:
+
+      specai logout --server https://127.0.0.1:3000
+    """
+    origin = parse_server(server).origin
+    if SavedTokens(home_dir()).remove(origin):
+        out.print(f"logged out of {origin}")
+    else:
+        out.print(f"not logged in to {origin}")
+
+
+@handle_errors
+def health(server: ServerOption = DEFAULT_SERVER, fingerprint: FingerprintOption = None, json_output: JsonOption = False) -> None:
+    """Check that a server is up.
+
+    Example:
+
+      specai health --json
+    """
+    with open_client(server, fingerprint) as client:
+        body = client.health()
+    if json_output:
+        print_json(body)
+        return
+    out.print(
+        f"{client.server.origin}: {body['status']} (version {body['version']}, up {body['uptime_seconds']} s, "
+        f"{body['active_sessions']} sessions)"
+    )
+
+
+@handle_errors
+def agents(server: ServerOption = DEFAULT_SERVER, fingerprint: FingerprintOption = None, json_output: JsonOption = False) -> None:
+    """List the agents a server offers.
+
+    Example:
+
+      specai agents --server https://127.0.0.1:3000
+    """
+    with open_client(server, fingerprint) as client:
+        body = client.agents()
+    if json_output:
+        print_json(body)
+        return
+    table = Table("agent", "provider", "model", "available", "description")
+    for agent in body["agents"]:
+        name = agent["id"] + (" (default)" if agent.get("default") else "")
+        available = "yes" if agent.get("available", True) else f"no: {agent.get('unavailable_reason', '')}"
+        table.add_row(name, agent.get("provider", ""), agent.get("model", ""), available, agent.get("description", ""))
+    out.print(table)
+
+
+@handle_errors
+def query(
+    message: Annotated[str, typer.Argument(help="What to ask the agent.")],
+    server: ServerOption = DEFAULT_SERVER,
+    agent: Annotated[Optional[str], typer.Option("--agent", "-a", help="Agent id (default: the server's default agent).")] = None,
+    session: Annotated[Optional[str], typer.Option("--session", help="Session id to continue.")] = None,
+    continue_: Annotated[bool, typer.Option("--continue", help="Continue the last session used with this server.")] = False,
+    no_stream: Annotated[bool, typer.Option("--no-stream", help="Wait for the whole answer (POST /query).")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the QueryResponse JSON (implies --no-stream).")] = False,
+    fingerprint: FingerprintOption = None,
+) -> None:
+    """Ask an agent; the answer streams to the terminal as it is produced.
+
+    Examples:
+
+      specai query "hello"
+
+      specai query "and then?" --continue
+
+      specai query "summarise" --agent writer --no-stream --json
+    """
+    if session and continue_:
+        fail("--session and --continue are alternatives: give one", USAGE)
+    origin = parse_server(server).origin
+    last = LastSessions(home_dir())
+    if continue_:
+        session = last.get(origin)
+        if not session:
+            fail(f"no earlier session with {origin}; run a query first", USAGE)
+    with open_client(server, fingerprint) as client:
+        if json_output or no_stream:
+            body = client.query(message, agent=agent, session_id=session)
+            last.set(origin, body["session_id"])
+            if json_output:
+                print_json(body)
+            else:
+                out.print(body["response"], markup=False)
+                err.print(f"session {body['session_id']} (continue with --continue)", style="dim")
+            return
+        _stream(client.stream(message, agent=agent, session_id=session), last, origin)
+
+
+def _stream(events: object, last: LastSessions, origin: str) -> None:
+    session_id = None
+    for event in events:  # type: ignore[attr-defined]
+        kind = event.get("type")
+        if kind == "start":
+            session_id = event["session_id"]
+            last.set(origin, session_id)
+        elif kind == "chunk":
+            sys.stdout.write(event["text"])
+            sys.stdout.flush()
+        elif kind == "error":
+            sys.stdout.write("\n")
+            raise ExecutionError(event.get("message", "the agent failed"))
+        elif kind == "end":
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    if session_id:
+        err.print(f"session {session_id} (continue with --continue)", style="dim")

@@ -1,0 +1,142 @@
+"""`specai server`: check everything, then serve agents over TLS until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import socket
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from specai.cli import _settings
+from specai.cli._console import STARTUP_FAILURE, err, fail, out, print_warnings
+from specai.config import Settings
+from specai.errors import ConfigError, CredentialsError, SpecaiError, TlsError
+from specai.tls import ensure_server_cert, read_cert
+
+
+def server(
+    ctx: typer.Context,
+    host: Annotated[Optional[str], typer.Option(help="Address to bind [default: [server] host, 127.0.0.1].")] = None,
+    port: Annotated[
+        Optional[int], typer.Option(min=1, max=65535, help="Port to bind [default: [server] port, 3000].")
+    ] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config file to use.")] = None,
+    cert: Annotated[Optional[Path], typer.Option(help="PEM certificate to serve instead of the generated one.")] = None,
+    key: Annotated[Optional[Path], typer.Option(help="PEM private key for --cert (PKCS#1, PKCS#8 or EC).")] = None,
+    san: Annotated[
+        Optional[list[str]], typer.Option(help="Extra DNS name or IP for a generated certificate (repeatable).")
+    ] = None,
+    allow_unauthenticated: Annotated[
+        bool, typer.Option(help="Allow a non-loopback --host while auth is disabled (anyone on the network can query).")
+    ] = False,
+    join: Annotated[Optional[str], typer.Option(help="Join a mesh registry at URL (mesh support arrives later).")] = None,
+    join_fingerprint: Annotated[Optional[str], typer.Option(help="Pinned fingerprint of the --join registry.")] = None,
+) -> None:
+    """Serve agents over HTTPS (TLS is always on).
+
+    On first start a self-signed certificate is created in $SPECAI_HOME/tls and reused afterwards, so
+    clients can pin its fingerprint. With [auth] enabled = true every route but /health, /cert and
+    /auth/token needs a bearer token.
+
+    Examples:
+
+      specai server
+
+      specai server --host 0.0.0.0 --port 8443 --san myhost.lan
+
+      specai server --cert /etc/ssl/me.pem --key /etc/ssl/me.key
+    """
+    settings = _settings.load(ctx, config)
+    if join or join_fingerprint:
+        fail("--join is not supported yet: the mesh arrives in a later release", STARTUP_FAILURE)
+    settings = _apply_flags(settings, host, port, cert, key, tuple(san or ()))
+    run_server(settings, allow_unauthenticated)
+
+
+def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
+    """Check, prepare and serve; every failure before serving exits 3 with one line."""
+    from specai.server.app import create_app
+    from specai.server.run import serve
+
+    host, port = settings.server.host, settings.server.port
+    if not settings.auth.enabled and not _is_loopback(host) and not allow_unauthenticated:
+        fail(
+            f"refusing to serve {host} with auth disabled: anyone who can reach it could use your agents. "
+            "Enable [auth] (see `specai auth add-user`) or pass --allow-unauthenticated",
+            STARTUP_FAILURE,
+        )
+    try:
+        paths = ensure_server_cert(settings)
+        info = read_cert(paths.cert)
+        print_warnings(paths.warnings)
+        _check_port_free(host, port)
+        app = create_app(settings, info)
+    except (TlsError, CredentialsError, ConfigError) as exc:
+        fail(_escape(exc.message), STARTUP_FAILURE)
+    if paths.generated:
+        err.print(f"created a self-signed certificate in {paths.cert.parent}")
+    if not settings.auth.enabled:
+        err.print("[yellow]auth is disabled[/]: every client that reaches this port can query agents")
+
+    def ready(url: str) -> None:
+        out.print(f"specai server listening on [bold]{url}[/] fingerprint {info.fingerprint}")
+
+    try:
+        serve(app, host, port, paths, ready)
+    except SpecaiError as exc:
+        fail(_escape(exc.message), STARTUP_FAILURE)
+    except KeyboardInterrupt:
+        pass
+    err.print("specai server stopped")
+
+
+def _apply_flags(
+    settings: Settings,
+    host: str | None,
+    port: int | None,
+    cert: Path | None,
+    key: Path | None,
+    san: tuple[str, ...],
+) -> Settings:
+    changes: dict[str, object] = {}
+    if host is not None:
+        changes["host"] = host
+    if port is not None:
+        changes["port"] = port
+    if cert is not None or key is not None:
+        if cert is None or key is None:
+            fail("--cert and --key go together: give both", STARTUP_FAILURE)
+        changes["tls_cert_path"] = cert.expanduser()
+        changes["tls_key_path"] = key.expanduser()
+    if san:
+        changes["tls_san"] = (*settings.server.tls_san, *san)
+    return dataclasses.replace(settings, server=dataclasses.replace(settings.server, **changes))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise TlsError(f"port {port} on {host} is already in use; choose another with --port") from None
+            raise TlsError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")

@@ -1,0 +1,169 @@
+"""Run the app under granian (embedded, in this process) over TLS; the only module that imports granian."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from granian.constants import Interfaces, SSLProtocols
+from granian.log import LogLevels
+from granian.server.embed import Server
+from litestar import Litestar
+
+from specai.errors import SpecaiError
+from specai.server.state import ServerState
+from specai.tls import CertPaths
+
+GRACE_SECONDS = 2.0  # in-flight requests get this long to finish after SIGINT/SIGTERM
+HARD_EXIT_SECONDS = 4.5  # after this the process exits whatever is still running
+READY_TIMEOUT = 15.0
+
+
+class StartupError(SpecaiError):
+    """The server could not start listening."""
+
+    code = "startup_failed"
+
+
+class _RequestTracker:
+    """ASGI wrapper that knows the in-flight request tasks so shutdown can cancel stragglers cleanly."""
+
+    def __init__(self, app: Litestar) -> None:
+        self.app = app
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.closing = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        started = False
+
+        async def tracked_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except asyncio.CancelledError:
+            if not self.closing:
+                raise
+            if not started:
+                with contextlib.suppress(Exception):
+                    await _send_shutdown_error(send)
+        finally:
+            self.tasks.discard(task)
+
+    def cancel_all(self) -> None:
+        self.closing = True
+        for task in list(self.tasks):
+            task.cancel()
+
+
+async def _send_shutdown_error(send: Any) -> None:
+    body = b'{"error":"server is shutting down","code":"shutting_down"}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _QuietEmbedWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "experimental" not in record.getMessage()
+
+
+def serve(app: Litestar, host: str, port: int, cert: CertPaths, on_ready: Callable[[str], None]) -> None:
+    """Serve until SIGINT/SIGTERM; call `on_ready(url)` once `/health` answers over TLS."""
+    asyncio.run(_serve(app, host, port, cert, on_ready))
+
+
+async def _serve(app: Litestar, host: str, port: int, cert: CertPaths, on_ready: Callable[[str], None]) -> None:
+    state: ServerState = app.state.specai
+    tracker = _RequestTracker(app)
+    server = Server(
+        tracker,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        ssl_cert=Path(cert.cert),
+        ssl_key=Path(cert.key),
+        ssl_protocol_min=SSLProtocols.tls12,
+        log_level=LogLevels.warning,
+        backlog=1024,
+    )
+    logging.getLogger("_granian").addFilter(_QuietEmbedWarning())
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    loop = asyncio.get_running_loop()
+    stopping = False
+
+    def request_stop() -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        state.stopping.set()  # open streams finish with a final event
+        watchdog = threading.Timer(HARD_EXIT_SECONDS, os._exit, args=(0,))
+        watchdog.daemon = True
+        watchdog.start()
+        loop.call_later(GRACE_SECONDS, tracker.cancel_all)
+        loop.call_later(0.2, server.stop)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, request_stop)
+    serving = asyncio.ensure_future(server.serve())
+    url = _url(host, port)
+    try:
+        await _wait_ready(url, cert, serving)
+    except BaseException:
+        if not serving.done():
+            server.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(serving, 3)
+        raise
+    on_ready(url)
+    try:
+        await serving
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        pass  # granian gave up on a worker that would not stop; we are exiting anyway
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    return f"https://[{shown}]:{port}" if ":" in shown else f"https://{shown}:{port}"
+
+
+async def _wait_ready(url: str, cert: CertPaths, serving: asyncio.Future[Any]) -> None:
+    ctx = ssl.create_default_context(cafile=str(cert.cert))
+    ctx.check_hostname = False
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    deadline = asyncio.get_running_loop().time() + READY_TIMEOUT
+    async with httpx.AsyncClient(verify=ctx, timeout=2.0) as client:
+        while True:
+            if serving.done():
+                exc = serving.exception()
+                raise StartupError(f"the server stopped during start-up: {exc or 'no reason given'}")
+            try:
+                response = await client.get(f"{url}/health")
+                if response.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise StartupError(f"the server did not answer on {url}/health within {READY_TIMEOUT:.0f} s")
+            await asyncio.sleep(0.05)

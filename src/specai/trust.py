@@ -1,0 +1,130 @@
+"""Client-side trust: pinned server fingerprints (known_servers.json), saved tokens and last sessions (0600)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from specai.errors import InvalidRequestError, TrustError
+from specai.files import read_json, write_private_json
+from specai.tls import normalize_fingerprint
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """A normalised https server address."""
+
+    host: str
+    port: int
+
+    @property
+    def origin(self) -> str:
+        """`https://host:port`, the key under which pins and tokens are stored."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+
+def parse_server(url: str) -> ServerAddress:
+    """Parse `https://host[:port]` (scheme optional); plain http is refused."""
+    text = url.strip()
+    if "://" not in text:
+        text = "https://" + text
+    parts = urlsplit(text)
+    if parts.scheme != "https":
+        raise InvalidRequestError(f"specai servers speak HTTPS only; use https:// instead of {parts.scheme}://")
+    if not parts.hostname:
+        raise InvalidRequestError(f"'{url}' is not a server URL (expected https://HOST:PORT)")
+    try:
+        port = parts.port or 3000
+    except ValueError:
+        raise InvalidRequestError(f"'{url}' has an invalid port") from None
+    return ServerAddress(parts.hostname.lower(), port)
+
+
+class _JsonMap:
+    """A small JSON object file keyed by server origin, rewritten atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, Any]:
+        data = read_json(self.path, {})
+        return data if isinstance(data, dict) else {}
+
+    def get(self, origin: str) -> Any:
+        return self._read().get(origin)
+
+    def set(self, origin: str, value: Any) -> None:
+        data = self._read()
+        data[origin] = value
+        write_private_json(self.path, data)
+
+    def remove(self, origin: str) -> bool:
+        data = self._read()
+        if data.pop(origin, None) is None:
+            return False
+        write_private_json(self.path, data)
+        return True
+
+
+class KnownServers(_JsonMap):
+    """Pinned fingerprints, like ssh's known_hosts."""
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(home / "known_servers.json")
+
+
+class SavedTokens(_JsonMap):
+    """Bearer tokens from `specai login`, per server."""
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(home / "tokens.json")
+
+
+class LastSessions(_JsonMap):
+    """The last session id used with each server, for `specai query --continue`."""
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(home / "last_sessions.json")
+
+
+def verify_identity(
+    server: ServerAddress,
+    presented: str,
+    known: KnownServers,
+    *,
+    expected: str | None = None,
+    confirm: Callable[[str, str], bool] | None = None,
+) -> None:
+    """Decide whether to trust the `presented` fingerprint; pin it when the user vouched for it."""
+    pinned = known.get(server.origin)
+    if expected is not None:
+        wanted = normalize_fingerprint(expected)
+        if presented != wanted:
+            raise TrustError(
+                f"{server.origin} presented fingerprint {presented}, not the expected {wanted}; refusing to connect",
+                fingerprint=presented,
+            )
+        if pinned != presented:
+            known.set(server.origin, presented)
+        return
+    if pinned is not None:
+        if pinned != presented:
+            raise TrustError(
+                f"the certificate of {server.origin} CHANGED: pinned {pinned}, presented {presented}. "
+                "This may be an attack. If the server really has a new certificate, check its fingerprint with "
+                f"`specai cert fingerprint` on the server and pass --fingerprint {presented}",
+                fingerprint=presented,
+            )
+        return
+    if confirm is not None and confirm(server.origin, presented):
+        known.set(server.origin, presented)
+        return
+    raise TrustError(
+        f"{server.origin} is not a known server; its certificate fingerprint is {presented}. "
+        f"Check it (`specai cert fingerprint` on the server) and pass --fingerprint {presented}",
+        fingerprint=presented,
+    )
