@@ -6,6 +6,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar import post, get
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
@@ -16,7 +18,7 @@ from specai.server.state import ServerState
 
 
 @get("/agents", operation_id="ListAgents", tags=["agents"], sync_to_thread=False)
-def list_agents(server: ServerState) -> AgentListOut:
+def list_agents(server: NamedDependency[ServerState]) -> AgentListOut:
     """Every configured agent, sorted by id, with its provider, model and availability."""
     runtime = server.runtime
     return AgentListOut(
@@ -38,7 +40,7 @@ def list_agents(server: ServerState) -> AgentListOut:
 
 
 @post("/query", operation_id="Query", tags=["agents"], status_code=200)
-async def query(data: QueryIn, server: ServerState) -> QueryOut:
+async def query(data: JSONBody[QueryIn], server: NamedDependency[ServerState]) -> QueryOut:
     """Run a query to completion and return the whole answer."""
     if data.stream:
         raise InvalidRequestError("streaming is not supported on /query; use POST /stream")
@@ -61,7 +63,7 @@ async def query(data: QueryIn, server: ServerState) -> QueryOut:
 
 
 @post("/stream", operation_id="StreamQuery", tags=["agents"], status_code=200)
-async def stream(data: QueryIn, server: ServerState) -> ServerSentEvent:
+async def stream(data: JSONBody[QueryIn], server: NamedDependency[ServerState]) -> ServerSentEvent:
     """Stream a query as SSE: `start`, `chunk`..., then `end` (or `error`); each event has an `id`."""
     run = _prepare(data, server)
     return ServerSentEvent(_sse(run, server.stopping))

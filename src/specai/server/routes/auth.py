@@ -1,6 +1,8 @@
 """Exchange a password for a bearer token; hash passwords for the credentials file."""
 
 import anyio
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from litestar import Request, post
 
 from specai import auth
@@ -11,7 +13,7 @@ from specai.users import check_password
 
 
 @post("/auth/token", exclude_from_auth=True, operation_id="CreateToken", tags=["auth"], status_code=200)
-async def create_token(data: TokenIn, server: ServerState, request: Request) -> TokenOut:
+async def create_token(data: JSONBody[TokenIn], server: NamedDependency[ServerState], request: Request) -> TokenOut:
     """Check username and password (throttled, off the event loop) and return a signed JWT."""
     if server.users is None:
         raise AuthDisabledError("authentication is disabled on this server; no token is needed")
@@ -33,7 +35,7 @@ async def create_token(data: TokenIn, server: ServerState, request: Request) -> 
 
 
 @post("/auth/hash", operation_id="HashPassword", tags=["auth"], status_code=200)
-async def hash_password(data: HashIn, server: ServerState) -> HashOut:
+async def hash_password(data: JSONBody[HashIn], server: NamedDependency[ServerState]) -> HashOut:
     """Return an argon2id hash of a password (protected when auth is on; bounded concurrency)."""
     check_password(data.password)
     async with server.password_slots:

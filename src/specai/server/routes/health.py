@@ -2,6 +2,7 @@
 
 import time
 
+from litestar.di import NamedDependency
 from litestar import get
 
 from specai import __version__
@@ -10,7 +11,7 @@ from specai.server.state import ServerState
 
 
 @get("/health", exclude_from_auth=True, operation_id="GetHealth", tags=["server"], sync_to_thread=False)
-def health(server: ServerState) -> HealthOut:
+def health(server: NamedDependency[ServerState]) -> HealthOut:
     """Liveness: status, version, uptime and the number of sessions used since start."""
     return HealthOut(
         status="healthy",
@@ -21,7 +22,7 @@ def health(server: ServerState) -> HealthOut:
 
 
 @get("/cert", exclude_from_auth=True, operation_id="GetCert", tags=["server"], sync_to_thread=False)
-def cert(server: ServerState) -> CertOut:
+def cert(server: NamedDependency[ServerState]) -> CertOut:
     """The certificate this server presents, so clients can verify its fingerprint."""
     info = server.cert.as_dict()
     return CertOut(**info)  # type: ignore[arg-type]

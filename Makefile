@@ -1,0 +1,36 @@
+# Two commands on a fresh machine with Python 3.11+ and make:
+#   make serve   install into .venv and start the server on https://127.0.0.1:3000
+#   make test    install into .venv (with test extras) and run every test
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install serve test completions bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(BIN)/specai server
+
+# pytest exits 5 when it collected no tests: treat that as a failure, not a pass.
+test: install
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+completions: install
+	_SPECAI_COMPLETE=source_bash $(BIN)/specai > completions/specai.bash
+	_SPECAI_COMPLETE=source_zsh  $(BIN)/specai > completions/_specai
+	_SPECAI_COMPLETE=source_fish $(BIN)/specai > completions/specai.fish
+
+bench: install
+	$(BIN)/python benchmarks/bench_http.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,359 @@
+"""HTTP throughput of `specai server` against a bare Litestar + granian app, measured in one run.
+
+Why: DESIGN.md §7 wants speed reported as ratios measured in one run. specai puts JWT auth, CORS, its error
+handlers and a request tracker on top of Litestar under embedded granian; this script shows what that costs.
+It starts the real `specai server` (auth on, throwaway SPECAI_HOME) and, as the baseline, benchmarks/_bare_app.py
+(same granian settings and certificate, same-sized /agents body), then loads authenticated `GET /agents` on both,
+interleaved (baseline, specai, specai, baseline, ...) because a 2-core machine is noisy, and reports medians.
+It also times `POST /auth/token` (one argon2id verification per call).
+
+Run:  . .venv/bin/activate && python benchmarks/bench_http.py [--duration 5] [--connections 32] [--json]
+The load comes from `wrk` when it is on PATH, else from a built-in asyncio generator (keep-alive HTTP/1.1 over TLS).
+Exits 1 when a server does not start or any request fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from specai.errors import SpecaiError
+from specai.tls import fetch_peer_cert, pinned_ssl_context
+
+HOST = "127.0.0.1"
+USER, PASSWORD = "bench", "pw"
+ROUNDS = 3  # measurements per target
+WARMUP_SECONDS = 1.0
+LOGINS = 5
+TARGET_RATIO = 0.6
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 6.0
+BARE_APP = Path(__file__).with_name("_bare_app.py")
+
+
+class BenchError(Exception):
+    """The run is void: a server did not start or answered wrongly."""
+
+
+@dataclass
+class Sample:
+    """One measurement of one target."""
+
+    rps: float
+    p50_ms: float | None
+    ok: int
+    errors: int
+
+
+@dataclass
+class Target:
+    """A server under load: where it is, how to reach it and what it measured."""
+
+    name: str
+    port: int
+    ctx: ssl.SSLContext
+    token: str
+    samples: list[Sample] = field(default_factory=list)
+
+
+Generator = Callable[[Target, float, int], Sample]
+
+
+def note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- servers ------------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server with its output in `log`; SIGTERM it (then kill) on the way out."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, marker: str | None = None) -> ssl.SSLContext:
+    """Wait for `marker` in the log (if given) and a 200 from /health; return a context pinned to the server."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{proc.args!r} exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        if marker is None or marker in log.read_text():
+            with contextlib.suppress(OSError, http.client.HTTPException, SpecaiError):
+                ctx = pinned_ssl_context(fetch_peer_cert(HOST, port, timeout=2))
+                ctx.set_alpn_protocols(["http/1.1"])  # what wrk and the built-in generator speak
+                if call(port, ctx, "GET", "/health")[0] == 200:
+                    return ctx
+        time.sleep(0.1)
+    raise BenchError(f"{proc.args!r} did not become ready within {START_TIMEOUT:.0f} s:\n{log.read_text()[-2000:]}")
+
+
+def call(port: int, ctx: ssl.SSLContext, method: str, path: str, headers: dict[str, str] | None = None,
+         body: str | None = None, conn: http.client.HTTPSConnection | None = None) -> tuple[int, bytes]:
+    """One request (on `conn` when given, else on a fresh connection); return status and body."""
+    own = conn is None
+    conn = conn or http.client.HTTPSConnection(HOST, port, context=ctx, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        if own:
+            conn.close()
+
+
+def specai_command() -> list[str]:
+    exe = Path(sys.executable).with_name("specai")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "specai"]
+
+
+def login_times(port: int, ctx: ssl.SSLContext) -> tuple[str, list[float]]:
+    """Log in LOGINS times on one keep-alive connection; return the last token and each call's ms."""
+    conn = http.client.HTTPSConnection(HOST, port, context=ctx, timeout=30)
+    body = json.dumps({"username": USER, "password": PASSWORD})
+    token, times = "", []
+    try:
+        for _ in range(LOGINS):
+            start = time.perf_counter()
+            status, data = call(port, ctx, "POST", "/auth/token", {"Content-Type": "application/json"}, body, conn)
+            times.append((time.perf_counter() - start) * 1000)
+            if status != 200:
+                raise BenchError(f"POST /auth/token answered {status}: {data[:300]!r}")
+            token = json.loads(data)["token"]
+    finally:
+        conn.close()
+    return token, times
+
+
+# -- load generators ----------------------------------------------------------------------------------------------
+
+
+def request_bytes(target: Target) -> bytes:
+    return (f"GET /agents HTTP/1.1\r\nHost: {HOST}:{target.port}\r\n"
+            f"Authorization: Bearer {target.token}\r\nAccept: application/json\r\n\r\n").encode()
+
+
+def parse_head(head: bytes) -> tuple[int, int]:
+    """Status and Content-Length of a response head; ValueError when either is missing."""
+    status_line, *lines = head.split(b"\r\n")
+    for line in lines:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(status_line.split()[1]), int(value)
+    raise ValueError(f"response without Content-Length: {status_line!r}")
+
+
+async def drive(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes, deadline: float,
+                latencies: list[float]) -> int:
+    """Send requests on one connection until `deadline`; record 200 latencies, return the error count."""
+    reader, writer = conn
+    errors = 0
+    try:
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            writer.write(request)
+            status, length = parse_head(await reader.readuntil(b"\r\n\r\n"))
+            await reader.readexactly(length)
+            if status == 200:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+    except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        errors += 1  # the connection is unusable: stop it, the error fails the run
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return errors
+
+
+async def builtin_load(target: Target, seconds: float, connections: int) -> Sample:
+    ctx = target.ctx
+    conns = await asyncio.gather(*(asyncio.open_connection(HOST, target.port, ssl=ctx) for _ in range(connections)))
+    latencies: list[float] = []
+    start = time.perf_counter()
+    errors = await asyncio.gather(*(drive(c, request_bytes(target), start + seconds, latencies) for c in conns))
+    elapsed = time.perf_counter() - start
+    p50 = statistics.median(latencies) * 1000 if latencies else None
+    return Sample(len(latencies) / elapsed, p50, len(latencies), sum(errors))
+
+
+def run_builtin(target: Target, seconds: float, connections: int) -> Sample:
+    return asyncio.run(builtin_load(target, seconds, connections))
+
+
+def run_wrk(target: Target, seconds: float, connections: int) -> Sample:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{math.ceil(seconds)}s", "--latency",
+            "-H", f"Authorization: Bearer {target.token}", f"https://{HOST}:{target.port}/agents"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    out = done.stdout
+    rps, total = re.search(r"Requests/sec:\s*([\d.]+)", out), re.search(r"(\d+) requests in", out)
+    if done.returncode != 0 or rps is None or total is None:
+        raise BenchError(f"wrk failed ({done.returncode}):\n{out}{done.stderr}")
+    p50 = re.search(r"^\s*50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non_2xx[1]) if non_2xx else 0) + (sum(map(int, sockets.groups())) if sockets else 0)
+    p50_ms = float(p50[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50[2]] if p50 else None
+    return Sample(float(rps[1]), p50_ms, int(total[1]) - (int(non_2xx[1]) if non_2xx else 0), errors)
+
+
+def measure(targets: list[Target], generate: Generator, seconds: float, connections: int) -> None:
+    """Warm up every target, then measure ROUNDS times each in ABBA order."""
+    for target in targets:
+        generate(target, WARMUP_SECONDS, connections)
+    for index in range(ROUNDS):
+        for target in targets if index % 2 == 0 else targets[::-1]:
+            sample = generate(target, seconds, connections)
+            target.samples.append(sample)
+            note(f"round {index + 1}: {target.name:8} {sample.rps:8.0f} req/s, {sample.errors} errors")
+
+
+# -- report -------------------------------------------------------------------------------------------------------
+
+
+def summary(target: Target, body_bytes: int) -> dict[str, Any]:
+    p50s = [s.p50_ms for s in target.samples if s.p50_ms is not None]
+    return {
+        "rps_median": statistics.median(s.rps for s in target.samples),
+        "rps_runs": [round(s.rps, 1) for s in target.samples],
+        "p50_ms_median": statistics.median(p50s) if p50s else None,
+        "requests_ok": sum(s.ok for s in target.samples),
+        "errors": sum(s.errors for s in target.samples),
+        "body_bytes": body_bytes,
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"generator: {result['generator']}, {result['connections']} connections, "
+          f"{result['rounds']} x {result['duration_s']:g} s per target (interleaved, medians)")
+    print(f"{'target':10}{'req/s':>10}{'p50 ms':>9}{'errors':>8}  runs (req/s)")
+    for name in ("baseline", "specai"):
+        row = result[name]
+        p50 = f"{row['p50_ms_median']:.2f}" if row["p50_ms_median"] is not None else "-"
+        runs = " ".join(f"{r:.0f}" for r in row["rps_runs"])
+        print(f"{name:10}{row['rps_median']:>10.0f}{p50:>9}{row['errors']:>8}  {runs}")
+    ratio = result["ratio_specai_baseline"]
+    verdict = "PASS" if result["pass"] else "BELOW"
+    print(f"ratio specai/baseline: {ratio:.2f} (target >= {TARGET_RATIO}) {verdict}")
+    logins = ", ".join(f"{ms:.1f}" for ms in result["auth_token_ms_runs"])
+    print(f"/auth/token (argon2id): median {result['auth_token_ms_median']:.1f} ms ({logins})")
+
+
+# -- main ---------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement (default 5)")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object of the figures on stdout")
+    args = parser.parse_args(argv)
+    if args.duration <= 0 or args.connections < 1:
+        parser.error("--duration must be > 0 and --connections >= 1")
+    return args
+
+
+def run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> dict[str, Any]:
+    home = tmp / "home"
+    home.mkdir()
+    config = tmp / "bench.config.toml"
+    config.write_text("[auth]\nenabled = true\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECAI_")}
+    env |= {"SPECAI_HOME": str(home), "SPECAI_CONFIG": str(config)}
+    subprocess.run([*specai_command(), "auth", "add-user", USER, "--password-stdin"], input=f"{PASSWORD}\n",
+                   env=env, text=True, capture_output=True, check=True)
+
+    specai_port, bare_port = free_port(), free_port()
+    log = tmp / "specai.log"
+    proc = stack.enter_context(running([*specai_command(), "server", "--port", str(specai_port)], env, log))
+    specai_ctx = wait_ready(proc, specai_port, log, marker="listening")
+    note(f"specai server ready on {HOST}:{specai_port}")
+    token, logins = login_times(specai_port, specai_ctx)
+
+    tls = home / "tls"
+    bare_argv = [sys.executable, str(BARE_APP), str(bare_port), str(tls / "server.crt"), str(tls / "server.key")]
+    bare_log = tmp / "bare.log"
+    bare_ctx = wait_ready(stack.enter_context(running(bare_argv, env, bare_log)), bare_port, bare_log)
+    note(f"baseline app ready on {HOST}:{bare_port}")
+
+    targets = [Target("baseline", bare_port, bare_ctx, token), Target("specai", specai_port, specai_ctx, token)]
+    bodies = {}
+    for target in targets:
+        status, body = call(target.port, target.ctx, "GET", "/agents", {"Authorization": f"Bearer {token}"})
+        if status != 200:
+            raise BenchError(f"{target.name} GET /agents answered {status}: {body[:300]!r}")
+        bodies[target.name] = len(body)
+    wrk = shutil.which("wrk")
+    generator = "wrk" if wrk else "builtin asyncio"
+    note(f"load generator: {generator}")
+    measure(targets, run_wrk if wrk else run_builtin, args.duration, args.connections)
+
+    base, spec = (summary(t, bodies[t.name]) for t in targets)
+    ratio = spec["rps_median"] / base["rps_median"] if base["rps_median"] else 0.0
+    return {
+        "generator": generator, "connections": args.connections, "duration_s": args.duration, "rounds": ROUNDS,
+        "baseline": base, "specai": spec, "ratio_specai_baseline": round(ratio, 3),
+        "target_ratio": TARGET_RATIO, "pass": ratio >= TARGET_RATIO,
+        "auth_token_ms_median": round(statistics.median(logins), 2),
+        "auth_token_ms_runs": [round(ms, 2) for ms in logins],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="specai-bench-") as tmp, contextlib.ExitStack() as stack:
+            result = run(args, Path(tmp), stack)
+    except (BenchError, subprocess.CalledProcessError, OSError) as exc:
+        detail = f"\n{exc.stderr}" if isinstance(exc, subprocess.CalledProcessError) else ""
+        note(f"bench_http: {exc}{detail}")
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_table(result)
+    errors = result["baseline"]["errors"] + result["specai"]["errors"]
+    if errors:
+        note(f"bench_http: {errors} requests failed; the figures are not valid")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

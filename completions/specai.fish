@@ -1,0 +1,1 @@
+complete --command specai --no-files --arguments "(env _SPECAI_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) specai)" --condition "env _SPECAI_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) specai"
