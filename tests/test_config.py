@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from specai.config import CONFIG_FILENAME, AgentSettings, Settings, load_settings
+from specai.config import CONFIG_FILENAME, AgentSettings, Settings, home_dir, load_settings
 from specai.errors import ConfigError
 
 
@@ -152,10 +152,10 @@ def test_load_with_defaults_never_writes_a_file(tmp_path: Path, env: dict[str, s
 # --- paths -----------------------------------------------------------------------------------------------------
 
 
-def test_home_defaults_to_dot_spec_ai_in_user_home(cwd: Path) -> None:
-    settings = load_settings(env={}, cwd=cwd)
-    assert settings.home == Path("~/.spec-ai").expanduser()
-    assert settings.credentials_file == Path("~/.spec-ai/credentials.json").expanduser()
+def test_home_defaults_to_dot_spec_ai_in_user_home() -> None:
+    assert home_dir({}) == Path.home() / ".spec-ai"
+    assert home_dir({"SPECAI_HOME": ""}) == Path.home() / ".spec-ai"
+    assert home_dir({"SPECAI_HOME": "/srv/specai"}) == Path("/srv/specai")
 
 
 def test_tilde_is_expanded_in_specai_home_and_specai_config(cwd: Path) -> None:
