@@ -281,12 +281,12 @@ def print_table(result: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement (default 5)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement (default 5)")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
     parser.add_argument("--json", action="store_true", help="print one JSON object of the figures on stdout")
     args = parser.parse_args(argv)
-    if args.duration <= 0 or args.connections < 1:
-        parser.error("--duration must be > 0 and --connections >= 1")
+    if args.duration < 1 or args.connections < 1:
+        parser.error("--duration and --connections must be at least 1")
     return args
 
 

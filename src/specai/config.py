@@ -227,10 +227,10 @@ class _Parser:
         default_agent = self.env.get("SPECAI_DEFAULT_AGENT") or raw.get("default_agent")
         if default_agent is not None and not isinstance(default_agent, str):
             raise ConfigError(f"{self.source}: default_agent: expected a string, got {default_agent!r}")
-        if default_agent and agents and default_agent not in agents:
+        if default_agent and default_agent not in (agents or {"default": None}):
             raise ConfigError(
                 f"{self.source}: default_agent: '{default_agent}' is not a configured agent "
-                f"(configured: {', '.join(sorted(agents))})"
+                f"(configured: {', '.join(sorted(agents or ['default']))})"
             )
         free = {}
         for name in _FREE_SECTIONS:
@@ -260,7 +260,8 @@ class _Parser:
         for key, fld in fields.items():
             where = f"{self.source}: [{label}] {key}"
             if env_prefix and (env_name := env_prefix + key.upper()) in self.env:
-                values[key] = self.convert(fld.type, self.env[env_name], f"environment variable {env_name}", True)
+                where = f"environment variable {env_name}"
+                values[key] = self.convert(fld.type, self.env[env_name], where, True)
             elif key in table:
                 values[key] = self.convert(fld.type, table[key], where, False)
             else:

@@ -89,6 +89,12 @@ class CredentialsError(SpecaiError):
     status = 500
 
 
+class CorruptFileError(SpecaiError):
+    """A state file exists but cannot be read or parsed; it is left untouched."""
+
+    code = "corrupt_file"
+
+
 class TlsError(SpecaiError):
     """A certificate or key is missing, unreadable or mismatched."""
 

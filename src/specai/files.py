@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from specai.errors import CorruptFileError
+
 
 def ensure_private_dir(path: Path) -> Path:
     """Create `path` (and parents) with mode 0700 when missing; leave an existing folder's mode alone."""
@@ -50,3 +52,7 @@ def read_json(path: Path, default: Any) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return default
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(f"{path} is not valid JSON ({exc}); fix or remove it") from None
+    except OSError as exc:
+        raise CorruptFileError(f"cannot read {path}: {exc.strerror}") from None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from specai.errors import InvalidRequestError, TrustError
+from specai.errors import CorruptFileError, InvalidRequestError, TrustError
 from specai.files import read_json, write_private_json
 from specai.tls import normalize_fingerprint
 
@@ -38,9 +38,11 @@ def parse_server(url: str) -> ServerAddress:
     if not parts.hostname:
         raise InvalidRequestError(f"'{url}' is not a server URL (expected https://HOST:PORT)")
     try:
-        port = parts.port or 3000
+        port = 3000 if parts.port is None else parts.port
     except ValueError:
-        raise InvalidRequestError(f"'{url}' has an invalid port") from None
+        port = 0
+    if not 1 <= port <= 65535:
+        raise InvalidRequestError(f"'{url}' has an invalid port")
     return ServerAddress(parts.hostname.lower(), port)
 
 
@@ -52,7 +54,9 @@ class _JsonMap:
 
     def _read(self) -> dict[str, Any]:
         data = read_json(self.path, {})
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            raise CorruptFileError(f"{self.path} should hold a JSON object; fix or remove it")
+        return data
 
     def get(self, origin: str) -> Any:
         return self._read().get(origin)

@@ -36,7 +36,7 @@ class User:
 
 def check_username(username: str) -> str:
     """Return the username when it is acceptable, else raise InvalidRequestError."""
-    if not _USERNAME.match(username):
+    if not _USERNAME.fullmatch(username):
         raise InvalidRequestError(
             f"invalid username {username!r}: use 1-64 letters, digits or . _ @ + - (starting with a letter or digit)"
         )
