@@ -21,12 +21,11 @@ from cryptography.x509.oid import NameOID
 
 from specai.config import ServerSettings, Settings
 from specai.errors import TlsError
+from specai.fingerprint import fingerprint_der, normalize_fingerprint
 from specai.tls import (
     create_self_signed,
     ensure_server_cert,
     fetch_peer_cert,
-    fingerprint_der,
-    normalize_fingerprint,
     pinned_ssl_context,
     read_cert,
 )

@@ -12,7 +12,8 @@ from httpx_sse import SSEError, connect_sse
 
 from specai import __version__
 from specai.errors import ConnectionFailedError, RemoteError, TrustError
-from specai.tls import fetch_peer_cert, fingerprint_der, pinned_ssl_context
+from specai.fingerprint import fingerprint_der
+from specai.tls import fetch_peer_cert, pinned_ssl_context
 from specai.trust import KnownServers, ServerAddress, parse_server, verify_identity
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 import socket
 import ssl
@@ -18,6 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from specai.config import Settings
 from specai.errors import TlsError
 from specai.files import ensure_private_dir, write_private
+from specai.fingerprint import fingerprint_der
 
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
@@ -53,29 +53,6 @@ class CertPaths:
     key: Path
     generated: bool
     warnings: tuple[str, ...] = ()
-
-
-def format_fingerprint(digest: bytes) -> str:
-    """Render a SHA-256 digest as uppercase colon-separated hex (AA:BB:...)."""
-    return digest.hex(":").upper()
-
-
-def fingerprint_der(der: bytes) -> str:
-    """SHA-256 fingerprint of a DER certificate."""
-    return format_fingerprint(hashlib.sha256(der).digest())
-
-
-def normalize_fingerprint(text: str) -> str:
-    """Accept a fingerprint with or without colons, any case, optional 'sha256:' prefix; return AA:BB form."""
-    cleaned = text.strip().lower().removeprefix("sha256:").removeprefix("sha256 fingerprint=")
-    hexdigits = cleaned.replace(":", "").replace(" ", "")
-    try:
-        raw = bytes.fromhex(hexdigits)
-    except ValueError:
-        raise TlsError(f"'{text}' is not a SHA-256 fingerprint (expected 64 hex digits, colons optional)") from None
-    if len(raw) != 32:
-        raise TlsError(f"'{text}' is not a SHA-256 fingerprint (expected 64 hex digits, colons optional)")
-    return format_fingerprint(raw)
 
 
 def cert_info(cert: x509.Certificate) -> CertInfo:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.prompt import Confirm
 
 from specai.cli._console import err
-from specai.client import SpecaiClient
 from specai.config import DEFAULT_SERVER_URL, home_dir
 from specai.trust import KnownServers, SavedTokens, parse_server
+
+if TYPE_CHECKING:
+    from specai.client import SpecaiClient
 
 ServerOption = Annotated[
     str, typer.Option("--server", "-s", envvar="SPECAI_SERVER", help="Server URL.", show_default=True)
@@ -34,6 +36,8 @@ def _confirm(origin: str, fingerprint: str) -> bool:
 
 def open_client(server: str, fingerprint: str | None, *, use_saved_token: bool = True) -> SpecaiClient:
     """Connect with pinning; ask on first use only when a person is at the terminal."""
+    from specai.client import SpecaiClient  # httpx is only loaded by commands that talk to a server
+
     home = home_dir()
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     token = None

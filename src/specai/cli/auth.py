@@ -8,8 +8,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from specai import auth as core_auth
-from specai import users
 from specai.cli import _prompt, _settings
 from specai.cli._console import handle_errors, out, print_json
 
@@ -49,6 +47,8 @@ def add_user(
 
       printf 'pw\\n' | specai auth add-user alice --password-stdin
     """
+    from specai import users
+
     path = _path(ctx, credentials_file)
     name = users.check_username(username) if username else users.check_username(_prompt.ask_username())
     users.add_user(path, name, _new_password(password_stdin))
@@ -69,6 +69,8 @@ def passwd(
 
       specai auth passwd alice
     """
+    from specai import users
+
     path = _path(ctx, credentials_file)
     users.get_user(path, username)  # fail before asking for a password
     users.set_password(path, username, _new_password(password_stdin))
@@ -88,6 +90,8 @@ def remove_user(
 
       specai auth remove-user alice
     """
+    from specai import users
+
     path = _path(ctx, credentials_file)
     users.remove_user(path, username)
     out.print(f"removed user '{username}'")
@@ -106,6 +110,8 @@ def list_users(
 
       specai auth list-users --json
     """
+    from specai import users
+
     path = _path(ctx, credentials_file)
     entries = users.load_users(path) if path.exists() else []
     if json_output:
@@ -129,5 +135,7 @@ def hash_password(password_stdin: PasswordStdin = False) -> None:
 
       printf 'pw\\n' | specai auth hash --password-stdin
     """
+    from specai.auth import hash_password as argon2_hash
+
     password = _prompt.read_password_stdin() if password_stdin else _prompt.ask_new_password()
-    print(core_auth.hash_password(password))
+    print(argon2_hash(password))

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from specai.cli import _settings
 from specai.cli._console import handle_errors, out, print_json
-from specai.errors import TlsError
-from specai.tls import CertInfo, cert_info_from_der, fetch_peer_cert, read_cert
+from specai.errors import ConnectionFailedError, TlsError
 from specai.trust import parse_server
-from specai.errors import ConnectionFailedError
+
+if TYPE_CHECKING:
+    from specai.tls import CertInfo
 
 app = typer.Typer(help="Show the server's TLS identity.", no_args_is_help=True)
 
@@ -22,6 +23,8 @@ RemoteOption = Annotated[
 
 
 def _info(ctx: typer.Context, server: str | None) -> CertInfo:
+    from specai.tls import cert_info_from_der, fetch_peer_cert, read_cert  # cryptography loads only here
+
     if server:
         address = parse_server(server)
         try:

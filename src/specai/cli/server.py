@@ -15,7 +15,6 @@ from specai.cli import _settings
 from specai.cli._console import STARTUP_FAILURE, err, fail, out, print_warnings
 from specai.config import Settings
 from specai.errors import ConfigError, CredentialsError, SpecaiError, TlsError
-from specai.tls import ensure_server_cert, read_cert
 
 
 def server(
@@ -61,6 +60,7 @@ def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
     """Check, prepare and serve; every failure before serving exits 3 with one line."""
     from specai.server.app import create_app
     from specai.server.run import serve
+    from specai.tls import ensure_server_cert, read_cert
 
     host, port = settings.server.host, settings.server.port
     if not settings.auth.enabled and not _is_loopback(host) and not allow_unauthenticated:
