@@ -113,6 +113,12 @@ class TrustError(SpecaiError):
         self.fingerprint = fingerprint
 
 
+class StartupError(SpecaiError):
+    """The server could not start listening."""
+
+    code = "startup_failed"
+
+
 class ConnectionFailedError(SpecaiError):
     """The server could not be reached."""
 

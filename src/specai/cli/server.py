@@ -14,7 +14,7 @@ import typer
 from specai.cli import _settings
 from specai.cli._console import STARTUP_FAILURE, err, fail, out, print_warnings
 from specai.config import Settings
-from specai.errors import ConfigError, CredentialsError, SpecaiError, TlsError
+from specai.errors import SpecaiError, StartupError
 
 
 def server(
@@ -75,7 +75,7 @@ def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
         print_warnings(paths.warnings)
         _check_port_free(host, port)
         app = create_app(settings, info)
-    except (TlsError, CredentialsError, ConfigError) as exc:
+    except SpecaiError as exc:
         fail(_escape(exc.message), STARTUP_FAILURE)
     if paths.generated:
         err.print(f"created a self-signed certificate in {paths.cert.parent}")
@@ -134,8 +134,8 @@ def _check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise TlsError(f"port {port} on {host} is already in use; choose another with --port") from None
-            raise TlsError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+                raise StartupError(f"port {port} on {host} is already in use; choose another with --port") from None
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _escape(text: str) -> str:

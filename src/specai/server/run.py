@@ -19,19 +19,13 @@ from granian.log import LogLevels
 from granian.server.embed import Server
 from litestar import Litestar
 
-from specai.errors import SpecaiError
+from specai.errors import StartupError
 from specai.server.state import ServerState
 from specai.tls import CertPaths
 
 GRACE_SECONDS = 2.0  # in-flight requests get this long to finish after SIGINT/SIGTERM
 HARD_EXIT_SECONDS = 4.5  # after this the process exits whatever is still running
 READY_TIMEOUT = 15.0
-
-
-class StartupError(SpecaiError):
-    """The server could not start listening."""
-
-    code = "startup_failed"
 
 
 class _RequestTracker:
