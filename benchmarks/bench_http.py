@@ -82,9 +82,6 @@ def note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-# -- servers ------------------------------------------------------------------------------------------------------
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((HOST, 0))
@@ -108,7 +105,9 @@ def running(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
                 proc.wait()
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, marker: str | None = None) -> ssl.SSLContext:
+def wait_ready(
+    proc: subprocess.Popen[bytes], port: int, log: Path, marker: str | None = None
+) -> ssl.SSLContext:
     """Wait for `marker` in the log (if given) and a 200 from /health; return a context pinned to the server."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -118,24 +117,25 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, marker: str 
             with contextlib.suppress(OSError, http.client.HTTPException, SpecaiError):
                 ctx = pinned_ssl_context(fetch_peer_cert(HOST, port, timeout=2))
                 ctx.set_alpn_protocols(["http/1.1"])  # what wrk and the built-in generator speak
-                if call(port, ctx, "GET", "/health")[0] == 200:
+                if call(port, ctx, "GET", "/health", {})[0] == 200:
                     return ctx
         time.sleep(0.1)
-    raise BenchError(f"{proc.args!r} did not become ready within {START_TIMEOUT:.0f} s:\n{log.read_text()[-2000:]}")
+    raise BenchError(
+        f"{proc.args!r} did not become ready within {START_TIMEOUT:.0f} s:\n{log.read_text()[-2000:]}"
+    )
 
 
-def call(port: int, ctx: ssl.SSLContext, method: str, path: str, headers: dict[str, str] | None = None,
-         body: str | None = None, conn: http.client.HTTPSConnection | None = None) -> tuple[int, bytes]:
-    """One request (on `conn` when given, else on a fresh connection); return status and body."""
-    own = conn is None
-    conn = conn or http.client.HTTPSConnection(HOST, port, context=ctx, timeout=30)
+def call(
+    port: int, ctx: ssl.SSLContext, method: str, path: str, headers: dict[str, str], body: str = ""
+) -> tuple[int, bytes]:
+    """One request on a fresh connection; return status and body."""
+    conn = http.client.HTTPSConnection(HOST, port, context=ctx, timeout=30)
     try:
-        conn.request(method, path, body=body, headers=headers or {})
+        conn.request(method, path, body=body or None, headers=headers)
         response = conn.getresponse()
         return response.status, response.read()
     finally:
-        if own:
-            conn.close()
+        conn.close()
 
 
 def specai_command() -> list[str]:
@@ -144,29 +144,24 @@ def specai_command() -> list[str]:
 
 
 def login_times(port: int, ctx: ssl.SSLContext) -> tuple[str, list[float]]:
-    """Log in LOGINS times on one keep-alive connection; return the last token and each call's ms."""
-    conn = http.client.HTTPSConnection(HOST, port, context=ctx, timeout=30)
+    """Log in LOGINS times, one connection each (like `specai login`); return a token and each call's ms."""
     body = json.dumps({"username": USER, "password": PASSWORD})
     token, times = "", []
-    try:
-        for _ in range(LOGINS):
-            start = time.perf_counter()
-            status, data = call(port, ctx, "POST", "/auth/token", {"Content-Type": "application/json"}, body, conn)
-            times.append((time.perf_counter() - start) * 1000)
-            if status != 200:
-                raise BenchError(f"POST /auth/token answered {status}: {data[:300]!r}")
-            token = json.loads(data)["token"]
-    finally:
-        conn.close()
+    for _ in range(LOGINS):
+        start = time.perf_counter()
+        status, data = call(port, ctx, "POST", "/auth/token", {"Content-Type": "application/json"}, body)
+        times.append((time.perf_counter() - start) * 1000)
+        if status != 200:
+            raise BenchError(f"POST /auth/token answered {status}: {data[:300]!r}")
+        token = json.loads(data)["token"]
     return token, times
 
 
-# -- load generators ----------------------------------------------------------------------------------------------
-
-
 def request_bytes(target: Target) -> bytes:
-    return (f"GET /agents HTTP/1.1\r\nHost: {HOST}:{target.port}\r\n"
-            f"Authorization: Bearer {target.token}\r\nAccept: application/json\r\n\r\n").encode()
+    return (
+        f"GET /agents HTTP/1.1\r\nHost: {HOST}:{target.port}\r\n"
+        f"Authorization: Bearer {target.token}\r\nAccept: application/json\r\n\r\n"
+    ).encode()
 
 
 def parse_head(head: bytes) -> tuple[int, int]:
@@ -179,8 +174,12 @@ def parse_head(head: bytes) -> tuple[int, int]:
     raise ValueError(f"response without Content-Length: {status_line!r}")
 
 
-async def drive(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes, deadline: float,
-                latencies: list[float]) -> int:
+async def drive(
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    request: bytes,
+    deadline: float,
+    latencies: list[float],
+) -> int:
     """Send requests on one connection until `deadline`; record 200 latencies, return the error count."""
     reader, writer = conn
     errors = 0
@@ -204,29 +203,35 @@ async def drive(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request
 
 
 async def builtin_load(target: Target, seconds: float, connections: int) -> Sample:
-    ctx = target.ctx
-    conns = await asyncio.gather(*(asyncio.open_connection(HOST, target.port, ssl=ctx) for _ in range(connections)))
+    """Open every connection first, then drive them all for `seconds`."""
+    conns = await asyncio.gather(
+        *(asyncio.open_connection(HOST, target.port, ssl=target.ctx) for _ in range(connections))
+    )
     latencies: list[float] = []
     start = time.perf_counter()
-    errors = await asyncio.gather(*(drive(c, request_bytes(target), start + seconds, latencies) for c in conns))
+    errors = await asyncio.gather(
+        *(drive(c, request_bytes(target), start + seconds, latencies) for c in conns)
+    )
     elapsed = time.perf_counter() - start
     p50 = statistics.median(latencies) * 1000 if latencies else None
     return Sample(len(latencies) / elapsed, p50, len(latencies), sum(errors))
 
 
 def run_builtin(target: Target, seconds: float, connections: int) -> Sample:
+    """The built-in generator: `connections` keep-alive HTTP/1.1 connections over TLS in one event loop."""
     return asyncio.run(builtin_load(target, seconds, connections))
 
 
 def run_wrk(target: Target, seconds: float, connections: int) -> Sample:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{math.ceil(seconds)}s", "--latency",
-            "-H", f"Authorization: Bearer {target.token}", f"https://{HOST}:{target.port}/agents"]
+    """wrk with one thread; its Non-2xx and socket errors count as errors."""
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{math.ceil(seconds)}s", "--latency"]
+    argv += ["-H", f"Authorization: Bearer {target.token}", f"https://{HOST}:{target.port}/agents"]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     out = done.stdout
     rps, total = re.search(r"Requests/sec:\s*([\d.]+)", out), re.search(r"(\d+) requests in", out)
     if done.returncode != 0 or rps is None or total is None:
         raise BenchError(f"wrk failed ({done.returncode}):\n{out}{done.stderr}")
-    p50 = re.search(r"^\s*50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    p50 = re.search(r"^\s*50%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non_2xx[1]) if non_2xx else 0) + (sum(map(int, sockets.groups())) if sockets else 0)
@@ -245,9 +250,6 @@ def measure(targets: list[Target], generate: Generator, seconds: float, connecti
             note(f"round {index + 1}: {target.name:8} {sample.rps:8.0f} req/s, {sample.errors} errors")
 
 
-# -- report -------------------------------------------------------------------------------------------------------
-
-
 def summary(target: Target, body_bytes: int) -> dict[str, Any]:
     p50s = [s.p50_ms for s in target.samples if s.p50_ms is not None]
     return {
@@ -261,8 +263,10 @@ def summary(target: Target, body_bytes: int) -> dict[str, Any]:
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"generator: {result['generator']}, {result['connections']} connections, "
-          f"{result['rounds']} x {result['duration_s']:g} s per target (interleaved, medians)")
+    print(
+        f"generator: {result['generator']}, {result['connections']} connections, "
+        f"{result['rounds']} x {result['duration_s']:g} s per target (interleaved, medians)"
+    )
     print(f"{'target':10}{'req/s':>10}{'p50 ms':>9}{'errors':>8}  runs (req/s)")
     for name in ("baseline", "specai"):
         row = result[name]
@@ -276,9 +280,6 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"/auth/token (argon2id): median {result['auth_token_ms_median']:.1f} ms ({logins})")
 
 
-# -- main ---------------------------------------------------------------------------------------------------------
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement (default 5)")
@@ -290,47 +291,67 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> dict[str, Any]:
-    home = tmp / "home"
+def start_specai(tmp: Path, stack: contextlib.ExitStack) -> tuple[int, ssl.SSLContext, Path]:
+    """Add a user to a throwaway home with auth on and start `specai server`; return port, pin and home."""
+    home, config = tmp / "home", tmp / "bench.config.toml"
     home.mkdir()
-    config = tmp / "bench.config.toml"
     config.write_text("[auth]\nenabled = true\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPECAI_")}
     env |= {"SPECAI_HOME": str(home), "SPECAI_CONFIG": str(config)}
-    subprocess.run([*specai_command(), "auth", "add-user", USER, "--password-stdin"], input=f"{PASSWORD}\n",
-                   env=env, text=True, capture_output=True, check=True)
+    add_user = [*specai_command(), "auth", "add-user", USER, "--password-stdin"]
+    subprocess.run(add_user, input=f"{PASSWORD}\n", env=env, text=True, capture_output=True, check=True)
+    port, log = free_port(), tmp / "specai.log"
+    proc = stack.enter_context(running([*specai_command(), "server", "--port", str(port)], env, log))
+    ctx = wait_ready(proc, port, log, marker="listening")
+    note(f"specai server ready on {HOST}:{port}")
+    return port, ctx, home
 
-    specai_port, bare_port = free_port(), free_port()
-    log = tmp / "specai.log"
-    proc = stack.enter_context(running([*specai_command(), "server", "--port", str(specai_port)], env, log))
-    specai_ctx = wait_ready(proc, specai_port, log, marker="listening")
-    note(f"specai server ready on {HOST}:{specai_port}")
+
+def start_baseline(tls: Path, tmp: Path, stack: contextlib.ExitStack) -> tuple[int, ssl.SSLContext]:
+    """Start the bare app on specai's certificate and key; return port and pin."""
+    port, log = free_port(), tmp / "bare.log"
+    argv = [sys.executable, str(BARE_APP), str(port), str(tls / "server.crt"), str(tls / "server.key")]
+    ctx = wait_ready(stack.enter_context(running(argv, dict(os.environ), log)), port, log)
+    note(f"baseline app ready on {HOST}:{port}")
+    return port, ctx
+
+
+def agents_body_size(target: Target) -> int:
+    """Check that the target answers GET /agents with 200; return the body's size."""
+    status, body = call(
+        target.port, target.ctx, "GET", "/agents", {"Authorization": f"Bearer {target.token}"}
+    )
+    if status != 200:
+        raise BenchError(f"{target.name} GET /agents answered {status}: {body[:300]!r}")
+    return len(body)
+
+
+def run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> dict[str, Any]:
+    """Start both servers, time the logins, load both targets; return every figure."""
+    specai_port, specai_ctx, home = start_specai(tmp, stack)
     token, logins = login_times(specai_port, specai_ctx)
-
-    tls = home / "tls"
-    bare_argv = [sys.executable, str(BARE_APP), str(bare_port), str(tls / "server.crt"), str(tls / "server.key")]
-    bare_log = tmp / "bare.log"
-    bare_ctx = wait_ready(stack.enter_context(running(bare_argv, env, bare_log)), bare_port, bare_log)
-    note(f"baseline app ready on {HOST}:{bare_port}")
-
-    targets = [Target("baseline", bare_port, bare_ctx, token), Target("specai", specai_port, specai_ctx, token)]
-    bodies = {}
-    for target in targets:
-        status, body = call(target.port, target.ctx, "GET", "/agents", {"Authorization": f"Bearer {token}"})
-        if status != 200:
-            raise BenchError(f"{target.name} GET /agents answered {status}: {body[:300]!r}")
-        bodies[target.name] = len(body)
+    bare_port, bare_ctx = start_baseline(home / "tls", tmp, stack)
+    targets = [
+        Target("baseline", bare_port, bare_ctx, token),
+        Target("specai", specai_port, specai_ctx, token),
+    ]
+    sizes = [agents_body_size(target) for target in targets]
     wrk = shutil.which("wrk")
     generator = "wrk" if wrk else "builtin asyncio"
     note(f"load generator: {generator}")
     measure(targets, run_wrk if wrk else run_builtin, args.duration, args.connections)
-
-    base, spec = (summary(t, bodies[t.name]) for t in targets)
+    base, spec = (summary(target, size) for target, size in zip(targets, sizes))
     ratio = spec["rps_median"] / base["rps_median"] if base["rps_median"] else 0.0
     return {
-        "generator": generator, "connections": args.connections, "duration_s": args.duration, "rounds": ROUNDS,
-        "baseline": base, "specai": spec, "ratio_specai_baseline": round(ratio, 3),
-        "target_ratio": TARGET_RATIO, "pass": ratio >= TARGET_RATIO,
+        "generator": generator,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "rounds": ROUNDS,
+        "baseline": base,
+        "specai": spec,
+        "ratio_specai_baseline": round(ratio, 3),
+        "target_ratio": TARGET_RATIO,
+        "pass": ratio >= TARGET_RATIO,
         "auth_token_ms_median": round(statistics.median(logins), 2),
         "auth_token_ms_runs": [round(ms, 2) for ms in logins],
     }
