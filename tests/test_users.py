@@ -250,7 +250,7 @@ def test_failed_write_during_add_leaves_the_old_file_intact(creds: Path, monkeyp
 
 
 def test_authenticate_accepts_right_and_rejects_wrong_or_unknown(creds: Path, argon_hash: str) -> None:
-    directory = UserDirectory(creds)
+    directory = UserDirectory(creds, recheck_secs=0)
     assert len(directory) == 2
     assert directory.authenticate("alice", PASSWORD) is True
     assert directory.authenticate("alice", "wrong") is False
@@ -276,7 +276,7 @@ def test_authenticate_upgrades_legacy_hash_on_success(tmp_path: Path) -> None:
 
 
 def test_authenticate_picks_up_users_added_after_construction(creds: Path, argon_hash: str) -> None:
-    directory = UserDirectory(creds)
+    directory = UserDirectory(creds, recheck_secs=0)
     assert directory.exists("carol") is False
     write_entries(creds, [("alice", argon_hash), ("bob", argon_hash), ("carol", argon_hash)])
     assert directory.exists("carol") is True
@@ -285,19 +285,25 @@ def test_authenticate_picks_up_users_added_after_construction(creds: Path, argon
 
 
 def test_authenticate_sees_removed_users_gone(creds: Path) -> None:
-    directory = UserDirectory(creds)
+    directory = UserDirectory(creds, recheck_secs=0)
     users.remove_user(creds, "bob")
     assert directory.exists("bob") is False
     assert directory.exists("alice") is True
 
 
-def test_directory_keeps_last_good_users_when_file_breaks(creds: Path) -> None:
-    directory = UserDirectory(creds)
+def test_directory_fails_closed_when_file_breaks(creds: Path) -> None:
+    directory = UserDirectory(creds, recheck_secs=0)
     creds.write_text("{broken")
-    with pytest.raises(CredentialsError):
-        directory.refresh()
-    assert directory.exists("alice") is True
-    assert len(directory) == 2
+    assert directory.exists("alice") is False
+    assert len(directory) == 0
+    assert directory.problem is not None and "not valid JSON" in directory.problem
+
+
+def test_directory_fails_closed_when_file_is_deleted(creds: Path) -> None:
+    directory = UserDirectory(creds, recheck_secs=0)
+    creds.unlink()
+    assert directory.exists("alice") is False
+    assert directory.authenticate("alice", "whatever") is False
 
 
 def test_directory_on_missing_file_is_a_credentials_error(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def decode_token(secret: str, token: str) -> TokenClaims:
     except jwt.ExpiredSignatureError:
         raise TokenError("token expired; run `specai login` again") from None
     except jwt.PyJWTError:
-        raise TokenError("invalid token") from None
+        raise TokenError("invalid token; run `specai login` again") from None
     return TokenClaims(sub=payload["sub"], iat=payload["iat"], exp=payload["exp"], jti=payload["jti"])
 
 

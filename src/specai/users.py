@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import logging
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from specai import auth
 from specai.errors import ConflictError, CredentialsError, InvalidRequestError, NotFoundError
 from specai.files import ensure_private_dir, write_private_json
 
+log = logging.getLogger("specai.users")
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 
 
@@ -161,22 +164,45 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 class UserDirectory:
-    """The server's view of the credentials file: loaded at start, re-read when the file changes on disk."""
+    """The server's view of the credentials file: loaded at start, re-read when it changes on disk.
 
-    def __init__(self, path: Path) -> None:
+    A file that disappears or breaks while the server runs means no users (fail closed), not the last good ones.
+    """
+
+    def __init__(self, path: Path, *, recheck_secs: float = 1.0) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
-        self._users: dict[str, User] = {}
-        self.refresh()
+        self.recheck_secs = recheck_secs
+        self.problem: str | None = None
+        self._checked = 0.0
+        self._stamp: tuple[int, int, int] | None = None
+        self._users = {user.username: user for user in load_users(path)}
+        self._stamp = self._stat()
+        self._checked = time.monotonic()
 
-    def refresh(self) -> None:
-        """Reload when the file changed; a broken file keeps the last good users (and raises to the caller)."""
-        stat = self.path.stat() if self.path.exists() else None
-        stamp = (stat.st_mtime_ns, stat.st_size) if stat else None
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Re-read the file if it changed (checked at most every `recheck_secs` unless forced)."""
+        now = time.monotonic()
+        if not force and now - self._checked < self.recheck_secs:
+            return
+        self._checked = now
+        stamp = self._stat()
         if stamp is not None and stamp == self._stamp:
             return
-        users = load_users(self.path)
-        self._users = {user.username: user for user in users}
+        try:
+            self._users = {user.username: user for user in load_users(self.path)}
+            self.problem = None
+        except CredentialsError as exc:
+            self._users = {}
+            if exc.message != self.problem:
+                log.error("%s; nobody can log in until it is fixed", exc.message)
+            self.problem = exc.message
         self._stamp = stamp
 
     def __len__(self) -> int:
@@ -184,14 +210,12 @@ class UserDirectory:
 
     def exists(self, username: str) -> bool:
         """True when the user is (still) in the credentials file."""
-        with contextlib.suppress(CredentialsError, OSError):
-            self.refresh()
+        self.refresh()
         return username in self._users
 
     def authenticate(self, username: str, password: str) -> bool:
         """Verify a password (slow: run it in a thread); upgrade legacy or weak hashes on success."""
-        with contextlib.suppress(CredentialsError, OSError):
-            self.refresh()
+        self.refresh(force=True)
         user = self._users.get(username)
         if user is None:
             auth.verify_password(_dummy_hash(), password)  # same cost as a real check

@@ -6,10 +6,9 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
-from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.security.jwt import JWTAuth, Token
+from litestar.openapi.spec import Components, SecurityScheme
 
 from specai import __version__, auth
 from specai.config import Settings
@@ -17,6 +16,7 @@ from specai.errors import CredentialsError
 from specai.server.errors import EXCEPTION_HANDLERS
 from specai.server.routes import agents, health
 from specai.server.routes import auth as auth_routes
+from specai.server.security import BearerAuthMiddleware, TokenVerifier
 from specai.server.state import ServerState
 from specai.tls import CertInfo
 from specai.users import UserDirectory
@@ -44,10 +44,15 @@ def create_app(settings: Settings, cert: CertInfo, *, token_secret: str | None =
             )
     secret = token_secret or auth.load_token_secret(settings)
     state = ServerState.build(settings, cert, secret, users)
+    state.agent_list = agents.agent_list(state.runtime)
     middleware: list[Any] = []
-    on_app_init = []
+    openapi = OpenAPIConfig(title="specai", version=__version__, path="/schema")
     if users is not None:
-        on_app_init.append(_jwt_auth(state, users).on_app_init)
+        middleware.append(BearerAuthMiddleware(TokenVerifier(secret, users)))
+        openapi.components = Components(
+            security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
+        )
+        openapi.security = [{"BearerToken": []}]
     cors = None
     if settings.server.enable_cors:
         cors = CORSConfig(allow_origins=list(settings.server.cors_origins) or ["*"], allow_credentials=False)
@@ -56,25 +61,11 @@ def create_app(settings: Settings, cert: CertInfo, *, token_secret: str | None =
         dependencies={"server": Provide(lambda: state, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=middleware,
-        on_app_init=on_app_init,
         cors_config=cors,
         request_max_body_size=settings.server.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="specai", version=__version__, path="/schema"),
+        openapi_config=openapi,
         debug=False,
     )
     app.state.specai = state
     return app
 
-
-def _jwt_auth(state: ServerState, users: UserDirectory) -> JWTAuth[str, Token]:
-    async def retrieve_user(token: Token, _: ASGIConnection[Any, Any, Any, Any]) -> str | None:
-        return token.sub if users.exists(token.sub) else None
-
-    return JWTAuth[str, Token](
-        retrieve_user_handler=retrieve_user,
-        token_secret=state.token_secret,
-        algorithm=auth.ALGORITHM,
-        accepted_issuers=[auth.ISSUER],
-        require_claims=["sub", "iat", "exp", "jti"],
-        exclude=["^/schema(/|$)"],
-    )

@@ -45,9 +45,7 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
     code = _HTTP_CODES.get(status, "internal_error" if status >= 500 else "http_error")
     details = exc.extra if isinstance(exc, ValidationException) and exc.extra else None
     message = exc.detail
-    if status == 401:
-        message = _auth_message(exc.detail)
-    elif status == 413:
+    if status == 413:
         message = "request body too large"
     return error_response(status, message, code, details, exc.headers)
 
@@ -56,15 +54,6 @@ def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dic
     """A bug: log it with its traceback, answer with a generic 500."""
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal server error", "internal_error")
-
-
-def _auth_message(detail: str) -> str:
-    lowered = detail.lower()
-    if "no jwt token" in lowered or "no auth" in lowered:
-        return "missing bearer token: send 'Authorization: Bearer <token>' (get one with `specai login`)"
-    if "expired" in lowered:
-        return "token expired; run `specai login` again"
-    return "invalid or expired token; run `specai login` again"
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from specai.agents import AgentRuntime
 from specai.config import Settings
+from specai.server.schemas import AgentListOut
 from specai.throttle import LoginThrottle
 from specai.tls import CertInfo
 from specai.users import UserDirectory
@@ -30,6 +31,7 @@ class ServerState:
     password_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(os.cpu_count() or 1))
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = field(default_factory=time.monotonic)
+    agent_list: AgentListOut = field(default_factory=lambda: AgentListOut(agents=[]))
 
     @classmethod
     def build(cls, settings: Settings, cert: CertInfo, token_secret: str, users: UserDirectory | None) -> ServerState:

@@ -11,7 +11,7 @@ from litestar.params import JSONBody
 from litestar import post, get
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from specai.agents import AgentEvent, QueryInput, Run
+from specai.agents import AgentEvent, AgentRuntime, QueryInput, Run
 from specai.errors import ExecutionError, InvalidRequestError
 from specai.server.schemas import AgentListOut, AgentOut, QueryIn, QueryOut, ResponseMetadata
 from specai.server.state import ServerState
@@ -20,7 +20,11 @@ from specai.server.state import ServerState
 @get("/agents", operation_id="ListAgents", tags=["agents"], sync_to_thread=False)
 def list_agents(server: NamedDependency[ServerState]) -> AgentListOut:
     """Every configured agent, sorted by id, with its provider, model and availability."""
-    runtime = server.runtime
+    return server.agent_list
+
+
+def agent_list(runtime: AgentRuntime) -> AgentListOut:
+    """The /agents body; agents are fixed for the server's lifetime, so it is built once."""
     return AgentListOut(
         agents=[
             AgentOut(
