@@ -212,6 +212,10 @@ def test_first_start_creates_identity_and_later_starts_reuse_it(tmp_path: Path) 
         assert served == openssl_wire_fingerprint(first.port)
         assert local.stdout.strip() == served
         assert remote.stdout.strip() == served
+        shown = run_cli(home, "cert", "show", "--server", first.url, "--json")
+        assert shown.returncode == 0, shown.stderr
+        with first.client() as client:
+            assert json.loads(shown.stdout) == client.get("/cert").json()
 
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -504,10 +508,18 @@ def test_removed_user_token_stops_working(auth_live: ServerProcess) -> None:
         assert client.get("/agents", headers=headers).status_code == 200
         result = run_cli(auth_live.home, "auth", "remove-user", "carol")
         assert result.returncode == 0, result.stderr
-        assert_error(client.get("/agents", headers=headers), 401, "unauthorized")
+        first = client.get("/agents", headers=headers)
+        deadline = time.monotonic() + 3
+        later = first
+        while later.status_code != 401 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            later = client.get("/agents", headers=headers)
+        assert_error(later, 401, "unauthorized")
         assert_error(client.post("/query", json={"message": "hi"}, headers=headers), 401, "unauthorized")
         gone = client.post("/auth/token", json={"username": "carol", "password": "carol-pass-1"})
         assert_error(gone, 401, "invalid_credentials")
+    # README and `auth remove-user --help`: "their tokens stop working immediately / at once"
+    assert first.status_code == 401, f"the removed user's token still worked right after removal: {first.text}"
 
 
 def test_token_survives_a_server_restart(auth_home: Path) -> None:
@@ -546,6 +558,23 @@ def test_wrong_passwords_are_throttled(auth_server: ServerProcess) -> None:
         assert int(locked.headers["Retry-After"]) > 0
 
 
+def test_failed_logins_are_throttled_per_client_address(auth_server: ServerProcess) -> None:
+    """Different (unknown) usernames from one address: the address itself gets locked after at most 10 failures."""
+    statuses = []
+    with auth_server.client() as client:
+        for attempt in range(11):
+            response = client.post("/auth/token", json={"username": f"guess-{attempt}", "password": "wrong"})
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                break
+            assert_error(response, 401, "invalid_credentials")
+        assert statuses[-1] == 429, statuses
+        assert_error(response, 429, "too_many_attempts")
+        assert int(response.headers["Retry-After"]) > 0
+        locked = client.post("/auth/token", json={"username": "alice", "password": PASSWORD})
+        assert_error(locked, 429, "too_many_attempts")
+
+
 # -- fails closed ----------------------------------------------------------------------------------------------------
 
 
@@ -571,7 +600,7 @@ def test_auth_without_usable_credentials_refuses_to_start(home: Path, content: s
     assert "auth add-user" in result.stderr or "JSON" in result.stderr
 
 
-def test_auth_with_unreadable_credentials_refuses_to_start(home: Path) -> None:
+def test_auth_with_a_malformed_credentials_entry_refuses_to_start(home: Path) -> None:
     (home / "spec-ai.config.toml").write_text("[auth]\nenabled = true\n")
     credentials = home / "credentials.json"
     credentials.write_text('[{"username": "alice", "password_hash": 42}]')

@@ -169,7 +169,7 @@ class UserDirectory:
     A file that disappears or breaks while the server runs means no users (fail closed), not the last good ones.
     """
 
-    def __init__(self, path: Path, *, recheck_secs: float = 1.0) -> None:
+    def __init__(self, path: Path, *, recheck_secs: float = 0.0) -> None:
         self.path = path
         self.recheck_secs = recheck_secs
         self.problem: str | None = None

@@ -10,6 +10,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from specai.errors import (
     AuthError,
@@ -35,13 +36,13 @@ R = TypeVar("R")
 
 def fail(message: str, code: int = ERROR) -> NoReturn:
     """Print one line to stderr and exit with `code`."""
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(code)
 
 
 def warn(message: str) -> None:
     """Print a warning line to stderr."""
-    err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def exit_code_for(exc: SpecaiError) -> int:
@@ -61,7 +62,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except SpecaiError as exc:
-            fail(_escape(exc.message), exit_code_for(exc))
+            fail(exc.message, exit_code_for(exc))
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
@@ -78,11 +79,7 @@ def print_json(value: Any) -> None:
 def print_warnings(warnings: tuple[str, ...]) -> None:
     """Show config or certificate warnings."""
     for message in warnings:
-        warn(_escape(message))
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", "\\[")
+        warn(message)
 
 
 __all__ = [

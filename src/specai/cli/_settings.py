@@ -17,6 +17,6 @@ def load(ctx: typer.Context, config: Path | None = None) -> Settings:
     try:
         settings = load_settings(config or root)
     except ConfigError as exc:
-        fail(exc.message.replace("[", "\\["))
+        fail(exc.message)
     print_warnings(settings.warnings)
     return settings

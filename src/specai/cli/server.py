@@ -76,7 +76,7 @@ def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
         _check_port_free(host, port)
         app = create_app(settings, info)
     except SpecaiError as exc:
-        fail(_escape(exc.message), STARTUP_FAILURE)
+        fail(exc.message, STARTUP_FAILURE)
     if paths.generated:
         err.print(f"created a self-signed certificate in {paths.cert.parent}")
     if not settings.auth.enabled:
@@ -88,7 +88,7 @@ def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
     try:
         serve(app, host, port, paths, ready)
     except SpecaiError as exc:
-        fail(_escape(exc.message), STARTUP_FAILURE)
+        fail(exc.message, STARTUP_FAILURE)
     except KeyboardInterrupt:
         pass
     err.print("specai server stopped")
@@ -136,7 +136,3 @@ def _check_port_free(host: str, port: int) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise StartupError(f"port {port} on {host} is already in use; choose another with --port") from None
             raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", "\\[")

@@ -45,9 +45,11 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
     code = _HTTP_CODES.get(status, "internal_error" if status >= 500 else "http_error")
     details = exc.extra if isinstance(exc, ValidationException) and exc.extra else None
     message = exc.detail
+    headers = dict(exc.headers or {})
     if status == 413:
         message = "request body too large"
-    return error_response(status, message, code, details, exc.headers)
+        headers["Connection"] = "close"  # the unread rest of the body makes the connection unusable
+    return error_response(status, message, code, details, headers or None)
 
 
 def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
