@@ -340,7 +340,7 @@ def run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> dic
     generator = "wrk" if wrk else "builtin asyncio"
     note(f"load generator: {generator}")
     measure(targets, run_wrk if wrk else run_builtin, args.duration, args.connections)
-    base, spec = (summary(target, size) for target, size in zip(targets, sizes))
+    base, spec = (summary(target, size) for target, size in zip(targets, sizes, strict=True))
     ratio = spec["rps_median"] / base["rps_median"] if base["rps_median"] else 0.0
     return {
         "generator": generator,

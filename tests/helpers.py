@@ -35,7 +35,9 @@ def cli_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(home: Path, *args: str, input: str | None = None, cwd: Path | None = None, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    home: Path, *args: str, input: str | None = None, cwd: Path | None = None, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m specai ARGS` as a real process (stdin is not a terminal)."""
     return subprocess.run(
         [sys.executable, "-m", "specai", *args],
@@ -51,7 +53,9 @@ def run_cli(home: Path, *args: str, input: str | None = None, cwd: Path | None =
 class ServerProcess:
     """A real `specai server` process on a free port; `start()` waits for its listening line."""
 
-    def __init__(self, home: Path, *args: str, port: int | None = None, cwd: Path | None = None, **env: str) -> None:
+    def __init__(
+        self, home: Path, *args: str, port: int | None = None, cwd: Path | None = None, **env: str
+    ) -> None:
         self.home = home
         self.port = port or free_port()
         self.args = ["server", "--port", str(self.port), *args]
@@ -81,7 +85,7 @@ class ServerProcess:
             except queue.Empty:
                 if self.proc.poll() is not None:
                     self.close()
-                    raise RuntimeError(f"server exited {self.proc.returncode}: {self.text()}")
+                    raise RuntimeError(f"server exited {self.proc.returncode}: {self.text()}") from None
                 continue
             if match := LISTENING.search(line):
                 self.url, self.fingerprint = match.group(1), match.group(2)

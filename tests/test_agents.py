@@ -58,7 +58,9 @@ def test_configured_default_agent_is_used(tmp_path: Path) -> None:
 
 
 def test_without_default_agent_the_first_configured_agent_is_used(tmp_path: Path) -> None:
-    runtime = AgentRuntime(fast_settings(tmp_path, agents={"zeta": AgentSettings(), "alpha": AgentSettings()}))
+    runtime = AgentRuntime(
+        fast_settings(tmp_path, agents={"zeta": AgentSettings(), "alpha": AgentSettings()})
+    )
     assert runtime.default_agent == "alpha"
     assert list(runtime.agents) == ["alpha", "zeta"]
 
@@ -78,7 +80,10 @@ def test_agent_profile_falls_back_to_model_settings(tmp_path: Path) -> None:
     settings = fast_settings(
         tmp_path,
         model=model,
-        agents={"plain": AgentSettings(), "tuned": AgentSettings(model_name="own", temperature=1.5, max_tokens=7)},
+        agents={
+            "plain": AgentSettings(),
+            "tuned": AgentSettings(model_name="own", temperature=1.5, max_tokens=7),
+        },
     )
     runtime = AgentRuntime(settings)
     plain, tuned = runtime.get("plain"), runtime.get("tuned")

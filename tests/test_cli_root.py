@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from helpers import run_cli
-
 from specai import __version__
 
 COMMANDS = ("server", "auth", "cert", "login", "logout", "query", "agents", "health")

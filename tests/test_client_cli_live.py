@@ -53,7 +53,10 @@ def verifies(password_hash: str, password: str) -> bool:
 
 
 def credentials(home: Path) -> dict[str, str]:
-    return {entry["username"]: entry["password_hash"] for entry in json.loads((home / "credentials.json").read_text())}
+    return {
+        entry["username"]: entry["password_hash"]
+        for entry in json.loads((home / "credentials.json").read_text())
+    }
 
 
 # -- servers -------------------------------------------------------------------------------------------------------
@@ -81,9 +84,18 @@ def client_home(tmp_path: Path) -> Path:
     return path
 
 
-def login(client_home: Path, server: ServerProcess, *extra: str, password: str = PASSWORD, user: str = "alice") -> subprocess.CompletedProcess[str]:
+def login(
+    client_home: Path, server: ServerProcess, *extra: str, password: str = PASSWORD, user: str = "alice"
+) -> subprocess.CompletedProcess[str]:
     return run_cli(
-        client_home, "login", "--server", server.url, "--username", user, "--password-stdin", *extra,
+        client_home,
+        "login",
+        "--server",
+        server.url,
+        "--username",
+        user,
+        "--password-stdin",
+        *extra,
         input=password + "\n",
     )
 
@@ -96,7 +108,12 @@ def test_auth_user_management(tmp_path: Path) -> None:
     env = cli_env(home)
     piped = subprocess.run(
         f"printf 'pw-one-two\\n' | '{SPECAI}' auth add-user alice --password-stdin",
-        shell=True, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
     )
     assert piped.returncode == 0, piped.stderr
     path = home / "credentials.json"
@@ -172,11 +189,15 @@ def test_login_query_logout(cli_server: ServerProcess, client_home: Path) -> Non
     assert body["metadata"]["model"] == "mock-model"
     assert body["session_id"] == session  # --continue reused the streamed session
 
-    fresh = json.loads(run_cli(client_home, "query", "new topic", "--server", url, "--no-stream", "--json").stdout)
+    fresh = json.loads(
+        run_cli(client_home, "query", "new topic", "--server", url, "--no-stream", "--json").stdout
+    )
     assert str(uuid.UUID(fresh["session_id"])) == fresh["session_id"] and fresh["session_id"] != session
     again = json.loads(run_cli(client_home, "query", "more", "--server", url, "--json", "--continue").stdout)
     assert again["session_id"] == fresh["session_id"]
-    chosen = json.loads(run_cli(client_home, "query", "x", "--server", url, "--json", "--session", "my-own-id").stdout)
+    chosen = json.loads(
+        run_cli(client_home, "query", "x", "--server", url, "--json", "--session", "my-own-id").stdout
+    )
     assert chosen["session_id"] == "my-own-id"
 
     agents = run_cli(client_home, "agents", "--json", SPECAI_SERVER=url)  # server from the environment
@@ -196,14 +217,18 @@ def test_login_query_logout(cli_server: ServerProcess, client_home: Path) -> Non
 
 
 def test_query_without_a_token_exits_4(cli_server: ServerProcess, client_home: Path) -> None:
-    result = run_cli(client_home, "query", "hello", "--server", cli_server.url, "--fingerprint", cli_server.fingerprint)
+    result = run_cli(
+        client_home, "query", "hello", "--server", cli_server.url, "--fingerprint", cli_server.fingerprint
+    )
     assert result.returncode == 4, (result.returncode, result.stderr)
     assert "login" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_wrong_password_at_login_exits_4(cli_server: ServerProcess, client_home: Path) -> None:
-    result = login(client_home, cli_server, "--fingerprint", cli_server.fingerprint, password="not-the-password")
+    result = login(
+        client_home, cli_server, "--fingerprint", cli_server.fingerprint, password="not-the-password"
+    )
     assert result.returncode == 4, (result.returncode, result.stderr)
     assert not (client_home / "tokens.json").exists()
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -220,7 +245,9 @@ def test_wrong_fingerprint_exits_5(cli_server: ServerProcess, client_home: Path)
     assert query.returncode == 5
 
 
-def test_unpinned_server_in_a_non_interactive_run_exits_5(cli_server: ServerProcess, client_home: Path) -> None:
+def test_unpinned_server_in_a_non_interactive_run_exits_5(
+    cli_server: ServerProcess, client_home: Path
+) -> None:
     for args in (("health",), ("login", "--username", "alice", "--password-stdin")):
         result = run_cli(client_home, *args, "--server", cli_server.url, input=PASSWORD + "\n")
         assert result.returncode == 5, (args, result.returncode, result.stderr)
@@ -235,7 +262,9 @@ def test_pin_is_checked_before_the_password_is_sent(cli_server: ServerProcess, c
     would now be locked out and the correct login below would get 429."""
 
     def attempt(_: int) -> int:
-        return login(client_home, cli_server, "--fingerprint", OTHER_FINGERPRINT, user="dave", password="wrong!").returncode
+        return login(
+            client_home, cli_server, "--fingerprint", OTHER_FINGERPRINT, user="dave", password="wrong!"
+        ).returncode
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         codes = list(pool.map(attempt, range(6)))
@@ -252,15 +281,21 @@ class _RecordingTlsServer:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "recorder")])
         now = dt.datetime.now(dt.UTC)
         cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
             .sign(key, hashes.SHA256())
         )
         cert_path, key_path = directory / "rec.crt", directory / "rec.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
         )
         self.fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -305,7 +340,14 @@ def test_nothing_is_sent_to_an_untrusted_server(tmp_path: Path, client_home: Pat
     try:
         for extra in (("--fingerprint", OTHER_FINGERPRINT), ()):
             result = run_cli(
-                client_home, "login", "--server", recorder.url, "--username", "alice", "--password-stdin", *extra,
+                client_home,
+                "login",
+                "--server",
+                recorder.url,
+                "--username",
+                "alice",
+                "--password-stdin",
+                *extra,
                 input=PASSWORD + "\n",
             )
             assert result.returncode == 5, (result.returncode, result.stderr)
@@ -313,8 +355,17 @@ def test_nothing_is_sent_to_an_untrusted_server(tmp_path: Path, client_home: Pat
         assert recorder.received == b""
         # control: once the pin matches, the request (with the password) does reach the server
         run_cli(
-            client_home, "login", "--server", recorder.url, "--username", "alice", "--password-stdin",
-            "--fingerprint", recorder.fingerprint, input=PASSWORD + "\n", timeout=30,
+            client_home,
+            "login",
+            "--server",
+            recorder.url,
+            "--username",
+            "alice",
+            "--password-stdin",
+            "--fingerprint",
+            recorder.fingerprint,
+            input=PASSWORD + "\n",
+            timeout=30,
         )
         assert b"POST /auth/token" in recorder.received and PASSWORD.encode() in recorder.received
     finally:
@@ -328,7 +379,9 @@ def test_replaced_certificate_is_refused(tmp_path: Path, client_home: Path) -> N
     try:
         pinned = run_cli(client_home, "health", "--server", first.url, "--fingerprint", first.fingerprint)
         assert pinned.returncode == 0, pinned.stderr
-        assert run_cli(client_home, "query", "hi", "--server", first.url).returncode == 0  # the stored pin works
+        assert (
+            run_cli(client_home, "query", "hi", "--server", first.url).returncode == 0
+        )  # the stored pin works
     finally:
         first.stop()
     shutil.rmtree(server_home / "tls")
@@ -357,9 +410,22 @@ def test_query_streams_incrementally(home: Path, client_home: Path) -> None:
     try:
         started = time.monotonic()
         child = subprocess.Popen(
-            [sys.executable, "-m", "specai", "query", "hello", "--server", proc.url, "--fingerprint", proc.fingerprint],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=cli_env(client_home), cwd=client_home,
+            [
+                sys.executable,
+                "-m",
+                "specai",
+                "query",
+                "hello",
+                "--server",
+                proc.url,
+                "--fingerprint",
+                proc.fingerprint,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=cli_env(client_home),
+            cwd=client_home,
         )
         assert child.stdout is not None and child.stderr is not None
         arrivals: list[tuple[float, bytes]] = []
@@ -399,7 +465,12 @@ class _Terminal:
         env = cli_env(home, TERM="xterm")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _CTTY_SHIM, *args],
-            stdin=slave, stdout=slave, stderr=slave, env=env, cwd=home, start_new_session=True,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            cwd=home,
+            start_new_session=True,
         )
         os.close(slave)
         self.output = b""

@@ -13,7 +13,8 @@ from specai.errors import ConfigError
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every path under `root` with its size and mtime, to prove nothing was written."""
     return {
-        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns) for path in root.rglob("*")
+        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in root.rglob("*")
     }
 
 
@@ -105,7 +106,9 @@ def test_lookup_ignores_empty_specai_config(env: dict[str, str], cwd: Path) -> N
     assert settings.config_path == in_cwd
 
 
-def test_missing_explicit_config_file_is_an_error_naming_it(tmp_path: Path, env: dict[str, str], cwd: Path) -> None:
+def test_missing_explicit_config_file_is_an_error_naming_it(
+    tmp_path: Path, env: dict[str, str], cwd: Path
+) -> None:
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError) as info:
         load_settings(missing, env=env, cwd=cwd)
@@ -290,7 +293,9 @@ def test_unknown_top_level_key_warns_naming_it(tmp_path: Path, env: dict[str, st
     assert str(settings.config_path) in settings.warnings[0]
 
 
-def test_unknown_key_in_section_warns_naming_key_and_section(tmp_path: Path, env: dict[str, str], cwd: Path) -> None:
+def test_unknown_key_in_section_warns_naming_key_and_section(
+    tmp_path: Path, env: dict[str, str], cwd: Path
+) -> None:
     settings = load("[server]\nprot = 3001\n[agents.a]\npromt = 'x'\n", tmp_path, env, cwd)
     assert settings.server.port == 3000
     assert len(settings.warnings) == 2
@@ -367,7 +372,9 @@ def test_default_agent_without_agents_must_name_the_implicit_default(
     assert "'ghost'" in info.value.message
 
 
-def test_default_agent_default_without_agents_is_accepted(tmp_path: Path, env: dict[str, str], cwd: Path) -> None:
+def test_default_agent_default_without_agents_is_accepted(
+    tmp_path: Path, env: dict[str, str], cwd: Path
+) -> None:
     settings = load('default_agent = "default"\n', tmp_path, env, cwd)
     assert settings.default_agent == "default"
 
@@ -383,7 +390,12 @@ def test_default_agent_must_be_a_string(tmp_path: Path, env: dict[str, str], cwd
 
 
 def test_env_overrides_config_file_values(tmp_path: Path, env: dict[str, str], cwd: Path) -> None:
-    overrides = {**env, "SPECAI_SERVER_PORT": "4000", "SPECAI_AUTH_ENABLED": "true", "SPECAI_SERVER_TLS_SAN": "a, b"}
+    overrides = {
+        **env,
+        "SPECAI_SERVER_PORT": "4000",
+        "SPECAI_AUTH_ENABLED": "true",
+        "SPECAI_SERVER_TLS_SAN": "a, b",
+    }
     settings = load("[server]\nport = 3500\n[auth]\nenabled = false\n", tmp_path, overrides, cwd)
     assert settings.server.port == 4000
     assert settings.auth.enabled is True
@@ -392,7 +404,15 @@ def test_env_overrides_config_file_values(tmp_path: Path, env: dict[str, str], c
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("true", True), ("TRUE", True), ("1", True), ("yes", True), ("false", False), ("0", False), ("off", False)],
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        ("yes", True),
+        ("false", False),
+        ("0", False),
+        ("off", False),
+    ],
 )
 def test_env_auth_enabled_accepts_boolean_words(
     env: dict[str, str], cwd: Path, text: str, expected: bool
@@ -429,4 +449,3 @@ def test_env_default_agent_overrides_file(tmp_path: Path, env: dict[str, str], c
         'default_agent = "a"\n[agents.a]\n[agents.b]\n', tmp_path, {**env, "SPECAI_DEFAULT_AGENT": "b"}, cwd
     )
     assert settings.default_agent == "b"
-

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import assert_error
 from litestar.testing import TestClient
 
+from helpers import assert_error
 from specai import auth
 from specai.config import load_settings
 from specai.server.app import create_app
@@ -73,25 +73,39 @@ def test_empty_message(client: TestClient, headers: dict[str, str]) -> None:
 
 
 def test_out_of_range_temperature(client: TestClient, headers: dict[str, str]) -> None:
-    assert_error(client.post("/query", json={"message": "x", "temperature": 9}, headers=headers), 400, "invalid_request")
+    assert_error(
+        client.post("/query", json={"message": "x", "temperature": 9}, headers=headers),
+        400,
+        "invalid_request",
+    )
 
 
 def test_body_too_large(client: TestClient, headers: dict[str, str]) -> None:
-    response = client.post("/query", content=b"x" * 5000, headers={**headers, "content-type": "application/json"})
+    response = client.post(
+        "/query", content=b"x" * 5000, headers={**headers, "content-type": "application/json"}
+    )
     assert_error(response, 413, "payload_too_large")
 
 
 def test_unknown_agent_on_stream_is_json_not_sse(client: TestClient, headers: dict[str, str]) -> None:
-    assert_error(client.post("/stream", json={"message": "x", "agent": "zz"}, headers=headers), 404, "agent_not_found")
+    assert_error(
+        client.post("/stream", json={"message": "x", "agent": "zz"}, headers=headers), 404, "agent_not_found"
+    )
 
 
 def test_stream_flag_on_query(client: TestClient, headers: dict[str, str]) -> None:
-    assert_error(client.post("/query", json={"message": "x", "stream": True}, headers=headers), 400, "invalid_request")
+    assert_error(
+        client.post("/query", json={"message": "x", "stream": True}, headers=headers), 400, "invalid_request"
+    )
 
 
 def test_wrong_password_then_throttled(client: TestClient) -> None:
     for _ in range(5):
-        assert_error(client.post("/auth/token", json={"username": "alice", "password": "no"}), 401, "invalid_credentials")
+        assert_error(
+            client.post("/auth/token", json={"username": "alice", "password": "no"}),
+            401,
+            "invalid_credentials",
+        )
     response = client.post("/auth/token", json={"username": "alice", "password": "no"})
     body = assert_error(response, 429, "too_many_attempts")
     assert int(response.headers["retry-after"]) == body["details"]["retry_after"] > 0

@@ -9,7 +9,17 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "specai"
 EDGES = {"cli", "server", "client.py", "__main__.py"}
-FORBIDDEN = {"typer", "rich", "litestar", "granian", "httpx", "httpx_sse", "specai.cli", "specai.server", "specai.client"}
+FORBIDDEN = {
+    "typer",
+    "rich",
+    "litestar",
+    "granian",
+    "httpx",
+    "httpx_sse",
+    "specai.cli",
+    "specai.server",
+    "specai.client",
+}
 CORE = sorted(p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in EDGES)
 
 

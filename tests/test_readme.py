@@ -6,7 +6,14 @@ import dataclasses
 import re
 from pathlib import Path
 
-from specai.config import AgentSettings, AuthSettings, DatabaseSettings, ModelSettings, ServerSettings, load_settings
+from specai.config import (
+    AgentSettings,
+    AuthSettings,
+    DatabaseSettings,
+    ModelSettings,
+    ServerSettings,
+    load_settings,
+)
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -29,7 +36,9 @@ def test_readme_config_documents_every_key() -> None:
     block = _config_block()
     for cls in (ServerSettings, AuthSettings, DatabaseSettings, ModelSettings, AgentSettings):
         for field in dataclasses.fields(cls):
-            assert re.search(rf"^#? ?{field.name} = ", block, flags=re.M), f"{cls.__name__}.{field.name} missing"
+            assert re.search(rf"^#? ?{field.name} = ", block, flags=re.M), (
+                f"{cls.__name__}.{field.name} missing"
+            )
 
 
 def test_readme_names_the_two_commands() -> None:

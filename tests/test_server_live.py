@@ -65,7 +65,10 @@ def fingerprint_of_der(der: bytes) -> str:
 def openssl_file_fingerprint(cert: Path) -> str:
     result = subprocess.run(
         ["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", str(cert)],
-        capture_output=True, text=True, check=True, timeout=20,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=20,
     )
     return result.stdout.strip().split("=", 1)[1]
 
@@ -74,12 +77,19 @@ def openssl_wire_fingerprint(port: int) -> str:
     """The fingerprint of the certificate `openssl s_client` receives on the wire."""
     hello = subprocess.run(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{port}"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert "BEGIN CERTIFICATE" in hello.stdout, hello.stdout + hello.stderr
     result = subprocess.run(
         ["openssl", "x509", "-fingerprint", "-sha256", "-noout"],
-        input=hello.stdout, capture_output=True, text=True, check=True, timeout=20,
+        input=hello.stdout,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=20,
     )
     return result.stdout.strip().split("=", 1)[1]
 
@@ -118,7 +128,9 @@ def self_signed(key: Any, cn: str = "127.0.0.1") -> x509.Certificate:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -128,12 +140,16 @@ def self_signed(key: Any, cn: str = "127.0.0.1") -> x509.Certificate:
 
 def write_pair(directory: Path, kind: str) -> tuple[Path, Path, x509.Certificate]:
     """A user's own cert + key: RSA in PKCS#1 ("BEGIN RSA PRIVATE KEY") or EC in SEC1 ("BEGIN EC PRIVATE KEY")."""
-    key: Any = rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
+    key: Any = (
+        rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
+    )
     cert = self_signed(key)
     key_path, cert_path = directory / f"{kind}.key", directory / f"{kind}.crt"
     key_path.write_bytes(
         key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
         )
     )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -378,7 +394,9 @@ def test_stream_sends_start_chunks_end(api_server: ServerProcess) -> None:
 def test_query_returns_a_query_response(api_server: ServerProcess) -> None:
     with api_server.client() as client:
         fresh = client.post("/query", json={"message": "hello", "agent": "helper"})
-        echoed = client.post("/query", json={"message": "again", "agent": "helper", "session_id": "my-session-7"})
+        echoed = client.post(
+            "/query", json={"message": "again", "agent": "helper", "session_id": "my-session-7"}
+        )
         default = client.post("/query", json={"message": "no agent given"})
     assert fresh.status_code == 200, fresh.text
     body = fresh.json()
@@ -399,13 +417,19 @@ def test_query_returns_a_query_response(api_server: ServerProcess) -> None:
 def test_query_errors(api_server: ServerProcess) -> None:
     with api_server.client() as client:
         assert_error(client.post("/query", json={"message": "hi", "stream": True}), 400, "invalid_request")
-        body = assert_error(client.post("/query", json={"message": "hi", "agent": "nobody"}), 404, "agent_not_found")
+        body = assert_error(
+            client.post("/query", json={"message": "hi", "agent": "nobody"}), 404, "agent_not_found"
+        )
         assert "nobody" in body["error"]
-        assert_error(client.post("/stream", json={"message": "hi", "agent": "nobody"}), 404, "agent_not_found")
+        assert_error(
+            client.post("/stream", json={"message": "hi", "agent": "nobody"}), 404, "agent_not_found"
+        )
         missing = assert_error(client.post("/query", json={"agent": "writer"}), 400, "invalid_request")
         assert missing.get("details"), missing
         assert "message" in json.dumps(missing["details"])
-        malformed = client.post("/query", content=b'{"message": "hi",', headers={"content-type": "application/json"})
+        malformed = client.post(
+            "/query", content=b'{"message": "hi",', headers={"content-type": "application/json"}
+        )
         assert_error(malformed, 400, "invalid_request")
         assert_error(client.post("/query", json={"message": "   "}), 400, "invalid_request")
 
@@ -449,14 +473,18 @@ def test_every_protected_route_rejects_missing_and_bad_tokens(auth_live: ServerP
             for method in operations
             if method in {"get", "post", "put", "patch", "delete"}
         ]
-        assert {("/agents", "GET"), ("/query", "POST"), ("/stream", "POST"), ("/auth/hash", "POST")} <= set(protected)
+        assert {("/agents", "GET"), ("/query", "POST"), ("/stream", "POST"), ("/auth/hash", "POST")} <= set(
+            protected
+        )
         for path, method in protected:
             url = re.sub(r"\{[^}]+\}", "x", path)
             body = bodies.get(path, {}) if method != "GET" else None
             response = client.request(method, url, json=body)
             assert_error(response, 401, "unauthorized")
             for label, token in bad_tokens.items():
-                response = client.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"})
+                response = client.request(
+                    method, url, json=body, headers={"Authorization": f"Bearer {token}"}
+                )
                 assert response.status_code == 401, (path, method, label, response.text)
                 assert_error(response, 401, "unauthorized")
             response = client.request(method, url, json=body, headers={"Authorization": good})  # no "Bearer "
@@ -519,7 +547,9 @@ def test_removed_user_token_stops_working(auth_live: ServerProcess) -> None:
         gone = client.post("/auth/token", json={"username": "carol", "password": "carol-pass-1"})
         assert_error(gone, 401, "invalid_credentials")
     # README and `auth remove-user --help`: "their tokens stop working immediately / at once"
-    assert first.status_code == 401, f"the removed user's token still worked right after removal: {first.text}"
+    assert first.status_code == 401, (
+        f"the removed user's token still worked right after removal: {first.text}"
+    )
 
 
 def test_token_survives_a_server_restart(auth_home: Path) -> None:
@@ -617,7 +647,9 @@ def test_non_loopback_host_without_auth_needs_the_override(home: Path) -> None:
             assert client.get("/health").json()["status"] == "healthy"
     finally:
         proc.stop()
-    assert "Enable [auth]" in result.stderr, result.stderr  # the fix is named intact (not eaten as Rich markup)
+    assert "Enable [auth]" in result.stderr, (
+        result.stderr
+    )  # the fix is named intact (not eaten as Rich markup)
 
 
 def test_bad_config_value_exits_1_naming_key_and_file(home: Path) -> None:
@@ -666,7 +698,10 @@ class _StreamReader(threading.Thread):
 
     def run(self) -> None:
         try:
-            with self.proc.client() as client, client.stream("POST", "/stream", json={"message": "long one"}) as response:
+            with (
+                self.proc.client() as client,
+                client.stream("POST", "/stream", json={"message": "long one"}) as response,
+            ):
                 assert response.status_code == 200
                 for line in response.iter_lines():
                     self.lines.append(line)
@@ -720,7 +755,9 @@ def test_sigterm_with_an_in_flight_query_stops_within_5_s(home: Path) -> None:
     worker.join(5)
     assert not worker.is_alive()
     assert outcome, "the query never finished"
-    if isinstance(outcome[0], httpx.Response):  # answered (e.g. 503) rather than cut off: still our JSON shape
+    if isinstance(
+        outcome[0], httpx.Response
+    ):  # answered (e.g. 503) rather than cut off: still our JSON shape
         response = outcome[0]
         assert response.status_code >= 500, response.text
         assert {"error", "code"} <= set(response.json())

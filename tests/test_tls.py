@@ -225,12 +225,17 @@ def test_user_pkcs8_key_is_used_as_is(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("make_key", "header"),
     [
-        (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), b"-----BEGIN RSA PRIVATE KEY-----"),
+        (
+            lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            b"-----BEGIN RSA PRIVATE KEY-----",
+        ),
         (lambda: ec.generate_private_key(ec.SECP256R1()), b"-----BEGIN EC PRIVATE KEY-----"),
     ],
     ids=["pkcs1-rsa", "sec1-ec"],
 )
-def test_user_traditional_key_is_converted_to_private_pkcs8_copy(tmp_path: Path, make_key, header: bytes) -> None:
+def test_user_traditional_key_is_converted_to_private_pkcs8_copy(
+    tmp_path: Path, make_key, header: bytes
+) -> None:
     key = make_key()
     cert_path, key_path = user_pair(tmp_path / "user", key, serialization.PrivateFormat.TraditionalOpenSSL)
     assert key_path.read_bytes().startswith(header)
@@ -372,7 +377,9 @@ def test_pinned_context_accepts_the_pinned_cert_and_refuses_another(tmp_path: Pa
     cert, key = write_pair(tmp_path / "srv", "srv")
     other_cert, _ = write_pair(tmp_path / "other", "other")
     pinned_der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.DER)
-    other_der = x509.load_pem_x509_certificate(other_cert.read_bytes()).public_bytes(serialization.Encoding.DER)
+    other_der = x509.load_pem_x509_certificate(other_cert.read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
 
     with tls_server(cert, key) as port:
         good = pinned_ssl_context(pinned_der)
@@ -392,5 +399,7 @@ def test_pinned_context_works_for_any_hostname(tmp_path: Path) -> None:
     der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.DER)
     with tls_server(cert, key) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            with pinned_ssl_context(der).wrap_socket(sock, server_hostname="not-in-the-sans.example") as tls_sock:
+            with pinned_ssl_context(der).wrap_socket(
+                sock, server_hostname="not-in-the-sans.example"
+            ) as tls_sock:
                 assert tls_sock.version() in ("TLSv1.2", "TLSv1.3")

@@ -143,7 +143,9 @@ def test_changed_certificate_is_refused_loudly(known: KnownServers) -> None:
     assert known.get(ORIGIN) == FP_A
 
 
-def test_unknown_server_without_confirm_is_refused_with_its_fingerprint(known: KnownServers, home: Path) -> None:
+def test_unknown_server_without_confirm_is_refused_with_its_fingerprint(
+    known: KnownServers, home: Path
+) -> None:
     with pytest.raises(TrustError) as info:
         verify_identity(SERVER, FP_A, known)
     error = info.value

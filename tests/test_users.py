@@ -182,10 +182,15 @@ def test_load_users_missing_file_names_it_and_the_fix(tmp_path: Path) -> None:
         ('[{"username": "alice"}]', "entry 0 needs string 'username' and 'password_hash'"),
         ('[{"username": 1, "password_hash": "x"}]', "entry 0 needs string 'username' and 'password_hash'"),
         ('[{"username": "alice", "password_hash": "plaintext"}]', "user 'alice' has an unrecognised hash"),
-        ('[{"username": "alice", "password_hash": "$argon2id$broken"}]', "user 'alice' has an unrecognised hash"),
+        (
+            '[{"username": "alice", "password_hash": "$argon2id$broken"}]',
+            "user 'alice' has an unrecognised hash",
+        ),
     ],
 )
-def test_load_users_bad_file_is_a_credentials_error_naming_it(tmp_path: Path, text: str, problem: str) -> None:
+def test_load_users_bad_file_is_a_credentials_error_naming_it(
+    tmp_path: Path, text: str, problem: str
+) -> None:
     path = tmp_path / "credentials.json"
     path.write_text(text)
     with pytest.raises(CredentialsError) as info:
@@ -231,7 +236,9 @@ def test_failed_write_leaves_the_old_file_intact(creds: Path, monkeypatch: pytes
     assert [u.username for u in users.load_users(creds)] == ["alice", "bob"]
 
 
-def test_failed_write_during_add_leaves_the_old_file_intact(creds: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_during_add_leaves_the_old_file_intact(
+    creds: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     before = creds.read_text()
 
     def broken_fsync(fd: int) -> None:

@@ -99,7 +99,9 @@ class AgentRuntime:
         profiles = dict(settings.agents) or {DEFAULT_AGENT: AgentSettings()}
         mock_delay = settings.model.mock_delay_ms / 1000
         self.agents = {name: _resolve(name, p, settings, mock_delay) for name, p in sorted(profiles.items())}
-        self.default_agent = settings.default_agent or (DEFAULT_AGENT if DEFAULT_AGENT in self.agents else None)
+        self.default_agent = settings.default_agent or (
+            DEFAULT_AGENT if DEFAULT_AGENT in self.agents else None
+        )
         if self.default_agent is None:
             self.default_agent = next(iter(self.agents))
         self.sessions: set[str] = set()

@@ -74,7 +74,9 @@ def legacy_hash(password: str, salt: bytes | None = None) -> str:
     return base64.urlsafe_b64encode(salt + digest).rstrip(b"=").decode()
 
 
-def issue_token(secret: str, subject: str, expiry_secs: int, now: int | None = None) -> tuple[str, TokenClaims]:
+def issue_token(
+    secret: str, subject: str, expiry_secs: int, now: int | None = None
+) -> tuple[str, TokenClaims]:
     """Sign a JWT for `subject` that expires `expiry_secs` from now."""
     iat = int(time.time()) if now is None else now
     claims = TokenClaims(sub=subject, iat=iat, exp=iat + expiry_secs, jti=uuid.uuid4().hex)
@@ -115,7 +117,9 @@ def load_token_secret(settings: Settings) -> str:
     except OSError as exc:
         raise ConfigError(f"cannot read token secret {path}: {exc.strerror}") from None
     if len(secret) < 32:
-        raise ConfigError(f"token secret {path} is shorter than 32 characters; delete it to generate a new one")
+        raise ConfigError(
+            f"token secret {path} is shorter than 32 characters; delete it to generate a new one"
+        )
     return secret
 
 

@@ -20,7 +20,9 @@ from specai.trust import KnownServers, ServerAddress, parse_server, verify_ident
 class SpecaiClient:
     """Typed access to a specai server; every request goes over a TLS context that trusts only the pin."""
 
-    def __init__(self, server: ServerAddress, der: bytes, *, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, server: ServerAddress, der: bytes, *, token: str | None = None, timeout: float = 30.0
+    ) -> None:
         self.server = server
         self.fingerprint = fingerprint_der(der)
         self.token = token
@@ -88,7 +90,9 @@ class SpecaiClient:
     def stream(self, message: str, **fields: Any) -> Iterator[dict[str, Any]]:
         """POST /stream: yield each StreamChunk as it arrives."""
         try:
-            with connect_sse(self.http, "POST", "/stream", json=_query_body(message, fields), headers=self._auth()) as source:
+            with connect_sse(
+                self.http, "POST", "/stream", json=_query_body(message, fields), headers=self._auth()
+            ) as source:
                 if source.response.status_code != 200:
                     source.response.read()
                     raise _remote_error(source.response)
@@ -115,7 +119,9 @@ class SpecaiClient:
         try:
             data: dict[str, Any] = response.json()
         except ValueError:
-            raise ConnectionFailedError(f"{self.server.origin}{path} answered with something that is not JSON") from None
+            raise ConnectionFailedError(
+                f"{self.server.origin}{path} answered with something that is not JSON"
+            ) from None
         return data
 
 

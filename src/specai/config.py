@@ -205,7 +205,12 @@ class _Parser:
         self.warnings: list[str] = []
 
     def settings(self, raw: dict[str, Any], home: Path, path: Path | None) -> Settings:
-        sections = {"server": ServerSettings, "auth": AuthSettings, "database": DatabaseSettings, "model": ModelSettings}
+        sections = {
+            "server": ServerSettings,
+            "auth": AuthSettings,
+            "database": DatabaseSettings,
+            "model": ModelSettings,
+        }
         known = {"default_agent", "agents", *sections, *_FREE_SECTIONS}
         for key in raw:
             if key not in known:
@@ -227,12 +232,12 @@ class _Parser:
         default_agent = self.env.get("SPECAI_DEFAULT_AGENT") or raw.get("default_agent")
         if default_agent is not None and not isinstance(default_agent, str):
             raise ConfigError(f"{self.source}: default_agent: expected a string, got {default_agent!r}")
-        if default_agent and default_agent not in (agents or {"default": None}):
+        if default_agent and default_agent not in (set(agents) or {"default"}):
             raise ConfigError(
                 f"{self.source}: default_agent: '{default_agent}' is not a configured agent "
                 f"(configured: {', '.join(sorted(agents or ['default']))})"
             )
-        free = {}
+        free: dict[str, dict[str, Any]] = {}
         for name in _FREE_SECTIONS:
             table = raw.get(name, {})
             if not isinstance(table, dict):
@@ -244,12 +249,19 @@ class _Parser:
             default_agent=default_agent,
             agents=agents,
             warnings=tuple(self.warnings),
+            mesh=free["mesh"],
+            sync=free["sync"],
             **built,
-            **free,
         )
 
     def section(
-        self, name: str, cls: type, table: dict[str, Any], *, env_prefix: str | None = None, label: str | None = None
+        self,
+        name: str,
+        cls: type,
+        table: dict[str, Any],
+        *,
+        env_prefix: str | None = None,
+        label: str | None = None,
     ) -> Any:
         label = label or name
         fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -24,7 +24,9 @@ def normalize_fingerprint(text: str) -> str:
     try:
         raw = bytes.fromhex(hexdigits)
     except ValueError:
-        raise TlsError(f"'{text}' is not a SHA-256 fingerprint (expected 64 hex digits, colons optional)") from None
+        raise TlsError(
+            f"'{text}' is not a SHA-256 fingerprint (expected 64 hex digits, colons optional)"
+        ) from None
     if len(raw) != 32:
         raise TlsError(f"'{text}' is not a SHA-256 fingerprint (expected 64 hex digits, colons optional)")
     return format_fingerprint(raw)

@@ -60,7 +60,9 @@ class MockProvider:
 
 def default_model(provider: str) -> str:
     """The model used when neither the agent nor `[model]` names one."""
-    return {"mock": MOCK_MODEL, "openai": "gpt-4.1-mini", "anthropic": "claude-3-5-sonnet-latest"}.get(provider, "llama3")
+    return {"mock": MOCK_MODEL, "openai": "gpt-4.1-mini", "anthropic": "claude-3-5-sonnet-latest"}.get(
+        provider, "llama3"
+    )
 
 
 def build_provider(name: str, *, mock_delay: float = 0.02) -> Provider:

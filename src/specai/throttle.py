@@ -22,7 +22,9 @@ class _Failures:
 class LoginThrottle:
     """Counts consecutive failures per key; after `limit` failures the key is locked, longer each time."""
 
-    def __init__(self, limit: int = 5, lockout: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, limit: int = 5, lockout: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limit = limit
         self.lockout = lockout
         self.clock = clock

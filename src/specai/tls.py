@@ -12,6 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from specai.config import Settings
@@ -57,8 +58,7 @@ class CertPaths:
 
 def cert_info(cert: x509.Certificate) -> CertInfo:
     """Describe a parsed certificate."""
-    subject = ", ".join(f"{attr.oid._name}={attr.value}" for attr in cert.subject)  # noqa: SLF001
-    subject = subject.replace("commonName=", "CN=").replace("organizationName=", "O=")
+    subject = ", ".join(rdn.rfc4514_string() for rdn in cert.subject.rdns)  # "CN=..., O=..." in cert order
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         san = tuple(str(name.value) for name in ext)
@@ -85,7 +85,9 @@ def read_cert(path: Path) -> CertInfo:
     return cert_info(_load_cert(path))
 
 
-def create_self_signed(host: str, extra_sans: tuple[str, ...] = (), validity_days: int = 365) -> tuple[bytes, bytes]:
+def create_self_signed(
+    host: str, extra_sans: tuple[str, ...] = (), validity_days: int = 365
+) -> tuple[bytes, bytes]:
     """Make a self-signed P-256 server certificate; return (cert PEM, PKCS#8 key PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
@@ -136,7 +138,9 @@ def ensure_server_cert(settings: Settings) -> CertPaths:
     server = settings.server
     if server.tls_cert_path or server.tls_key_path:
         if not (server.tls_cert_path and server.tls_key_path):
-            raise TlsError("give both a certificate and a key (--cert and --key, or tls_cert_path and tls_key_path)")
+            raise TlsError(
+                "give both a certificate and a key (--cert and --key, or tls_cert_path and tls_key_path)"
+            )
         return _user_pair(settings, server.tls_cert_path, server.tls_key_path)
     tls_dir = ensure_private_dir(settings.tls_dir)
     cert_path, key_path = tls_dir / "server.crt", tls_dir / "server.key"
@@ -216,26 +220,25 @@ def _san_entries(host: str, extra: tuple[str, ...]) -> list[x509.GeneralName]:
     return entries
 
 
-def _load_cert(path: Path) -> x509.Certificate:
+def _read(path: Path, what: str) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
-        raise TlsError(f"certificate file {path} does not exist") from None
+        raise TlsError(f"{what} file {path} does not exist") from None
     except OSError as exc:
-        raise TlsError(f"cannot read certificate file {path}: {exc.strerror}") from None
+        raise TlsError(f"cannot read {what} file {path}: {exc.strerror}") from None
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    data = _read(path, "certificate")
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError:
         raise TlsError(f"{path} is not a PEM certificate") from None
 
 
-def _load_key(path: Path) -> serialization.PrivateFormat | object:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TlsError(f"key file {path} does not exist") from None
-    except OSError as exc:
-        raise TlsError(f"cannot read key file {path}: {exc.strerror}") from None
+def _load_key(path: Path) -> PrivateKeyTypes:
+    data = _read(path, "key")
     try:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError:
@@ -244,9 +247,9 @@ def _load_key(path: Path) -> serialization.PrivateFormat | object:
         raise TlsError(f"{path} is not a PEM private key (PKCS#1, PKCS#8 or EC)") from None
 
 
-def _check_pair(cert: x509.Certificate, key: object, cert_path: Path, key_path: Path) -> None:
+def _check_pair(cert: x509.Certificate, key: PrivateKeyTypes, cert_path: Path, key_path: Path) -> None:
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if cert.public_key().public_bytes(*fmt) != key.public_key().public_bytes(*fmt):  # type: ignore[attr-defined]
+    if cert.public_key().public_bytes(*fmt) != key.public_key().public_bytes(*fmt):
         raise TlsError(f"the key {key_path} does not belong to the certificate {cert_path}")
 
 
@@ -254,7 +257,7 @@ def _user_pair(settings: Settings, cert_path: Path, key_path: Path) -> CertPaths
     cert = _load_cert(cert_path)
     key = _load_key(key_path)
     _check_pair(cert, key, cert_path, key_path)
-    pkcs8 = key.private_bytes(  # type: ignore[attr-defined]
+    pkcs8 = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     if pkcs8 != key_path.read_bytes():
@@ -268,7 +271,9 @@ def _user_pair(settings: Settings, cert_path: Path, key_path: Path) -> CertPaths
 def _expiry_warnings(cert: x509.Certificate, path: Path) -> list[str]:
     left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
     if left.total_seconds() <= 0:
-        return [f"the certificate {path} expired on {cert.not_valid_after_utc:%Y-%m-%d}; clients will refuse it"]
+        return [
+            f"the certificate {path} expired on {cert.not_valid_after_utc:%Y-%m-%d}; clients will refuse it"
+        ]
     if left.days < 30:
         return [f"the certificate {path} expires in {left.days} days"]
     return []

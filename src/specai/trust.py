@@ -34,7 +34,9 @@ def parse_server(url: str) -> ServerAddress:
         text = "https://" + text
     parts = urlsplit(text)
     if parts.scheme != "https":
-        raise InvalidRequestError(f"specai servers speak HTTPS only; use https:// instead of {parts.scheme}://")
+        raise InvalidRequestError(
+            f"specai servers speak HTTPS only; use https:// instead of {parts.scheme}://"
+        )
     if not parts.hostname:
         raise InvalidRequestError(f"'{url}' is not a server URL (expected https://HOST:PORT)")
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import logging
 import json
+import logging
 import os
 import re
 import time
@@ -32,8 +32,10 @@ class User:
     @property
     def scheme(self) -> str:
         """`argon2id` for new hashes, `pbkdf2-legacy` for the original's format."""
-        return "argon2id" if self.password_hash.startswith("$argon2id") else (
-            "argon2" if self.password_hash.startswith("$argon2") else "pbkdf2-legacy"
+        return (
+            "argon2id"
+            if self.password_hash.startswith("$argon2id")
+            else ("argon2" if self.password_hash.startswith("$argon2") else "pbkdf2-legacy")
         )
 
 
@@ -68,7 +70,9 @@ def load_users(path: Path) -> list[User]:
     except json.JSONDecodeError as exc:
         raise CredentialsError(f"credentials file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, list):
-        raise CredentialsError(f"credentials file {path} must hold a JSON list of {{username, password_hash}}")
+        raise CredentialsError(
+            f"credentials file {path} must hold a JSON list of {{username, password_hash}}"
+        )
     users: list[User] = []
     seen: set[str] = set()
     for index, entry in enumerate(data):
@@ -77,9 +81,13 @@ def load_users(path: Path) -> list[User]:
             or not isinstance(entry.get("username"), str)
             or not isinstance(entry.get("password_hash"), str)
         ):
-            raise CredentialsError(f"credentials file {path}: entry {index} needs string 'username' and 'password_hash'")
+            raise CredentialsError(
+                f"credentials file {path}: entry {index} needs string 'username' and 'password_hash'"
+            )
         if not auth.is_valid_hash(entry["password_hash"]):
-            raise CredentialsError(f"credentials file {path}: user '{entry['username']}' has an unrecognised hash")
+            raise CredentialsError(
+                f"credentials file {path}: user '{entry['username']}' has an unrecognised hash"
+            )
         if entry["username"] in seen:
             raise CredentialsError(f"credentials file {path}: user '{entry['username']}' appears twice")
         seen.add(entry["username"])

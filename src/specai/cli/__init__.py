@@ -30,7 +30,12 @@ def _version(value: bool) -> None:
 def root(
     config: Annotated[
         Optional[Path],
-        typer.Option("--config", "-c", envvar="SPECAI_CONFIG", help="Config file (default: ./spec-ai.config.toml, then $SPECAI_HOME/spec-ai.config.toml)."),
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="SPECAI_CONFIG",
+            help="Config file (default: ./spec-ai.config.toml, then $SPECAI_HOME/spec-ai.config.toml).",
+        ),
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -21,7 +22,11 @@ ServerOption = Annotated[
 ]
 FingerprintOption = Annotated[
     Optional[str],
-    typer.Option("--fingerprint", envvar="SPECAI_FINGERPRINT", help="Expected SHA-256 fingerprint of the server's certificate (pins it)."),
+    typer.Option(
+        "--fingerprint",
+        envvar="SPECAI_FINGERPRINT",
+        help="Expected SHA-256 fingerprint of the server's certificate (pins it).",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 DEFAULT_SERVER = DEFAULT_SERVER_URL
@@ -52,6 +57,6 @@ def open_client(server: str, fingerprint: str | None, *, use_saved_token: bool =
     )
 
 
-def _saved_token(home: object, server: str) -> str | None:
-    entry = SavedTokens(home_dir()).get(parse_server(server).origin)
+def _saved_token(home: Path, server: str) -> str | None:
+    entry = SavedTokens(home).get(parse_server(server).origin)
     return entry.get("token") if isinstance(entry, dict) else None

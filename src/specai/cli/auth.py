@@ -20,7 +20,9 @@ CredentialsOption = Annotated[
         help="Credentials file [default: [auth] credentials_file, or $SPECAI_HOME/credentials.json].",
     ),
 ]
-PasswordStdin = Annotated[bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")]
+PasswordStdin = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")
+]
 
 
 def _path(ctx: typer.Context, credentials_file: Path | None) -> Path:
@@ -35,7 +37,9 @@ def _new_password(password_stdin: bool) -> str:
 @handle_errors
 def add_user(
     ctx: typer.Context,
-    username: Annotated[Optional[str], typer.Argument(help="Name of the new user (asked when missing).")] = None,
+    username: Annotated[
+        Optional[str], typer.Argument(help="Name of the new user (asked when missing).")
+    ] = None,
     password_stdin: PasswordStdin = False,
     credentials_file: CredentialsOption = None,
 ) -> None:
@@ -115,7 +119,12 @@ def list_users(
     path = _path(ctx, credentials_file)
     entries = users.load_users(path) if path.exists() else []
     if json_output:
-        print_json({"credentials_file": str(path), "users": [{"username": u.username, "hash_scheme": u.scheme} for u in entries]})
+        print_json(
+            {
+                "credentials_file": str(path),
+                "users": [{"username": u.username, "hash_scheme": u.scheme} for u in entries],
+            }
+        )
         return
     if not entries:
         out.print(f"no users in {path}; add one with `specai auth add-user`")

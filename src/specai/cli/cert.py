@@ -18,7 +18,9 @@ app = typer.Typer(help="Show the server's TLS identity.", no_args_is_help=True)
 
 RemoteOption = Annotated[
     Optional[str],
-    typer.Option("--server", "-s", help="Read the certificate a running server presents instead of the local file."),
+    typer.Option(
+        "--server", "-s", help="Read the certificate a running server presents instead of the local file."
+    ),
 ]
 
 

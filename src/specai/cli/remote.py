@@ -20,8 +20,12 @@ from specai.trust import LastSessions, SavedTokens, parse_server
 @handle_errors
 def login(
     server: ServerOption = DEFAULT_SERVER,
-    username: Annotated[Optional[str], typer.Option("--username", "-u", help="User to log in as (asked when missing).")] = None,
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")] = False,
+    username: Annotated[
+        Optional[str], typer.Option("--username", "-u", help="User to log in as (asked when missing).")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")
+    ] = False,
     fingerprint: FingerprintOption = None,
 ) -> None:
     """Pin the server's certificate, exchange a password for a token, and save it (0600).
@@ -61,7 +65,11 @@ def logout(server: ServerOption = DEFAULT_SERVER) -> None:
 
 
 @handle_errors
-def health(server: ServerOption = DEFAULT_SERVER, fingerprint: FingerprintOption = None, json_output: JsonOption = False) -> None:
+def health(
+    server: ServerOption = DEFAULT_SERVER,
+    fingerprint: FingerprintOption = None,
+    json_output: JsonOption = False,
+) -> None:
     """Check that a server is up.
 
     Example:
@@ -80,7 +88,11 @@ def health(server: ServerOption = DEFAULT_SERVER, fingerprint: FingerprintOption
 
 
 @handle_errors
-def agents(server: ServerOption = DEFAULT_SERVER, fingerprint: FingerprintOption = None, json_output: JsonOption = False) -> None:
+def agents(
+    server: ServerOption = DEFAULT_SERVER,
+    fingerprint: FingerprintOption = None,
+    json_output: JsonOption = False,
+) -> None:
     """List the agents a server offers.
 
     Example:
@@ -96,7 +108,9 @@ def agents(server: ServerOption = DEFAULT_SERVER, fingerprint: FingerprintOption
     for agent in body["agents"]:
         name = agent["id"] + (" (default)" if agent.get("default") else "")
         available = "yes" if agent.get("available", True) else f"no: {agent.get('unavailable_reason', '')}"
-        table.add_row(name, agent.get("provider", ""), agent.get("model", ""), available, agent.get("description", ""))
+        table.add_row(
+            name, agent.get("provider", ""), agent.get("model", ""), available, agent.get("description", "")
+        )
     out.print(table)
 
 
@@ -104,11 +118,19 @@ def agents(server: ServerOption = DEFAULT_SERVER, fingerprint: FingerprintOption
 def query(
     message: Annotated[str, typer.Argument(help="What to ask the agent.")],
     server: ServerOption = DEFAULT_SERVER,
-    agent: Annotated[Optional[str], typer.Option("--agent", "-a", help="Agent id (default: the server's default agent).")] = None,
+    agent: Annotated[
+        Optional[str], typer.Option("--agent", "-a", help="Agent id (default: the server's default agent).")
+    ] = None,
     session: Annotated[Optional[str], typer.Option("--session", help="Session id to continue.")] = None,
-    continue_: Annotated[bool, typer.Option("--continue", help="Continue the last session used with this server.")] = False,
-    no_stream: Annotated[bool, typer.Option("--no-stream", help="Wait for the whole answer (POST /query).")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the QueryResponse JSON (implies --no-stream).")] = False,
+    continue_: Annotated[
+        bool, typer.Option("--continue", help="Continue the last session used with this server.")
+    ] = False,
+    no_stream: Annotated[
+        bool, typer.Option("--no-stream", help="Wait for the whole answer (POST /query).")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the QueryResponse JSON (implies --no-stream).")
+    ] = False,
     fingerprint: FingerprintOption = None,
 ) -> None:
     """Ask an agent; the answer streams to the terminal as it is produced.

@@ -7,7 +7,7 @@ import errno
 import ipaddress
 import socket
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -19,21 +19,35 @@ from specai.errors import SpecaiError, StartupError
 
 def server(
     ctx: typer.Context,
-    host: Annotated[Optional[str], typer.Option(help="Address to bind [default: [server] host, 127.0.0.1].")] = None,
+    host: Annotated[
+        Optional[str], typer.Option(help="Address to bind [default: [server] host, 127.0.0.1].")
+    ] = None,
     port: Annotated[
         Optional[int], typer.Option(min=1, max=65535, help="Port to bind [default: [server] port, 3000].")
     ] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config file to use.")] = None,
-    cert: Annotated[Optional[Path], typer.Option(help="PEM certificate to serve instead of the generated one.")] = None,
-    key: Annotated[Optional[Path], typer.Option(help="PEM private key for --cert (PKCS#1, PKCS#8 or EC).")] = None,
+    cert: Annotated[
+        Optional[Path], typer.Option(help="PEM certificate to serve instead of the generated one.")
+    ] = None,
+    key: Annotated[
+        Optional[Path], typer.Option(help="PEM private key for --cert (PKCS#1, PKCS#8 or EC).")
+    ] = None,
     san: Annotated[
-        Optional[list[str]], typer.Option(help="Extra DNS name or IP for a generated certificate (repeatable).")
+        Optional[list[str]],
+        typer.Option(help="Extra DNS name or IP for a generated certificate (repeatable)."),
     ] = None,
     allow_unauthenticated: Annotated[
-        bool, typer.Option(help="Allow a non-loopback --host while auth is disabled (anyone on the network can query).")
+        bool,
+        typer.Option(
+            help="Allow a non-loopback --host while auth is disabled (anyone on the network can query)."
+        ),
     ] = False,
-    join: Annotated[Optional[str], typer.Option(help="Join a mesh registry at URL (mesh support arrives later).")] = None,
-    join_fingerprint: Annotated[Optional[str], typer.Option(help="Pinned fingerprint of the --join registry.")] = None,
+    join: Annotated[
+        Optional[str], typer.Option(help="Join a mesh registry at URL (mesh support arrives later).")
+    ] = None,
+    join_fingerprint: Annotated[
+        Optional[str], typer.Option(help="Pinned fingerprint of the --join registry.")
+    ] = None,
 ) -> None:
     """Serve agents over HTTPS (TLS is always on).
 
@@ -102,7 +116,7 @@ def _apply_flags(
     key: Path | None,
     san: tuple[str, ...],
 ) -> Settings:
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     if host is not None:
         changes["host"] = host
     if port is not None:
@@ -134,5 +148,7 @@ def _check_port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise StartupError(f"port {port} on {host} is already in use; choose another with --port") from None
+                raise StartupError(
+                    f"port {port} on {host} is already in use; choose another with --port"
+                ) from None
             raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None

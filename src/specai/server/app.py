@@ -50,7 +50,9 @@ def create_app(settings: Settings, cert: CertInfo, *, token_secret: str | None =
     if users is not None:
         middleware.append(BearerAuthMiddleware(TokenVerifier(secret, users)))
         openapi.components = Components(
-            security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
+            security_schemes={
+                "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
+            }
         )
         openapi.security = [{"BearerToken": []}]
     cors = None
@@ -68,4 +70,3 @@ def create_app(settings: Settings, cert: CertInfo, *, token_secret: str | None =
     )
     app.state.specai = state
     return app
-

@@ -25,7 +25,9 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, message: str, code: str, details: Any = None, headers: dict[str, str] | None = None) -> Response[dict[str, Any]]:
+def error_response(
+    status: int, message: str, code: str, details: Any = None, headers: dict[str, str] | None = None
+) -> Response[dict[str, Any]]:
     """Build the canonical error response."""
     body: dict[str, Any] = {"error": message, "code": code}
     if details is not None:

@@ -84,7 +84,9 @@ def serve(app: Litestar, host: str, port: int, cert: CertPaths, on_ready: Callab
     asyncio.run(_serve(app, host, port, cert, on_ready))
 
 
-async def _serve(app: Litestar, host: str, port: int, cert: CertPaths, on_ready: Callable[[str], None]) -> None:
+async def _serve(
+    app: Litestar, host: str, port: int, cert: CertPaths, on_ready: Callable[[str], None]
+) -> None:
     state: ServerState = app.state.specai
     tracker = _RequestTracker(app)
     server = Server(
@@ -130,7 +132,7 @@ async def _serve(app: Litestar, host: str, port: int, cert: CertPaths, on_ready:
     on_ready(url)
     try:
         await serving
-    except (asyncio.TimeoutError, asyncio.CancelledError):
+    except (TimeoutError, asyncio.CancelledError):
         pass  # granian gave up on a worker that would not stop; we are exiting anyway
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -51,7 +51,7 @@ class BearerAuthMiddleware(ASGIMiddleware):
         self.verifier = verifier
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if scope["method"] != "OPTIONS":  # CORS preflight carries no credentials
+        if scope.get("method") != "OPTIONS":  # CORS preflight carries no credentials
             scope["user"] = self.verifier.subject(_bearer(scope))
         await next_app(scope, receive, send)
 
@@ -59,7 +59,9 @@ class BearerAuthMiddleware(ASGIMiddleware):
 def _bearer(scope: Scope) -> str:
     header: Any = next((value for name, value in scope["headers"] if name == b"authorization"), None)
     if header is None:
-        raise TokenError("missing bearer token: send 'Authorization: Bearer <token>' (get one with `specai login`)")
+        raise TokenError(
+            "missing bearer token: send 'Authorization: Bearer <token>' (get one with `specai login`)"
+        )
     scheme, _, token = header.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise TokenError("malformed Authorization header: expected 'Bearer <token>'")

@@ -34,7 +34,9 @@ class ServerState:
     agent_list: AgentListOut = field(default_factory=lambda: AgentListOut(agents=[]))
 
     @classmethod
-    def build(cls, settings: Settings, cert: CertInfo, token_secret: str, users: UserDirectory | None) -> ServerState:
+    def build(
+        cls, settings: Settings, cert: CertInfo, token_secret: str, users: UserDirectory | None
+    ) -> ServerState:
         """Assemble state from settings; the login throttles follow `[auth]`."""
         auth = settings.auth
         return cls(

@@ -6,9 +6,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from litestar import get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
-from litestar import post, get
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from specai.agents import AgentEvent, AgentRuntime, QueryInput, Run
@@ -92,7 +92,9 @@ async def _sse(run: Run, stopping: asyncio.Event) -> AsyncIterator[ServerSentEve
         yield ServerSentEventMessage(data=json.dumps(event.as_dict()), id=str(number))
 
 
-async def until_stopped(events: AsyncIterator[AgentEvent], stopping: asyncio.Event) -> AsyncIterator[AgentEvent]:
+async def until_stopped(
+    events: AsyncIterator[AgentEvent], stopping: asyncio.Event
+) -> AsyncIterator[AgentEvent]:
     """Relay events until the server starts shutting down, then finish with an `error` event."""
     stop = asyncio.ensure_future(stopping.wait())
     iterator = aiter(events)

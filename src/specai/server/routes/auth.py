@@ -1,9 +1,9 @@
 """Exchange a password for a bearer token; hash passwords for the credentials file."""
 
 import anyio
+from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
-from litestar import Request, post
 
 from specai import auth
 from specai.errors import AuthDisabledError, InvalidCredentialsError
@@ -13,7 +13,9 @@ from specai.users import check_password
 
 
 @post("/auth/token", exclude_from_auth=True, operation_id="CreateToken", tags=["auth"], status_code=200)
-async def create_token(data: JSONBody[TokenIn], server: NamedDependency[ServerState], request: Request) -> TokenOut:
+async def create_token(
+    data: JSONBody[TokenIn], server: NamedDependency[ServerState], request: Request
+) -> TokenOut:
     """Check username and password (throttled, off the event loop) and return a signed JWT."""
     if server.users is None:
         raise AuthDisabledError("authentication is disabled on this server; no token is needed")

@@ -2,8 +2,8 @@
 
 import time
 
-from litestar.di import NamedDependency
 from litestar import get
+from litestar.di import NamedDependency
 
 from specai import __version__
 from specai.server.schemas import CertOut, HealthOut
