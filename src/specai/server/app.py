@@ -6,7 +6,6 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
-from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
@@ -21,16 +20,6 @@ from specai.server.state import ServerState
 from specai.tls import CertInfo
 from specai.users import UserDirectory
 
-ROUTES = [
-    health.health,
-    health.cert,
-    auth_routes.create_token,
-    auth_routes.hash_password,
-    agents.list_agents,
-    agents.query,
-    agents.stream,
-]
-
 
 def create_app(settings: Settings, cert: CertInfo, *, token_secret: str | None = None) -> Litestar:
     """Build the Litestar app for `settings`, serving `cert`; fails closed when auth is on but unusable."""
@@ -44,7 +33,6 @@ def create_app(settings: Settings, cert: CertInfo, *, token_secret: str | None =
             )
     secret = token_secret or auth.load_token_secret(settings)
     state = ServerState.build(settings, cert, secret, users)
-    state.agent_list = agents.agent_list(state.runtime)
     middleware: list[Any] = []
     openapi = OpenAPIConfig(title="specai", version=__version__, path="/schema")
     if users is not None:
@@ -59,8 +47,7 @@ def create_app(settings: Settings, cert: CertInfo, *, token_secret: str | None =
     if settings.server.enable_cors:
         cors = CORSConfig(allow_origins=list(settings.server.cors_origins) or ["*"], allow_credentials=False)
     app = Litestar(
-        route_handlers=ROUTES,
-        dependencies={"server": Provide(lambda: state, sync_to_thread=False, use_cache=True)},
+        route_handlers=[*health.routes(state), *auth_routes.routes(state), *agents.routes(state)],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=middleware,
         cors_config=cors,

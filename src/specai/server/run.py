@@ -37,27 +37,16 @@ class _RequestTracker:
         self.closing = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(task)
-        started = False
-
-        async def tracked_send(message: Any) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, receive, tracked_send)
+            await self.app(scope, receive, send)
         except asyncio.CancelledError:
             if not self.closing:
                 raise
-            if not started:
-                with contextlib.suppress(Exception):
-                    await _send_shutdown_error(send)
+            with contextlib.suppress(Exception):  # fails harmlessly when the response had already started
+                await _send_shutdown_error(send)
         finally:
             self.tasks.discard(task)
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 from specai.agents import AgentRuntime
 from specai.config import Settings
-from specai.server.schemas import AgentListOut
 from specai.throttle import LoginThrottle
 from specai.tls import CertInfo
 from specai.users import UserDirectory
@@ -31,7 +30,6 @@ class ServerState:
     password_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(os.cpu_count() or 1))
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = field(default_factory=time.monotonic)
-    agent_list: AgentListOut = field(default_factory=lambda: AgentListOut(agents=[]))
 
     @classmethod
     def build(

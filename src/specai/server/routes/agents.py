@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import get, post
-from litestar.di import NamedDependency
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
@@ -17,14 +17,48 @@ from specai.server.schemas import AgentListOut, AgentOut, QueryIn, QueryOut, Res
 from specai.server.state import ServerState
 
 
-@get("/agents", operation_id="ListAgents", tags=["agents"], sync_to_thread=False)
-def list_agents(server: NamedDependency[ServerState]) -> AgentListOut:
-    """Every configured agent, sorted by id, with its provider, model and availability."""
-    return server.agent_list
+def routes(server: ServerState) -> list[HTTPRouteHandler]:
+    """`/agents`, `/query` and `/stream`, bound to this server's state."""
+    agents_out = agent_list(server.runtime)  # agents are fixed for the server's lifetime
+
+    @get("/agents", operation_id="ListAgents", tags=["agents"], sync_to_thread=False)
+    def list_agents() -> AgentListOut:
+        """Every configured agent, sorted by id, with its provider, model and availability."""
+        return agents_out
+
+    @post("/query", operation_id="Query", tags=["agents"], status_code=200)
+    async def query(data: JSONBody[QueryIn]) -> QueryOut:
+        """Run a query to completion and return the whole answer."""
+        if data.stream:
+            raise InvalidRequestError("streaming is not supported on /query; use POST /stream")
+        run = _prepare(data, server)
+        parts: list[str] = []
+        metadata: dict[str, Any] = {}
+        async for event in run.events():
+            if event.type == "chunk":
+                parts.append(event.data["text"])
+            elif event.type == "error":
+                raise ExecutionError(event.data["message"])
+            elif event.type == "end":
+                metadata = event.data["metadata"]
+        return QueryOut(
+            response="".join(parts),
+            session_id=run.session_id,
+            agent=run.agent.id,
+            metadata=ResponseMetadata(**metadata),
+        )
+
+    @post("/stream", operation_id="StreamQuery", tags=["agents"], status_code=200)
+    async def stream(data: JSONBody[QueryIn]) -> ServerSentEvent:
+        """Stream a query as SSE: `start`, `chunk`..., then `end` (or `error`); each event has an `id`."""
+        run = _prepare(data, server)
+        return ServerSentEvent(_sse(run, server.stopping))
+
+    return [list_agents, query, stream]
 
 
 def agent_list(runtime: AgentRuntime) -> AgentListOut:
-    """The /agents body; agents are fixed for the server's lifetime, so it is built once."""
+    """The /agents body."""
     return AgentListOut(
         agents=[
             AgentOut(
@@ -41,36 +75,6 @@ def agent_list(runtime: AgentRuntime) -> AgentListOut:
             for agent in runtime.agents.values()
         ]
     )
-
-
-@post("/query", operation_id="Query", tags=["agents"], status_code=200)
-async def query(data: JSONBody[QueryIn], server: NamedDependency[ServerState]) -> QueryOut:
-    """Run a query to completion and return the whole answer."""
-    if data.stream:
-        raise InvalidRequestError("streaming is not supported on /query; use POST /stream")
-    run = _prepare(data, server)
-    parts: list[str] = []
-    metadata: dict[str, Any] = {}
-    async for event in run.events():
-        if event.type == "chunk":
-            parts.append(event.data["text"])
-        elif event.type == "error":
-            raise ExecutionError(event.data["message"])
-        elif event.type == "end":
-            metadata = event.data["metadata"]
-    return QueryOut(
-        response="".join(parts),
-        session_id=run.session_id,
-        agent=run.agent.id,
-        metadata=ResponseMetadata(**metadata),
-    )
-
-
-@post("/stream", operation_id="StreamQuery", tags=["agents"], status_code=200)
-async def stream(data: JSONBody[QueryIn], server: NamedDependency[ServerState]) -> ServerSentEvent:
-    """Stream a query as SSE: `start`, `chunk`..., then `end` (or `error`); each event has an `id`."""
-    run = _prepare(data, server)
-    return ServerSentEvent(_sse(run, server.stopping))
 
 
 def _prepare(data: QueryIn, server: ServerState) -> Run:
