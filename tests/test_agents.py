@@ -97,7 +97,7 @@ def test_prepare_rejects_empty_message(runtime: AgentRuntime, message: str) -> N
         runtime.prepare(QueryInput(message))
     assert info.value.message == "message must not be empty"
     assert info.value.code == "invalid_request"
-    assert runtime.sessions == set()
+    assert not runtime.sessions
 
 
 @pytest.mark.parametrize("temperature", [-0.1, 2.01, 100.0])
@@ -123,7 +123,7 @@ def test_prepare_creates_a_fresh_uuid_session_when_none_given(runtime: AgentRunt
     assert uuid.UUID(first.session_id).version == 4
     assert str(uuid.UUID(first.session_id)) == first.session_id
     assert first.session_id != second.session_id
-    assert runtime.sessions == {first.session_id, second.session_id}
+    assert set(runtime.sessions) == {first.session_id, second.session_id}
 
 
 def test_prepare_keeps_a_given_session_id(runtime: AgentRuntime) -> None:
@@ -185,4 +185,10 @@ def test_agent_with_unavailable_provider_reports_why(tmp_path: Path) -> None:
     assert info.value.status == 503
     assert info.value.message.startswith("agent 'gpt' cannot run: ")
     assert agent.unavailable_reason in info.value.message
-    assert runtime.sessions == set()
+    assert not runtime.sessions
+
+
+def test_prepare_rejects_overlong_session_id() -> None:
+    runtime = AgentRuntime(Settings(home=Path("/nonexistent")))
+    with pytest.raises(InvalidRequestError, match="session_id"):
+        runtime.prepare(QueryInput(message="hi", session_id="x" * 129))

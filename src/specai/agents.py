@@ -14,6 +14,7 @@ from specai.errors import AgentNotFoundError, InvalidRequestError, ProviderUnava
 from specai.providers import ChatMessage, GenerationOptions, Provider, build_provider, default_model
 
 DEFAULT_AGENT = "default"
+_MAX_TRACKED_SESSIONS = 100_000
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class AgentRuntime:
         )
         if self.default_agent is None:
             self.default_agent = next(iter(self.agents))
-        self.sessions: set[str] = set()
+        self.sessions: dict[str, None] = {}  # seen since start, oldest first (persisted sessions come later)
 
     def get(self, name: str | None) -> Agent:
         """The named agent, or the default one."""
@@ -128,8 +129,12 @@ class AgentRuntime:
         agent = self.get(query.agent)
         if agent.provider is None:
             raise ProviderUnavailableError(f"agent '{agent.id}' cannot run: {agent.unavailable_reason}")
+        if query.session_id is not None and not 1 <= len(query.session_id) <= 128:
+            raise InvalidRequestError("session_id must be 1 to 128 characters")
         session_id = query.session_id or str(uuid.uuid4())
-        self.sessions.add(session_id)
+        self.sessions[session_id] = None
+        if len(self.sessions) > _MAX_TRACKED_SESSIONS:
+            del self.sessions[next(iter(self.sessions))]
         messages = [ChatMessage("user", query.message)]
         if agent.description:
             messages.insert(0, ChatMessage("system", agent.description))

@@ -21,7 +21,7 @@ from specai.tls import CertInfo
 from specai.users import UserDirectory
 
 
-def create_app(settings: Settings, cert: CertInfo, *, token_secret: str | None = None) -> Litestar:
+def create_app(settings: Settings, cert: CertInfo) -> Litestar:
     """Build the Litestar app for `settings`, serving `cert`; fails closed when auth is on but unusable."""
     users = None
     if settings.auth.enabled:
@@ -31,7 +31,7 @@ def create_app(settings: Settings, cert: CertInfo, *, token_secret: str | None =
                 f"auth is enabled but {settings.credentials_file} has no users; "
                 "add one with `specai auth add-user`"
             )
-    secret = token_secret or auth.load_token_secret(settings)
+    secret = auth.load_token_secret(settings)
     state = ServerState.build(settings, cert, secret, users)
     middleware: list[Any] = []
     openapi = OpenAPIConfig(title="specai", version=__version__, path="/schema")
