@@ -1,35 +1,62 @@
-"""Agent profiles and the runtime that turns one query into a stream of events (start, chunk..., end | error)."""
+"""Agent profiles and the runtime that turns a query into events: start, chunk/tool_call/tool_result..., end | error."""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specai.config import AgentSettings, Settings
-from specai.errors import AgentNotFoundError, InvalidRequestError, ProviderUnavailableError, SpecaiError
-from specai.providers import ChatMessage, GenerationOptions, Provider, build_provider, default_model
+from specai.errors import (
+    AgentNotFoundError,
+    ConfigError,
+    InvalidRequestError,
+    NotFoundError,
+    ProviderUnavailableError,
+    SpecaiError,
+)
+from specai.providers import (
+    ChatMessage,
+    GenerationOptions,
+    ModelRequest,
+    Provider,
+    ProviderSpec,
+    TextDelta,
+    ToolCall,
+    ToolCallRequested,
+    Usage,
+    build_provider,
+    default_model,
+)
+from specai.providers.mock import parse_script
+from specai.sessions import NewMessage
+from specai.tools import Tool, ToolPolicy, offered_tools, run_tool
+
+if TYPE_CHECKING:
+    from specai.sessions import SessionStore, StoredMessage
 
 DEFAULT_AGENT = "default"
-_MAX_TRACKED_SESSIONS = 100_000
+LOCAL_OWNER = "local"  # owner of sessions when auth is disabled
 
 
 @dataclass(frozen=True)
 class Agent:
-    """A resolved agent: its profile merged with `[model]`, and whether its provider can run."""
+    """A resolved agent: its profile merged with `[model]`, its tools, and whether its provider can run."""
 
     id: str
     description: str
     provider_name: str
     model: str
+    base_url: str | None
     temperature: float | None
     max_tokens: int | None
     memory_k: int
-    allowed_tools: tuple[str, ...] | None
-    denied_tools: tuple[str, ...] | None
+    max_tool_iterations: int
+    policy: ToolPolicy
+    tools: tuple[Tool, ...]
     provider: Provider | None
     unavailable_reason: str | None = None
 
@@ -37,6 +64,16 @@ class Agent:
     def available(self) -> bool:
         """True when queries to this agent can run."""
         return self.provider is not None
+
+    @property
+    def allowed_tools(self) -> tuple[str, ...] | None:
+        """The profile's allow-list patterns."""
+        return self.policy.allowed
+
+    @property
+    def denied_tools(self) -> tuple[str, ...] | None:
+        """The profile's deny-list patterns."""
+        return self.policy.denied
 
 
 @dataclass(frozen=True)
@@ -54,7 +91,7 @@ class QueryInput:
 class AgentEvent:
     """One step of a run, mirroring the wire's StreamChunk `type`."""
 
-    type: str  # start | chunk | end | error
+    type: str  # start | chunk | tool_call | tool_result | end | error
     data: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -62,55 +99,98 @@ class AgentEvent:
         return {"type": self.type, **self.data}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Run:
-    """A validated query bound to its agent and session; `events()` executes it."""
+    """A validated query bound to its agent, history and session; `events()` executes it once."""
 
     agent: Agent
     session_id: str
-    messages: tuple[ChatMessage, ...]
+    owner: str
+    messages: list[ChatMessage]
     options: GenerationOptions
+    sessions: SessionStore | None = None
+    failure: SpecaiError | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
     async def events(self) -> AsyncIterator[AgentEvent]:
-        """Stream the run; errors from the provider end it with an `error` event instead of raising."""
+        """Stream the run; provider failures end it with an `error` event (and `failure` set) instead of raising."""
         started = time.monotonic()
         run_id = f"run-{time.time_ns() // 1000}"
         yield AgentEvent("start", {"session_id": self.session_id, "agent": self.agent.id})
-        assert self.agent.provider is not None
+        new_messages = [self.messages[-1]]  # the user turn; stored only if the run succeeds
+        usage = [0, 0, False]
         try:
-            async for text in self.agent.provider.stream(self.messages, self.options):
-                if text:
-                    yield AgentEvent("chunk", {"text": text})
+            async for event in self._loop(new_messages, usage):
+                yield event
         except SpecaiError as exc:
+            self.failure = exc
             yield AgentEvent("error", {"message": exc.message, "code": exc.code})
             return
-        metadata = {
+        if self.sessions is not None:
+            await self.sessions.append(
+                self.session_id, self.owner, self.agent.id, [_to_new(m) for m in new_messages]
+            )
+        metadata: dict[str, Any] = {
             "timestamp": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
             "model": self.options.model,
             "processing_time_ms": int((time.monotonic() - started) * 1000),
             "run_id": run_id,
         }
+        if usage[2]:
+            metadata["usage"] = {
+                "prompt_tokens": usage[0],
+                "completion_tokens": usage[1],
+                "total_tokens": usage[0] + usage[1],
+            }
         yield AgentEvent("end", {"metadata": metadata})
+
+    async def _loop(self, new_messages: list[ChatMessage], usage: list[Any]) -> AsyncIterator[AgentEvent]:
+        assert self.agent.provider is not None
+        specs = tuple(tool.spec for tool in self.agent.tools)
+        for round_number in range(self.agent.max_tool_iterations + 1):
+            offer = specs if round_number < self.agent.max_tool_iterations else ()
+            request = ModelRequest(tuple(self.messages), self.options, offer)
+            text: list[str] = []
+            calls: list[ToolCall] = []
+            async for event in self.agent.provider.stream(request):
+                if isinstance(event, TextDelta) and event.text:
+                    text.append(event.text)
+                    yield AgentEvent("chunk", {"text": event.text})
+                elif isinstance(event, ToolCallRequested):
+                    calls.append(event.call)
+                elif isinstance(event, Usage):
+                    usage[0] += event.prompt_tokens or 0
+                    usage[1] += event.completion_tokens or 0
+                    usage[2] = True
+            reply = ChatMessage("assistant", "".join(text), tool_calls=tuple(calls))
+            self.messages.append(reply)
+            new_messages.append(reply)
+            if not calls:
+                return
+            for call in calls:
+                yield AgentEvent("tool_call", {"name": call.name, "arguments": call.arguments})
+                result = run_tool(call.name, call.arguments, self.agent.policy)
+                self.tool_calls.append({"name": call.name, "arguments": call.arguments, **result.as_dict()})
+                yield AgentEvent("tool_result", {"name": call.name, "result": result.as_dict()})
+                answer = ChatMessage("tool", result.for_model(), tool_call_id=call.id, name=call.name)
+                self.messages.append(answer)
+                new_messages.append(answer)
 
 
 class AgentRuntime:
     """Holds the agents built from settings and starts runs; one per server."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, sessions: SessionStore | None = None) -> None:
         profiles = dict(settings.agents) or {DEFAULT_AGENT: AgentSettings()}
-        mock_delay = settings.model.mock_delay_ms / 1000
-        self.agents = {name: _resolve(name, p, settings, mock_delay) for name, p in sorted(profiles.items())}
-        self.default_agent = settings.default_agent or (
-            DEFAULT_AGENT if DEFAULT_AGENT in self.agents else None
+        self.agents = {name: _resolve(name, p, settings) for name, p in sorted(profiles.items())}
+        self.default_agent: str = settings.default_agent or (
+            DEFAULT_AGENT if DEFAULT_AGENT in self.agents else next(iter(self.agents))
         )
-        if self.default_agent is None:
-            self.default_agent = next(iter(self.agents))
-        self.sessions: dict[str, None] = {}  # seen since start, oldest first (persisted sessions come later)
+        self.sessions = sessions
 
     def get(self, name: str | None) -> Agent:
         """The named agent, or the default one."""
         agent_id = name or self.default_agent
-        assert agent_id is not None
         try:
             return self.agents[agent_id]
         except KeyError:
@@ -118,52 +198,115 @@ class AgentRuntime:
                 f"agent '{agent_id}' not found; available: {', '.join(self.agents)}"
             ) from None
 
-    def prepare(self, query: QueryInput) -> Run:
-        """Validate a query and bind it to its agent; raises before anything is streamed."""
+    async def prepare(self, query: QueryInput, owner: str = LOCAL_OWNER) -> Run:
+        """Validate a query, check session ownership and load its history; raises before anything is streamed."""
+        agent = self._check(query)
+        session_id = query.session_id or str(uuid.uuid4())
+        history: Sequence[StoredMessage] = ()
+        if self.sessions is not None and query.session_id is not None:
+            found = await self.sessions.owner_of(session_id)
+            if found is not None and found != owner:
+                raise NotFoundError(f"no session '{session_id}'")
+            if agent.memory_k:
+                history = await self.sessions.history(session_id, owner, agent.memory_k)
+        messages = [ChatMessage("system", agent.description)] if agent.description else []
+        messages += [_from_stored(m) for m in history]
+        messages.append(ChatMessage("user", query.message))
+        return Run(agent, session_id, owner, messages, self._options(agent, query), self.sessions)
+
+    def prepare_stateless(
+        self, agent_id: str | None, messages: Sequence[ChatMessage], query: QueryInput
+    ) -> Run:
+        """A run over a caller-supplied conversation that is not stored (the OpenAI-compatible API)."""
+        agent = self._check(
+            QueryInput(
+                message="-", agent=agent_id, temperature=query.temperature, max_tokens=query.max_tokens
+            )
+        )
+        prompt = [ChatMessage("system", agent.description)] if agent.description else []
+        return Run(
+            agent,
+            f"chatcmpl-{uuid.uuid4().hex}",
+            LOCAL_OWNER,
+            [*prompt, *messages],
+            self._options(agent, query),
+            None,
+        )
+
+    def _check(self, query: QueryInput) -> Agent:
         if not query.message.strip():
             raise InvalidRequestError("message must not be empty")
         if query.temperature is not None and not 0 <= query.temperature <= 2:
             raise InvalidRequestError("temperature must be between 0 and 2")
         if query.max_tokens is not None and query.max_tokens <= 0:
             raise InvalidRequestError("max_tokens must be greater than 0")
+        if query.session_id is not None and not 1 <= len(query.session_id) <= 128:
+            raise InvalidRequestError("session_id must be 1 to 128 characters")
         agent = self.get(query.agent)
         if agent.provider is None:
             raise ProviderUnavailableError(f"agent '{agent.id}' cannot run: {agent.unavailable_reason}")
-        if query.session_id is not None and not 1 <= len(query.session_id) <= 128:
-            raise InvalidRequestError("session_id must be 1 to 128 characters")
-        session_id = query.session_id or str(uuid.uuid4())
-        self.sessions[session_id] = None
-        if len(self.sessions) > _MAX_TRACKED_SESSIONS:
-            del self.sessions[next(iter(self.sessions))]
-        messages = [ChatMessage("user", query.message)]
-        if agent.description:
-            messages.insert(0, ChatMessage("system", agent.description))
-        options = GenerationOptions(
+        return agent
+
+    @staticmethod
+    def _options(agent: Agent, query: QueryInput) -> GenerationOptions:
+        return GenerationOptions(
             model=agent.model,
             temperature=query.temperature if query.temperature is not None else agent.temperature,
             max_tokens=query.max_tokens if query.max_tokens is not None else agent.max_tokens,
         )
-        return Run(agent, session_id, tuple(messages), options)
+
+    async def aclose(self) -> None:
+        """Close every provider's connections."""
+        for agent in self.agents.values():
+            if agent.provider is not None:
+                await agent.provider.aclose()
 
 
-def _resolve(name: str, profile: AgentSettings, settings: Settings, mock_delay: float) -> Agent:
-    provider_name = (profile.model_provider or settings.model.provider).lower()
+def _resolve(name: str, profile: AgentSettings, settings: Settings) -> Agent:
+    model = settings.model
+    provider_name = (profile.model_provider or model.provider).lower()
+    base_url = profile.base_url or model.base_url
+    try:
+        script = parse_script(profile.mock_script or [], f"[agents.{name}] mock_script")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     provider: Provider | None = None
     reason = None
     try:
-        provider = build_provider(provider_name, mock_delay=mock_delay)
+        spec = ProviderSpec(
+            provider=provider_name,
+            base_url=base_url,
+            api_key_source=profile.api_key_source or model.api_key_source,
+            timeout=model.request_timeout_secs,
+            mock_delay=model.mock_delay_ms / 1000,
+            mock_script=script,
+        )
+        provider = build_provider(spec)
     except ProviderUnavailableError as exc:
         reason = exc.message
+    policy = ToolPolicy(profile.allowed_tools, profile.denied_tools)
     return Agent(
         id=name,
         description=profile.prompt or "",
         provider_name=provider_name,
-        model=profile.model_name or settings.model.model_name or default_model(provider_name),
-        temperature=profile.temperature if profile.temperature is not None else settings.model.temperature,
-        max_tokens=profile.max_tokens if profile.max_tokens is not None else settings.model.max_tokens,
+        model=profile.model_name or model.model_name or default_model(provider_name),
+        base_url=base_url,
+        temperature=profile.temperature if profile.temperature is not None else model.temperature,
+        max_tokens=profile.max_tokens if profile.max_tokens is not None else model.max_tokens,
         memory_k=profile.memory_k,
-        allowed_tools=profile.allowed_tools,
-        denied_tools=profile.denied_tools,
+        max_tool_iterations=profile.max_tool_iterations,
+        policy=policy,
+        tools=offered_tools(policy),
         provider=provider,
         unavailable_reason=reason,
     )
+
+
+def _from_stored(message: StoredMessage) -> ChatMessage:
+    calls = tuple(ToolCall(c["id"], c["name"], c.get("arguments", {})) for c in message.tool_calls or ())
+    return ChatMessage(message.role, message.content, calls, message.tool_call_id, message.name)  # type: ignore[arg-type]
+
+
+def _to_new(message: ChatMessage) -> NewMessage:
+    calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls] or None
+    return NewMessage(message.role, message.content, calls, message.tool_call_id, message.name)

@@ -6,6 +6,7 @@ import json
 import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from httpx_sse import SSEError, connect_sse
@@ -77,6 +78,18 @@ class SpecaiClient:
         """GET /agents."""
         return self._call("GET", "/agents")
 
+    def sessions(self, limit: int = 100) -> dict[str, Any]:
+        """GET /sessions."""
+        return self._call("GET", f"/sessions?limit={limit}")
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        """GET /sessions/{id}: the session and its messages."""
+        return self._call("GET", f"/sessions/{quote(session_id, safe='')}")
+
+    def delete_session(self, session_id: str) -> None:
+        """DELETE /sessions/{id}."""
+        self._call("DELETE", f"/sessions/{quote(session_id, safe='')}")
+
     def login(self, username: str, password: str) -> dict[str, Any]:
         """POST /auth/token; remembers the token for later calls."""
         body = self._call("POST", "/auth/token", {"username": username, "password": password})
@@ -116,6 +129,8 @@ class SpecaiClient:
             raise _transport_error(self.server, exc) from None
         if response.status_code >= 400:
             raise _remote_error(response)
+        if response.status_code == 204:
+            return {}
         try:
             data: dict[str, Any] = response.json()
         except ValueError:

@@ -30,6 +30,7 @@ class ServerSettings:
     tls_san: tuple[str, ...] = ()
     tls_validity_days: int = 365
     max_body_bytes: int = 1_048_576
+    sse_keepalive_secs: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class ModelSettings:
     api_key_source: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
+    request_timeout_secs: float = 120.0
     mock_delay_ms: int = 20
 
 
@@ -79,6 +81,8 @@ class AgentSettings:
     memory_k: int = 10
     allowed_tools: tuple[str, ...] | None = None
     denied_tools: tuple[str, ...] | None = None
+    max_tool_iterations: int = 5
+    mock_script: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,9 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("model", "temperature"): _temperature,
     ("model", "max_tokens"): _optional_positive,
     ("model", "mock_delay_ms"): _non_negative,
+    ("model", "request_timeout_secs"): _positive,
+    ("server", "sse_keepalive_secs"): _positive,
+    ("agents", "max_tool_iterations"): lambda v: None if 0 <= v <= 50 else "must be from 0 to 50",
     ("agents", "model_provider"): _provider,
     ("agents", "temperature"): _temperature,
     ("agents", "max_tokens"): _optional_positive,
@@ -292,6 +299,10 @@ class _Parser:
             return None
         if base == "Path":
             return Path(self.expect(str, value, where, from_env)).expanduser()
+        if base == "list[dict[str,Any]]":
+            if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+                raise ConfigError(f"{where}: expected a list of tables, got {value!r}")
+            return value
         if base == "tuple[str,...]":
             if from_env:
                 return tuple(part.strip() for part in value.split(",") if part.strip())

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from typing import Annotated, Optional
+from collections.abc import Iterator
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -12,8 +12,9 @@ from rich.table import Table
 from specai.cli import _prompt
 from specai.cli._client import DEFAULT_SERVER, FingerprintOption, JsonOption, ServerOption, open_client
 from specai.cli._console import USAGE, err, fail, handle_errors, out, print_json
+from specai.cli._render import StreamRenderer
 from specai.config import home_dir
-from specai.errors import ExecutionError
+from specai.errors import RemoteError
 from specai.trust import LastSessions, SavedTokens, parse_server
 
 
@@ -164,21 +165,28 @@ def query(
         _stream(client.stream(message, agent=agent, session_id=session), last, origin)
 
 
-def _stream(events: object, last: LastSessions, origin: str) -> None:
+def _stream(events: Iterator[dict[str, Any]], last: LastSessions, origin: str) -> None:
     session_id = None
-    for event in events:  # type: ignore[attr-defined]
-        kind = event.get("type")
-        if kind == "start":
-            session_id = event["session_id"]
-            last.set(origin, session_id)
-        elif kind == "chunk":
-            sys.stdout.write(event["text"])
-            sys.stdout.flush()
-        elif kind == "error":
-            sys.stdout.write("\n")
-            raise ExecutionError(event.get("message", "the agent failed"))
-        elif kind == "end":
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+    renderer = StreamRenderer()
+    try:
+        for event in events:
+            kind = event.get("type")
+            if kind == "start":
+                session_id = event["session_id"]
+            elif kind == "chunk":
+                renderer.chunk(event["text"])
+            elif kind == "tool_call":
+                renderer.tool_call(event["name"], event.get("arguments"))
+            elif kind == "tool_result":
+                renderer.tool_result(event["name"], event.get("result", {}))
+            elif kind == "error":
+                renderer.close()
+                raise RemoteError(
+                    event.get("message", "the agent failed"), status=502, code=event.get("code", "error")
+                )
+            elif kind == "end" and session_id:
+                last.set(origin, session_id)  # only completed turns are stored, so only they can be continued
+    finally:
+        renderer.close()
     if session_id:
         err.print(f"session {session_id} (continue with --continue)", style="dim")

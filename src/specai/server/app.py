@@ -13,7 +13,7 @@ from specai import __version__, auth
 from specai.config import Settings
 from specai.errors import CredentialsError
 from specai.server.errors import EXCEPTION_HANDLERS
-from specai.server.routes import agents, health
+from specai.server.routes import agents, health, openai, sessions
 from specai.server.routes import auth as auth_routes
 from specai.server.security import BearerAuthMiddleware, TokenVerifier
 from specai.server.state import ServerState
@@ -47,7 +47,15 @@ def create_app(settings: Settings, cert: CertInfo) -> Litestar:
     if settings.server.enable_cors:
         cors = CORSConfig(allow_origins=list(settings.server.cors_origins) or ["*"], allow_credentials=False)
     app = Litestar(
-        route_handlers=[*health.routes(state), *auth_routes.routes(state), *agents.routes(state)],
+        route_handlers=[
+            *health.routes(state),
+            *auth_routes.routes(state),
+            *agents.routes(state),
+            *sessions.routes(state),
+            *openai.routes(state),
+        ],
+        on_startup=[state.start],
+        on_shutdown=[state.stop],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=middleware,
         cors_config=cors,

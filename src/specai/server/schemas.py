@@ -43,13 +43,22 @@ class QueryIn(msgspec.Struct):
     max_tokens: int | None = None
 
 
-class ResponseMetadata(msgspec.Struct):
-    """When, with which model, and how long a run took."""
+class TokenUsage(msgspec.Struct):
+    """Token counts reported by the model vendor."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ResponseMetadata(msgspec.Struct, omit_defaults=True):
+    """When, with which model, and how long a run took; `usage` when the vendor reported it."""
 
     timestamp: str
     model: str
     processing_time_ms: int
     run_id: str
+    usage: TokenUsage | None = None
 
 
 class QueryOut(msgspec.Struct, omit_defaults=True):
@@ -72,6 +81,7 @@ class AgentOut(msgspec.Struct, omit_defaults=True):
     available: bool
     default: bool = False
     unavailable_reason: str | None = None
+    tools: list[str] = msgspec.field(default_factory=list)
     allowed_tools: list[str] | None = None
     denied_tools: list[str] | None = None
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from specai.agents import AgentRuntime
 from specai.config import Settings
+from specai.sessions import SessionStore
+from specai.store import Store
 from specai.throttle import LoginThrottle
 from specai.tls import CertInfo
 from specai.users import UserDirectory
@@ -30,6 +32,24 @@ class ServerState:
     password_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(os.cpu_count() or 1))
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = field(default_factory=time.monotonic)
+    store: Store | None = None
+
+    def sessions(self) -> SessionStore:
+        """The session store (open between start-up and shutdown)."""
+        if self.runtime.sessions is None:
+            raise RuntimeError("the store is not open yet")
+        return self.runtime.sessions
+
+    async def start(self) -> None:
+        """Open the database (migrating it) and give the agents their session store."""
+        self.store = await Store.open(self.settings)
+        self.runtime.sessions = SessionStore(self.store)
+
+    async def stop(self) -> None:
+        """Close provider connections and the database."""
+        await self.runtime.aclose()
+        if self.store is not None:
+            await self.store.close()
 
     @classmethod
     def build(

@@ -6,15 +6,18 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import get, post
+import msgspec
+from litestar import Request, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from specai.agents import AgentEvent, AgentRuntime, QueryInput, Run
+from specai.agents import LOCAL_OWNER, AgentEvent, AgentRuntime, QueryInput, Run
 from specai.errors import ExecutionError, InvalidRequestError
 from specai.server.schemas import AgentListOut, AgentOut, QueryIn, QueryOut, ResponseMetadata
 from specai.server.state import ServerState
+
+KEEPALIVE = object()  # marker yielded by `relay` during long silences
 
 
 def routes(server: ServerState) -> list[HTTPRouteHandler]:
@@ -27,32 +30,26 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         return agents_out
 
     @post("/query", operation_id="Query", tags=["agents"], status_code=200)
-    async def query(data: JSONBody[QueryIn]) -> QueryOut:
-        """Run a query to completion and return the whole answer."""
+    async def query(data: JSONBody[QueryIn], request: Request) -> QueryOut:
+        """Run a query to completion and return the whole answer (502/504 when the model vendor fails)."""
         if data.stream:
             raise InvalidRequestError("streaming is not supported on /query; use POST /stream")
-        run = _prepare(data, server)
-        parts: list[str] = []
-        metadata: dict[str, Any] = {}
-        async for event in run.events():
-            if event.type == "chunk":
-                parts.append(event.data["text"])
-            elif event.type == "error":
-                raise ExecutionError(event.data["message"])
-            elif event.type == "end":
-                metadata = event.data["metadata"]
+        run = await _prepare(server.runtime, data, request)
+        text, metadata = await finish(run)
         return QueryOut(
-            response="".join(parts),
+            response=text,
             session_id=run.session_id,
             agent=run.agent.id,
-            metadata=ResponseMetadata(**metadata),
+            metadata=msgspec.convert(metadata, ResponseMetadata),
+            tool_calls=run.tool_calls,
         )
 
     @post("/stream", operation_id="StreamQuery", tags=["agents"], status_code=200)
-    async def stream(data: JSONBody[QueryIn]) -> ServerSentEvent:
-        """Stream a query as SSE: `start`, `chunk`..., then `end` (or `error`); each event has an `id`."""
-        run = _prepare(data, server)
-        return ServerSentEvent(_sse(run, server.stopping))
+    async def stream(data: JSONBody[QueryIn], request: Request) -> ServerSentEvent:
+        """Stream a query as SSE: `start`, `chunk`/`tool_call`/`tool_result`..., then `end` or `error`."""
+        run = await _prepare(server.runtime, data, request)
+        keepalive = server.settings.server.sse_keepalive_secs
+        return ServerSentEvent(_sse(run.events(), server.stopping, keepalive))
 
     return [list_agents, query, stream]
 
@@ -69,6 +66,7 @@ def agent_list(runtime: AgentRuntime) -> AgentListOut:
                 available=agent.available,
                 default=agent.id == runtime.default_agent,
                 unavailable_reason=agent.unavailable_reason,
+                tools=[tool.spec.name for tool in agent.tools],
                 allowed_tools=list(agent.allowed_tools) if agent.allowed_tools else None,
                 denied_tools=list(agent.denied_tools) if agent.denied_tools else None,
             )
@@ -77,48 +75,80 @@ def agent_list(runtime: AgentRuntime) -> AgentListOut:
     )
 
 
-def _prepare(data: QueryIn, server: ServerState) -> Run:
-    return server.runtime.prepare(
-        QueryInput(
-            message=data.message,
-            agent=data.agent,
-            session_id=data.session_id,
-            temperature=data.temperature,
-            max_tokens=data.max_tokens,
-        )
+def owner(request: Request) -> str:
+    """The authenticated username, or the single local owner when auth is off."""
+    return str(request.scope.get("user") or LOCAL_OWNER)
+
+
+async def finish(run: Run) -> tuple[str, dict[str, Any]]:
+    """Run to the end; return the text and metadata, or raise the run's failure (502/504/500)."""
+    parts: list[str] = []
+    metadata: dict[str, Any] = {}
+    async for event in run.events():
+        if event.type == "chunk":
+            parts.append(event.data["text"])
+        elif event.type == "end":
+            metadata = event.data["metadata"]
+    if run.failure is not None:
+        raise run.failure
+    if not metadata:
+        raise ExecutionError("the agent ended without an answer")
+    return "".join(parts), metadata
+
+
+async def _prepare(runtime: AgentRuntime, data: QueryIn, request: Request) -> Run:
+    query = QueryInput(
+        message=data.message,
+        agent=data.agent,
+        session_id=data.session_id,
+        temperature=data.temperature,
+        max_tokens=data.max_tokens,
     )
+    return await runtime.prepare(query, owner(request))
 
 
-async def _sse(run: Run, stopping: asyncio.Event) -> AsyncIterator[ServerSentEventMessage]:
+async def _sse(
+    events: AsyncIterator[AgentEvent], stopping: asyncio.Event, keepalive: float
+) -> AsyncIterator[ServerSentEventMessage]:
     number = 0
-    async for event in until_stopped(run.events(), stopping):
+    async for item in relay(events, stopping, keepalive):
+        if item is KEEPALIVE:
+            yield ServerSentEventMessage(comment="keep-alive")
+            continue
         number += 1
-        yield ServerSentEventMessage(data=json.dumps(event.as_dict()), id=str(number))
+        yield ServerSentEventMessage(data=json.dumps(item.as_dict()), id=str(number))
 
 
-async def until_stopped(
-    events: AsyncIterator[AgentEvent], stopping: asyncio.Event
-) -> AsyncIterator[AgentEvent]:
-    """Relay events until the server starts shutting down, then finish with an `error` event."""
+async def relay(events: AsyncIterator[Any], stopping: asyncio.Event, keepalive: float) -> AsyncIterator[Any]:
+    """Relay events; yield KEEPALIVE after `keepalive` s of silence; on shutdown end with an `error` event.
+
+    Closing this generator (the client went away) cancels the pending step, which closes the upstream request.
+    """
     stop = asyncio.ensure_future(stopping.wait())
     iterator = aiter(events)
+    step: asyncio.Future[Any] | None = None
     try:
         while True:
-            step = asyncio.ensure_future(anext(iterator))
-            await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if step.done():
+            if step is None:
+                step = asyncio.ensure_future(anext(iterator))
+            done, _ = await asyncio.wait({step, stop}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED)
+            if step in done:
+                finished, step = step, None
                 try:
-                    yield step.result()
+                    yield finished.result()
                 except StopAsyncIteration:
                     return
-            else:
-                step.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await step
+            elif stop in done:
                 yield AgentEvent("error", {"message": "server is shutting down", "code": "shutting_down"})
                 return
+            else:
+                yield KEEPALIVE
     finally:
         stop.cancel()
+        if step is not None and not step.done():
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+                await step
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()

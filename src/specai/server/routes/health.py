@@ -14,14 +14,14 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
     """`/health` and `/cert`, bound to this server's state."""
     cert_out = CertOut(**server.cert.as_dict())  # type: ignore[arg-type]
 
-    @get("/health", exclude_from_auth=True, operation_id="GetHealth", tags=["server"], sync_to_thread=False)
-    def health() -> HealthOut:
+    @get("/health", exclude_from_auth=True, operation_id="GetHealth", tags=["server"])
+    async def health() -> HealthOut:
         """Liveness: status, version, uptime and the number of sessions used since start."""
         return HealthOut(
             status="healthy",
             version=__version__,
             uptime_seconds=int(time.monotonic() - server.started),
-            active_sessions=len(server.runtime.sessions),
+            active_sessions=await server.sessions().count(),
         )
 
     @get("/cert", exclude_from_auth=True, operation_id="GetCert", tags=["server"], sync_to_thread=False)

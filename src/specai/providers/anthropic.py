@@ -1,0 +1,263 @@
+"""Anthropic Messages API via the official `anthropic` SDK: system prompt, tool_use/tool_result blocks, streaming."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+
+from specai.providers._upstream import (
+    connection_error,
+    display_url,
+    one_line,
+    parse_arguments,
+    status_error,
+    timeout_error,
+    transport_failure,
+)
+from specai.providers.base import (
+    BaseProvider,
+    ChatMessage,
+    Finished,
+    ModelEvent,
+    ModelRequest,
+    TextDelta,
+    ToolCall,
+    ToolCallRequested,
+    UpstreamError,
+    Usage,
+)
+
+VENDOR = "anthropic"
+# The API requires max_tokens. It is a ceiling, not a spend; thinking models count their thinking against it.
+DEFAULT_MAX_TOKENS = 4096
+# Thinking blocks kept (by the id of the tool call they led to) to be sent back with that assistant turn.
+THINKING_CACHE_SIZE = 512
+
+log = logging.getLogger(__name__)
+
+
+def _assistant_blocks(message: ChatMessage, thinking: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = list(thinking)
+    if message.content or not message.tool_calls:
+        blocks.append({"type": "text", "text": message.content})
+    blocks.extend(
+        {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
+        for call in message.tool_calls
+    )
+    return blocks
+
+
+def _turn(message: ChatMessage, thinking: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """The role and content blocks of one non-system message."""
+    if message.role == "tool":
+        block = {"type": "tool_result", "tool_use_id": message.tool_call_id or "", "content": message.content}
+        return "user", [block]
+    if message.role == "assistant":
+        return "assistant", _assistant_blocks(message, thinking)
+    return "user", [{"type": "text", "text": message.content}]
+
+
+def to_anthropic(
+    messages: Sequence[ChatMessage], thinking: dict[str, list[dict[str, Any]]] | None = None
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """The `system` prompt and the alternating user/assistant turns; tool results become user `tool_result` blocks."""
+    system = [m.content for m in messages if m.role == "system" and m.content]
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system":
+            continue
+        first_call = message.tool_calls[0].id if message.tool_calls else ""
+        role, blocks = _turn(message, (thinking or {}).get(first_call, []))
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    return ("\n\n".join(system) or None), turns
+
+
+def request_kwargs(
+    request: ModelRequest, thinking: dict[str, list[dict[str, Any]]] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of `messages.create` for a streamed call."""
+    options = request.options
+    system, turns = to_anthropic(request.messages, thinking)
+    kwargs: dict[str, Any] = {
+        "model": options.model,
+        "messages": turns,
+        "max_tokens": options.max_tokens if options.max_tokens is not None else DEFAULT_MAX_TOKENS,
+        "stream": True,
+    }
+    if system is not None:
+        kwargs["system"] = system
+    if request.tools:
+        kwargs["tools"] = [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            for t in request.tools
+        ]
+    return kwargs
+
+
+@dataclass
+class _Block:
+    """One content block being streamed."""
+
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+    json_parts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _StreamState:
+    """What the stream told us besides text."""
+
+    blocks: dict[int, _Block] = field(default_factory=dict)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    reason: str | None = None
+
+    def start_block(self, index: int, block: Any) -> None:
+        data = block.to_dict() if hasattr(block, "to_dict") else dict(block)
+        self.blocks[index] = _Block(kind=str(data.get("type")), data=data)
+
+    def delta(self, index: int, delta: Any) -> None:
+        block = self.blocks.setdefault(index, _Block(kind="unknown"))
+        if delta.type == "input_json_delta":
+            block.json_parts.append(delta.partial_json)
+        elif delta.type == "thinking_delta":
+            block.data["thinking"] = block.data.get("thinking", "") + delta.thinking
+        elif delta.type == "signature_delta":
+            block.data["signature"] = block.data.get("signature", "") + delta.signature
+
+    def tool_calls(self) -> list[ToolCall]:
+        calls = []
+        for block in (b for _, b in sorted(self.blocks.items()) if b.kind == "tool_use"):
+            raw = "".join(block.json_parts)
+            arguments = parse_arguments(raw) if raw else dict(block.data.get("input") or {})
+            calls.append(
+                ToolCall(id=str(block.data.get("id")), name=str(block.data.get("name")), arguments=arguments)
+            )
+        return calls
+
+    def thinking_blocks(self) -> list[dict[str, Any]]:
+        return [b.data for _, b in sorted(self.blocks.items()) if b.kind in ("thinking", "redacted_thinking")]
+
+    def usage(self) -> Usage | None:
+        if self.input_tokens is None and self.output_tokens is None:
+            return None
+        return Usage(prompt_tokens=self.input_tokens, completion_tokens=self.output_tokens)
+
+
+def _status_message(exc: anthropic.APIStatusError) -> str:
+    if exc.api_message:
+        return exc.api_message
+    return json.dumps(exc.body) if isinstance(exc.body, dict) else str(exc.body or exc.message)
+
+
+class AnthropicProvider(BaseProvider):
+    """Streams Claude messages. `temperature` is not sent: the SDK's API version rejects sampling parameters."""
+
+    name = "anthropic"
+
+    def __init__(self, api_key: str, base_url: str | None = None, timeout: float = 120.0) -> None:
+        self._api_key = api_key
+        self._timeout = timeout
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
+        )
+        self.base_url = display_url(str(self._client.base_url))
+        self._thinking: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._warned_temperature = False
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        self._warn_temperature(request)
+        state = _StreamState()
+        started = False
+        try:
+            stream = await self._client.messages.create(**request_kwargs(request, self._thinking))
+            started = True
+            async with stream:
+                async for event in stream:
+                    text = self._apply(state, event)
+                    if text:
+                        yield TextDelta(text)
+        except anthropic.AnthropicError as exc:
+            raise self._error(exc, started) from exc
+        except Exception as exc:  # transport errors the SDK let through mid-stream
+            if transport_failure(exc) is None:
+                raise
+            raise self._error(exc, started) from exc
+        calls = state.tool_calls()
+        self._remember_thinking(calls, state.thinking_blocks())
+        for call in calls:
+            yield ToolCallRequested(call)
+        usage = state.usage()
+        if usage is not None:
+            yield usage
+        yield Finished(state.reason)
+
+    @staticmethod
+    def _apply(state: _StreamState, event: Any) -> str | None:
+        """Fold one stream event into `state`; return its text, if it is a text delta."""
+        kind = event.type
+        if kind == "message_start":
+            state.input_tokens = event.message.usage.input_tokens
+            state.output_tokens = event.message.usage.output_tokens
+        elif kind == "content_block_start":
+            state.start_block(event.index, event.content_block)
+        elif kind == "content_block_delta":
+            if event.delta.type == "text_delta":
+                return str(event.delta.text)
+            state.delta(event.index, event.delta)
+        elif kind == "message_delta":
+            state.reason = event.delta.stop_reason or state.reason
+            state.output_tokens = event.usage.output_tokens
+            if event.usage.input_tokens is not None:
+                state.input_tokens = event.usage.input_tokens
+        return None
+
+    def _remember_thinking(self, calls: list[ToolCall], thinking: list[dict[str, Any]]) -> None:
+        """Keep thinking blocks that led to tool calls: the API wants them back with that assistant turn."""
+        if not calls or not thinking:
+            return
+        self._thinking[calls[0].id] = thinking
+        while len(self._thinking) > THINKING_CACHE_SIZE:
+            self._thinking.popitem(last=False)
+
+    def _warn_temperature(self, request: ModelRequest) -> None:
+        if request.options.temperature is not None and not self._warned_temperature:
+            self._warned_temperature = True
+            log.warning(
+                "anthropic: temperature is not sent; the Messages API version this SDK speaks rejects it"
+            )
+
+    async def list_models(self) -> list[str]:
+        try:
+            return [model.id async for model in self._client.models.list()]
+        except anthropic.AnthropicError as exc:
+            raise self._error(exc, False) from exc
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def _error(self, exc: BaseException, started: bool) -> UpstreamError:
+        """One SDK (or transport) exception as an UpstreamError with a one-line message."""
+        if isinstance(exc, anthropic.APITimeoutError) or transport_failure(exc) == "timeout":
+            return timeout_error(VENDOR, self.base_url, self._timeout)
+        if isinstance(exc, anthropic.APIStatusError):
+            if exc.status_code < 400:  # an `error` event inside a 200 stream
+                kind = f" ({exc.type})" if exc.type else ""
+                return UpstreamError(
+                    f"{VENDOR} reported an error mid-answer{kind}: {one_line(_status_message(exc))}"
+                )
+            return status_error(VENDOR, self.base_url, exc.status_code, _status_message(exc), self._api_key)
+        if isinstance(exc, anthropic.APIConnectionError):
+            return connection_error(self.base_url, exc.__cause__, started)
+        if transport_failure(exc) == "transport":
+            return connection_error(self.base_url, exc, started)
+        return UpstreamError(f"{VENDOR} failed: {one_line(exc, self._api_key)}")

@@ -1,0 +1,177 @@
+"""The provider interface: chat messages in, a stream of model events out (text deltas, tool calls, usage)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from specai.errors import SpecaiError
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class UpstreamError(SpecaiError):
+    """The model vendor failed (5xx, 429, refused key, broken stream)."""
+
+    code = "upstream_error"
+    status = 502
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The model vendor did not answer within the request timeout."""
+
+    code = "upstream_timeout"
+    status = 504
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A model's request to run one tool."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One chat turn: system/user/assistant text, an assistant turn with tool calls, or a tool result."""
+
+    role: Role
+    content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None  # role == "tool": which call this answers
+    name: str | None = None  # role == "tool": the tool's name
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool offered to the model: name, description and JSON Schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Per-call sampling settings; None means the provider's default."""
+
+    model: str
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """Everything one model call needs."""
+
+    messages: tuple[ChatMessage, ...]
+    options: GenerationOptions
+    tools: tuple[ToolSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the answer, as soon as the model produced it."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallRequested:
+    """A complete tool call (arguments fully received)."""
+
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts, when the vendor reports them."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The model call ended; `reason` as the vendor said it (stop, length, tool_calls, ...)."""
+
+    reason: str | None = None
+
+
+ModelEvent = TextDelta | ToolCallRequested | Usage | Finished
+
+
+@dataclass
+class ModelResponse:
+    """A whole model answer, collected from its stream."""
+
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+
+class Provider(Protocol):
+    """What the agent runtime needs from a model vendor."""
+
+    name: str
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        """Yield events as the model produces them; raise UpstreamError/UpstreamTimeoutError on failure."""
+        ...
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        """The whole answer at once."""
+        ...
+
+    async def list_models(self) -> list[str]:
+        """Model names the vendor offers."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+class BaseProvider:
+    """Shared behaviour: `generate` collects `stream`."""
+
+    name = "base"
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        raise NotImplementedError
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        """Collect the stream into one response."""
+        return await collect(self.stream(request))
+
+    async def list_models(self) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def collect(events: AsyncIterator[ModelEvent]) -> ModelResponse:
+    """Fold a stream of model events into a ModelResponse."""
+    response = ModelResponse()
+    parts: list[str] = []
+    async for event in events:
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        elif isinstance(event, ToolCallRequested):
+            response.tool_calls.append(event.call)
+        elif isinstance(event, Usage):
+            response.usage = event
+        elif isinstance(event, Finished):
+            response.finish_reason = event.reason
+    response.text = "".join(parts)
+    return response
+
+
+def messages_text(messages: Sequence[ChatMessage]) -> str:
+    """The last user message's text (handy for simple providers)."""
+    return next((m.content for m in reversed(messages) if m.role == "user"), "")

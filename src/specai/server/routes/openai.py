@@ -1,0 +1,133 @@
+"""OpenAI-compatible API: `GET /v1/models` (agents as models) and `POST /v1/chat/completions` (whole or streamed)."""
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import get, post
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import JSONBody
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from specai.agents import QueryInput, Run
+from specai.errors import InvalidRequestError
+from specai.providers import ChatMessage
+from specai.server.routes.agents import KEEPALIVE, finish, relay
+from specai.server.state import ServerState
+
+_ROLES = ("system", "user", "assistant")
+
+
+class ChatMessageIn(msgspec.Struct):
+    """One OpenAI chat message (text content, or a list of text parts)."""
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionIn(msgspec.Struct):
+    """The subset of the OpenAI request specai honours; other fields are accepted and ignored."""
+
+    model: str
+    messages: list[ChatMessageIn]
+    stream: bool = False
+    temperature: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+
+
+def routes(server: ServerState) -> list[HTTPRouteHandler]:
+    """`/v1/models` and `/v1/chat/completions`, bound to this server's state."""
+    created = int(time.time())
+
+    @get("/v1/models", operation_id="ListModels", tags=["openai"], sync_to_thread=False)
+    def list_models() -> dict[str, Any]:
+        """Every available agent as an OpenAI model."""
+        data = [
+            {"id": agent.id, "object": "model", "created": created, "owned_by": "specai"}
+            for agent in server.runtime.agents.values()
+            if agent.available
+        ]
+        return {"object": "list", "data": data}
+
+    @post("/v1/chat/completions", operation_id="ChatCompletions", tags=["openai"], status_code=200)
+    async def chat_completions(data: JSONBody[ChatCompletionIn]) -> Any:
+        """Run the agent named by `model` over the given messages (nothing is stored)."""
+        run = server.runtime.prepare_stateless(data.model, _messages(data), _query(data))
+        if data.stream:
+            keepalive = server.settings.server.sse_keepalive_secs
+            return ServerSentEvent(_chunks(run, relay(run.events(), server.stopping, keepalive)))
+        text, metadata = await finish(run)
+        usage = metadata.get("usage") or {}
+        return {
+            "id": run.session_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": run.agent.id,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": usage.get("prompt_tokens", 0),
+                "completion_tokens": usage.get("completion_tokens", 0),
+                "total_tokens": usage.get("total_tokens", 0),
+            },
+        }
+
+    return [list_models, chat_completions]
+
+
+def _query(data: ChatCompletionIn) -> QueryInput:
+    return QueryInput(
+        message="-", temperature=data.temperature, max_tokens=data.max_completion_tokens or data.max_tokens
+    )
+
+
+def _messages(data: ChatCompletionIn) -> list[ChatMessage]:
+    messages = []
+    for index, message in enumerate(data.messages):
+        if message.role not in _ROLES:
+            raise InvalidRequestError(f"messages[{index}].role must be one of {', '.join(_ROLES)}")
+        content = message.content
+        if isinstance(content, list):
+            content = "".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
+        messages.append(ChatMessage(message.role, content or ""))  # type: ignore[arg-type]
+    if not messages or messages[-1].role != "user":
+        raise InvalidRequestError("messages must end with a user message")
+    return messages
+
+
+async def _chunks(run: Run, events: AsyncIterator[Any]) -> AsyncIterator[ServerSentEventMessage]:
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> ServerSentEventMessage:
+        body = {
+            "id": run.session_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": run.agent.id,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+        return ServerSentEventMessage(data=json.dumps(body))
+
+    yield chunk({"role": "assistant", "content": ""})
+    async for event in events:
+        if event is KEEPALIVE:
+            yield ServerSentEventMessage(comment="keep-alive")
+        elif event.type == "chunk":
+            yield chunk({"content": event.data["text"]})
+        elif event.type == "error":
+            error = {
+                "error": {
+                    "message": event.data["message"],
+                    "type": "upstream_error",
+                    "code": event.data["code"],
+                }
+            }
+            yield ServerSentEventMessage(data=json.dumps(error))
+            break
+        elif event.type == "end":
+            yield chunk({}, "stop")
+    yield ServerSentEventMessage(data="[DONE]")

@@ -1,0 +1,63 @@
+"""A user's conversations: list, read and delete sessions (another user's sessions answer 404)."""
+
+from typing import Annotated, Any
+
+from litestar import Request, delete, get
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath, QueryParameter
+
+from specai.server.routes.agents import owner
+from specai.server.state import ServerState
+from specai.sessions import Session, StoredMessage
+
+
+def routes(server: ServerState) -> list[HTTPRouteHandler]:
+    """`/sessions` and `/sessions/{session_id}`, bound to this server's state."""
+
+    @get("/sessions", operation_id="ListSessions", tags=["sessions"])
+    async def list_sessions(
+        request: Request, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
+    ) -> dict[str, Any]:
+        """The caller's sessions, most recently used first."""
+        found = await server.sessions().list(owner(request), limit=limit)
+        return {"sessions": [_session(s) for s in found]}
+
+    @get("/sessions/{session_id:str}", operation_id="GetSession", tags=["sessions"])
+    async def get_session(session_id: FromPath[str], request: Request) -> dict[str, Any]:
+        """One session and all of its messages, oldest first."""
+        sessions = server.sessions()
+        session = await sessions.get(session_id, owner(request))
+        messages = await sessions.messages(session_id, owner(request))
+        return {**_session(session), "messages": [_message(m) for m in messages]}
+
+    @delete("/sessions/{session_id:str}", operation_id="DeleteSession", tags=["sessions"], status_code=204)
+    async def delete_session(session_id: FromPath[str], request: Request) -> None:
+        """Delete a session and its messages."""
+        await server.sessions().delete(session_id, owner(request))
+
+    return [list_sessions, get_session, delete_session]
+
+
+def _session(session: Session) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "agent": session.agent,
+        "created_at": session.created_at.isoformat(),
+        "updated_at": session.updated_at.isoformat(),
+        "message_count": session.message_count,
+    }
+
+
+def _message(message: StoredMessage) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "role": message.role,
+        "content": message.content,
+        "created_at": message.created_at.isoformat(),
+    }
+    if message.tool_calls:
+        data["tool_calls"] = message.tool_calls
+    if message.tool_call_id:
+        data["tool_call_id"] = message.tool_call_id
+    if message.name:
+        data["name"] = message.name
+    return data
