@@ -17,41 +17,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
 import json
 import math
 import os
 import re
 import shutil
-import signal
-import socket
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specai.errors import SpecaiError
-from specai.tls import fetch_peer_cert, pinned_ssl_context
+from _common import (
+    HOST,
+    BenchError,
+    call,
+    free_port,
+    note,
+    running,
+    specai_command,
+    specai_env,
+    start_specai_server,
+    wait_ready,
+)
 
-HOST = "127.0.0.1"
 USER, PASSWORD = "bench", "pw"
 ROUNDS = 3  # measurements per target
 WARMUP_SECONDS = 1.0
 LOGINS = 5
 TARGET_RATIO = 0.6
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 6.0
 BARE_APP = Path(__file__).with_name("_bare_app.py")
-
-
-class BenchError(Exception):
-    """The run is void: a server did not start or answered wrongly."""
 
 
 @dataclass
@@ -76,71 +76,6 @@ class Target:
 
 
 Generator = Callable[[Target, float, int], Sample]
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server with its output in `log`; SIGTERM it (then kill) on the way out."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def wait_ready(
-    proc: subprocess.Popen[bytes], port: int, log: Path, marker: str | None = None
-) -> ssl.SSLContext:
-    """Wait for `marker` in the log (if given) and a 200 from /health; return a context pinned to the server."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{proc.args!r} exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        if marker is None or marker in log.read_text():
-            with contextlib.suppress(OSError, http.client.HTTPException, SpecaiError):
-                ctx = pinned_ssl_context(fetch_peer_cert(HOST, port, timeout=2))
-                ctx.set_alpn_protocols(["http/1.1"])  # what wrk and the built-in generator speak
-                if call(port, ctx, "GET", "/health", {})[0] == 200:
-                    return ctx
-        time.sleep(0.1)
-    raise BenchError(
-        f"{proc.args!r} did not become ready within {START_TIMEOUT:.0f} s:\n{log.read_text()[-2000:]}"
-    )
-
-
-def call(
-    port: int, ctx: ssl.SSLContext, method: str, path: str, headers: dict[str, str], body: str = ""
-) -> tuple[int, bytes]:
-    """One request on a fresh connection; return status and body."""
-    conn = http.client.HTTPSConnection(HOST, port, context=ctx, timeout=30)
-    try:
-        conn.request(method, path, body=body or None, headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def specai_command() -> list[str]:
-    exe = Path(sys.executable).with_name("specai")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "specai"]
 
 
 def login_times(port: int, ctx: ssl.SSLContext) -> tuple[str, list[float]]:
@@ -296,14 +231,10 @@ def start_specai(tmp: Path, stack: contextlib.ExitStack) -> tuple[int, ssl.SSLCo
     home, config = tmp / "home", tmp / "bench.config.toml"
     home.mkdir()
     config.write_text("[auth]\nenabled = true\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECAI_")}
-    env |= {"SPECAI_HOME": str(home), "SPECAI_CONFIG": str(config)}
+    env = specai_env(home, config)
     add_user = [*specai_command(), "auth", "add-user", USER, "--password-stdin"]
     subprocess.run(add_user, input=f"{PASSWORD}\n", env=env, text=True, capture_output=True, check=True)
-    port, log = free_port(), tmp / "specai.log"
-    proc = stack.enter_context(running([*specai_command(), "server", "--port", str(port)], env, log))
-    ctx = wait_ready(proc, port, log, marker="listening")
-    note(f"specai server ready on {HOST}:{port}")
+    port, ctx = start_specai_server(env, tmp / "specai.log", stack)
     return port, ctx, home
 
 

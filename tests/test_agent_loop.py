@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ class RecordingUpstream(BaseProvider):
         self.requests: list[ModelRequest] = []
         self.fail_after_text = fail_after_text
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
         self.requests.append(request)
         turn = self.turns[min(len(self.requests) - 1, len(self.turns) - 1)]
         if isinstance(turn, ToolCall):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 import uuid
@@ -152,16 +153,17 @@ class Run:
             request = ModelRequest(tuple(self.messages), self.options, offer)
             text: list[str] = []
             calls: list[ToolCall] = []
-            async for event in self.agent.provider.stream(request):
-                if isinstance(event, TextDelta) and event.text:
-                    text.append(event.text)
-                    yield AgentEvent("chunk", {"text": event.text})
-                elif isinstance(event, ToolCallRequested):
-                    calls.append(event.call)
-                elif isinstance(event, Usage):
-                    usage[0] += event.prompt_tokens or 0
-                    usage[1] += event.completion_tokens or 0
-                    usage[2] = True
+            async with contextlib.aclosing(self.agent.provider.stream(request)) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta) and event.text:
+                        text.append(event.text)
+                        yield AgentEvent("chunk", {"text": event.text})
+                    elif isinstance(event, ToolCallRequested):
+                        calls.append(event.call)
+                    elif isinstance(event, Usage):
+                        usage[0] += event.prompt_tokens or 0
+                        usage[1] += event.completion_tokens or 0
+                        usage[2] = True
             reply = ChatMessage("assistant", "".join(text), tool_calls=tuple(calls))
             self.messages.append(reply)
             new_messages.append(reply)

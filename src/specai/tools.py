@@ -117,7 +117,7 @@ def _checked(value: Any) -> int | float:
         raise ToolFailure("the result is not a real number")
     if abs(value) > _MAX_MAGNITUDE:
         raise ToolFailure("result too large")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _calculator(arguments: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import ipaddress
@@ -12,9 +13,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from specai.cli import _settings
-from specai.cli._console import STARTUP_FAILURE, err, fail, out, print_warnings
+from specai.cli._console import STARTUP_FAILURE, err, fail, out, print_warnings, warn
 from specai.config import Settings
-from specai.errors import SpecaiError, StartupError
+from specai.errors import ConfigError, SpecaiError, StartupError
 
 
 def server(
@@ -89,8 +90,14 @@ def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
         print_warnings(paths.warnings)
         _check_port_free(host, port)
         app = create_app(settings, info)
+        asyncio.run(_check_database(settings))
+    except ConfigError as exc:
+        fail(exc.message)
     except SpecaiError as exc:
         fail(exc.message, STARTUP_FAILURE)
+    for agent in app.state.specai.runtime.agents.values():
+        if not agent.available:
+            warn(f"agent '{agent.id}' is unavailable: {agent.unavailable_reason}")
     if paths.generated:
         err.print(f"created a self-signed certificate in {paths.cert.parent}")
     if not settings.auth.enabled:
@@ -106,6 +113,14 @@ def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
     except KeyboardInterrupt:
         pass
     err.print("specai server stopped")
+
+
+async def _check_database(settings: Settings) -> None:
+    """Open and migrate the database once before serving, so a bad URL or schema stops start-up clearly."""
+    from specai.store import Store
+
+    store = await Store.open(settings)
+    await store.close()
 
 
 def _apply_flags(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -90,7 +90,7 @@ class OllamaProvider(BaseProvider):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self._client = ollama.AsyncClient(host=base_url, timeout=timeout, headers=headers)
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
         calls: list[ToolCall] = []
         usage: Usage | None = None
         reason: str | None = None
