@@ -17,14 +17,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import StatementError
 
 from specai.config import DatabaseSettings, Settings
-from specai.errors import ConfigError
+from specai.errors import ConfigError, DatabaseUnavailableError, SchemaVersionError
 from specai.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
-    DatabaseUnavailableError,
     JSONText,
     Migration,
-    SchemaVersionError,
     Store,
     UTCDateTime,
     database_url,

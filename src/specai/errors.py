@@ -95,6 +95,19 @@ class CorruptFileError(SpecaiError):
     code = "corrupt_file"
 
 
+class DatabaseUnavailableError(SpecaiError):
+    """The database cannot be opened or reached."""
+
+    code = "database_unavailable"
+    status = 503
+
+
+class SchemaVersionError(ConfigError):
+    """The database was written by a newer specai than this one."""
+
+    code = "schema_too_new"
+
+
 class TlsError(SpecaiError):
     """A certificate or key is missing, unreadable or mismatched."""
 

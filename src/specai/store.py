@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.dml import Insert
 
 from specai.config import Settings
-from specai.errors import ConfigError, SpecaiError
+from specai.errors import ConfigError, DatabaseUnavailableError, SchemaVersionError
 from specai.files import ensure_private_dir
 
 DB_FILENAME = "specai.db"
@@ -50,19 +50,6 @@ _SQLITE_SCHEMES = {"sqlite", SQLITE_DRIVER}
 _URL_HELP = "use postgresql://user@host:port/db or sqlite:///path/to/file.db"
 _MIGRATION_LOCK = 0x5EC_A1  # pg_advisory_xact_lock key: one migrator at a time per database
 _WRITE_OPTION = "specai_write"
-
-
-class DatabaseUnavailableError(SpecaiError):
-    """The database cannot be opened or reached."""
-
-    code = "database_unavailable"
-    status = 503
-
-
-class SchemaVersionError(ConfigError):
-    """The database was written by a newer specai than this one."""
-
-    code = "schema_too_new"
 
 
 # --- column types -----------------------------------------------------------------------------------------------
