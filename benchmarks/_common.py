@@ -1,4 +1,4 @@
-"""Helpers the benchmark scripts share: free ports, child processes that always stop, and a real `specai server`."""
+"""Helpers the benchmark scripts share: free ports, child processes that always stop, a real `specai server`."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def running(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 
 def wait_until(proc: subprocess.Popen[bytes], log: Path, ready: Callable[[str], T | None]) -> T:
-    """Poll `ready(log text)` until it returns a value; BenchError when the process exits or START_TIMEOUT passes."""
+    """Poll `ready(log text)` until it returns a value; BenchError if the process exits or START_TIMEOUT passes."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -1,9 +1,10 @@
 """A lean OpenAI-compatible upstream for bench_stream.py: streams a fixed answer at a fixed pace.
 
-`POST /v1/chat/completions` with `"stream": true` answers as OpenAI does (chunked SSE: a role chunk, one chunk per
-token, a finish chunk, a usage chunk when `stream_options.include_usage` is set, then `data: [DONE]`); token i goes
-out `i * delay` after the first, on an absolute schedule so pauses do not add up drift. `GET /v1/models` lists one
-model. HTTP/1.1 keep-alive, asyncio, one process of its own so its pacing never competes with the measuring client.
+`POST /v1/chat/completions` with `"stream": true` answers as OpenAI does (chunked SSE: a role chunk, one chunk
+per token, a finish chunk, a usage chunk when `stream_options.include_usage` is set, then `data: [DONE]`); token i
+goes out `i * delay` after the first, on an absolute schedule so the pauses do not add up drift. `GET /v1/models`
+lists one model. HTTP/1.1 keep-alive, asyncio, in a process of its own so its pacing never competes with the
+measuring client for the GIL.
 
 Run:  python benchmarks/_fake_openai.py TOKENS DELAY_MS
 It binds 127.0.0.1 on a free port, prints `listening on 127.0.0.1:PORT` and serves until SIGTERM.

@@ -200,3 +200,33 @@ def test_another_user_cannot_continue_a_session(settings: Settings) -> None:
         assert len(await sessions.messages(run.session_id, "alice")) == 4  # user, tool call, tool, answer
 
     with_store(settings, body)
+
+
+def test_continuing_a_session_keeps_its_agent(settings: Settings) -> None:
+    async def body(runtime: AgentRuntime, sessions: SessionStore) -> None:
+        run = await runtime.prepare(QueryInput("first", agent="strict"), "alice")
+        [e async for e in run.events()]
+        follow = await runtime.prepare(QueryInput("second", session_id=run.session_id), "alice")
+        assert follow.agent.id == "strict"  # not the default agent
+        other = await runtime.prepare(QueryInput("third", agent="calc", session_id=run.session_id), "alice")
+        assert other.agent.id == "calc"  # naming an agent still wins
+
+    with_store(settings, body)
+
+
+def test_an_unexpected_provider_failure_ends_with_an_error_event(settings: Settings) -> None:
+    class Broken(BaseProvider):
+        name = "broken"
+
+        async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
+            raise RuntimeError("bug in a provider")
+            yield TextDelta("never")  # pragma: no cover - makes this an async generator
+
+    runtime = AgentRuntime(settings)
+    object.__setattr__(runtime.agents["calc"], "provider", Broken())
+    run, events = run_query(runtime, QueryInput("hi", agent="calc"))
+    assert events[-1].as_dict() == {
+        "type": "error",
+        "message": "the agent failed unexpectedly; the server log has the details",
+        "code": "execution_error",
+    }

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from specai.config import AgentSettings, Settings
 from specai.errors import (
     AgentNotFoundError,
     ConfigError,
+    ExecutionError,
     InvalidRequestError,
     NotFoundError,
     ProviderUnavailableError,
@@ -39,6 +41,7 @@ from specai.tools import Tool, ToolPolicy, offered_tools, run_tool
 if TYPE_CHECKING:
     from specai.sessions import SessionStore, StoredMessage
 
+log = logging.getLogger("specai.agents")
 DEFAULT_AGENT = "default"
 LOCAL_OWNER = "local"  # owner of sessions when auth is disabled
 
@@ -127,6 +130,11 @@ class Run:
             self.failure = exc
             yield AgentEvent("error", {"message": exc.message, "code": exc.code})
             return
+        except Exception:
+            log.exception("agent '%s' failed", self.agent.id)
+            self.failure = ExecutionError("the agent failed unexpectedly; the server log has the details")
+            yield AgentEvent("error", {"message": self.failure.message, "code": self.failure.code})
+            return
         if self.sessions is not None:
             await self.sessions.append(
                 self.session_id, self.owner, self.agent.id, [_to_new(m) for m in new_messages]
@@ -209,6 +217,8 @@ class AgentRuntime:
             found = await self.sessions.owner_of(session_id)
             if found is not None and found != owner:
                 raise NotFoundError(f"no session '{session_id}'")
+            if found is not None and query.agent is None:  # continuing: stay with the session's agent
+                agent = self._check(replace(query, agent=(await self.sessions.get(session_id, owner)).agent))
             if agent.memory_k:
                 history = await self.sessions.history(session_id, owner, agent.memory_k)
         messages = [ChatMessage("system", agent.description)] if agent.description else []

@@ -90,7 +90,8 @@ async def _serve(
         backlog=1024,
     )
     logging.getLogger("_granian").addFilter(_QuietEmbedWarning())
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "httpx2"):  # the vendor SDKs log every upstream request at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     loop = asyncio.get_running_loop()
     stopping = False
 

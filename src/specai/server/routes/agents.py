@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import msgspec
 from litestar import Request, get, post
 from litestar.handlers import HTTPRouteHandler
@@ -113,7 +114,7 @@ async def _sse(
     number = 0
     async for item in relay(events, stopping, keepalive):
         if item is KEEPALIVE:
-            yield ServerSentEventMessage(comment="keep-alive")
+            yield ServerSentEventMessage(comment="keep-alive", data=None)
             continue
         number += 1
         yield ServerSentEventMessage(data=json.dumps(item.as_dict()), id=str(number))
@@ -122,33 +123,54 @@ async def _sse(
 async def relay(events: AsyncIterator[Any], stopping: asyncio.Event, keepalive: float) -> AsyncIterator[Any]:
     """Relay events; yield KEEPALIVE after `keepalive` s of silence; on shutdown end with an `error` event.
 
-    Closing this generator (the client went away) cancels the pending step, which closes the upstream request.
+    One producer task per stream feeds a queue, so relaying an event costs no new task. Closing this generator
+    (the client went away) cancels the producer, which closes the upstream request.
     """
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    producer = asyncio.ensure_future(_produce(events, queue))
     stop = asyncio.ensure_future(stopping.wait())
-    iterator = aiter(events)
-    step: asyncio.Future[Any] | None = None
+    stop.add_done_callback(lambda _: queue.put_nowait(_STOPPING))
     try:
         while True:
-            if step is None:
-                step = asyncio.ensure_future(anext(iterator))
-            done, _ = await asyncio.wait({step, stop}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED)
-            if step in done:
-                finished, step = step, None
-                try:
-                    yield finished.result()
-                except StopAsyncIteration:
-                    return
-            elif stop in done:
+            try:
+                async with asyncio.timeout(keepalive):
+                    item = await queue.get()
+            except TimeoutError:
+                yield KEEPALIVE
+                continue
+            if item is _DONE:
+                return
+            if item is _STOPPING:
                 yield AgentEvent("error", {"message": "server is shutting down", "code": "shutting_down"})
                 return
-            else:
-                yield KEEPALIVE
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
     finally:
         stop.cancel()
-        if step is not None and not step.done():
-            step.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
-                await step
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        producer.cancel()
+        # Shielded: a cancellation arriving now must not interrupt the producer's cleanup, or the SDK's
+        # connection is left open and the upstream keeps generating.
+        with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
+            await producer
+
+
+class _Failure:
+    """An exception raised by the event source, carried to the consumer."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_DONE = object()
+_STOPPING = object()
+
+
+async def _produce(events: AsyncIterator[Any], queue: asyncio.Queue[Any]) -> None:
+    try:
+        async for event in events:
+            queue.put_nowait(event)
+    except Exception as exc:  # a bug below: re-raised in the consumer, where the response can report it
+        queue.put_nowait(_Failure(exc))
+    else:
+        queue.put_nowait(_DONE)

@@ -115,7 +115,7 @@ async def _chunks(run: Run, events: AsyncIterator[Any]) -> AsyncIterator[ServerS
     yield chunk({"role": "assistant", "content": ""})
     async for event in events:
         if event is KEEPALIVE:
-            yield ServerSentEventMessage(comment="keep-alive")
+            yield ServerSentEventMessage(comment="keep-alive", data=None)
         elif event.type == "chunk":
             yield chunk({"content": event.data["text"]})
         elif event.type == "error":
