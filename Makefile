@@ -37,6 +37,7 @@ completions: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_http.py
+	$(BIN)/python benchmarks/bench_stream.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
