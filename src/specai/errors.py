@@ -159,6 +159,20 @@ class ExecutionError(SpecaiError):
     status = 500
 
 
+class UpstreamError(SpecaiError):
+    """The model vendor failed (5xx, 429, refused key, broken stream)."""
+
+    code = "upstream_error"
+    status = 502
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The model vendor did not answer within the request timeout."""
+
+    code = "upstream_timeout"
+    status = 504
+
+
 class RemoteError(SpecaiError):
     """The server answered with an error body."""
 

@@ -6,23 +6,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from specai.errors import SpecaiError
+from specai.errors import UpstreamError, UpstreamTimeoutError  # noqa: F401 - re-exported for the providers
 
 Role = Literal["system", "user", "assistant", "tool"]
-
-
-class UpstreamError(SpecaiError):
-    """The model vendor failed (5xx, 429, refused key, broken stream)."""
-
-    code = "upstream_error"
-    status = 502
-
-
-class UpstreamTimeoutError(UpstreamError):
-    """The model vendor did not answer within the request timeout."""
-
-    code = "upstream_timeout"
-    status = 504
 
 
 @dataclass(frozen=True)
