@@ -97,7 +97,11 @@ def load_users(path: Path) -> list[User]:
 
 def get_user(path: Path, username: str) -> User:
     """The named user, or NotFoundError with a hint."""
-    for user in load_users(path):
+    return _find(load_users(path), username, path)
+
+
+def _find(users: list[User], username: str, path: Path) -> User:
+    for user in users:
         if user.username == username:
             return user
     raise NotFoundError(f"no user '{username}' in {path}; see `specai auth list-users`")
@@ -128,9 +132,7 @@ def replace_hash(path: Path, username: str, password_hash: str, *, expected: str
     """Store a new hash for `username`; with `expected`, only if the stored hash is still that one."""
     with _locked(path):
         users = load_users(path)
-        found = next((user for user in users if user.username == username), None)
-        if found is None:
-            raise NotFoundError(f"no user '{username}' in {path}; see `specai auth list-users`")
+        found = _find(users, username, path)
         if expected is not None and found.password_hash != expected:
             return found
         updated = User(username, password_hash)
@@ -142,10 +144,8 @@ def remove_user(path: Path, username: str) -> None:
     """Delete a user."""
     with _locked(path):
         users = load_users(path)
-        remaining = [user for user in users if user.username != username]
-        if len(remaining) == len(users):
-            raise NotFoundError(f"no user '{username}' in {path}; see `specai auth list-users`")
-        _save(path, remaining)
+        _find(users, username, path)
+        _save(path, [user for user in users if user.username != username])
 
 
 @functools.cache

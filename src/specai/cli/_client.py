@@ -11,7 +11,7 @@ import typer
 from rich.prompt import Confirm
 
 from specai.cli._console import err
-from specai.config import DEFAULT_SERVER_URL, home_dir
+from specai.config import home_dir
 from specai.trust import KnownServers, SavedTokens, parse_server
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ FingerprintOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-DEFAULT_SERVER = DEFAULT_SERVER_URL
 
 
 def _confirm(origin: str, fingerprint: str) -> bool:

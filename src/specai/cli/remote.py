@@ -10,17 +10,17 @@ import typer
 from rich.table import Table
 
 from specai.cli import _prompt
-from specai.cli._client import DEFAULT_SERVER, FingerprintOption, JsonOption, ServerOption, open_client
+from specai.cli._client import FingerprintOption, JsonOption, ServerOption, open_client
 from specai.cli._console import USAGE, err, fail, handle_errors, out, print_json
 from specai.cli._render import StreamRenderer
-from specai.config import home_dir
+from specai.config import DEFAULT_SERVER_URL, home_dir
 from specai.errors import RemoteError
 from specai.trust import LastSessions, SavedTokens, parse_server
 
 
 @handle_errors
 def login(
-    server: ServerOption = DEFAULT_SERVER,
+    server: ServerOption = DEFAULT_SERVER_URL,
     username: Annotated[
         Optional[str], typer.Option("--username", "-u", help="User to log in as (asked when missing).")
     ] = None,
@@ -51,7 +51,7 @@ def login(
 
 
 @handle_errors
-def logout(server: ServerOption = DEFAULT_SERVER) -> None:
+def logout(server: ServerOption = DEFAULT_SERVER_URL) -> None:
     """Forget the saved token for a server (the pin stays).
 
     Example:
@@ -67,7 +67,7 @@ def logout(server: ServerOption = DEFAULT_SERVER) -> None:
 
 @handle_errors
 def health(
-    server: ServerOption = DEFAULT_SERVER,
+    server: ServerOption = DEFAULT_SERVER_URL,
     fingerprint: FingerprintOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -90,7 +90,7 @@ def health(
 
 @handle_errors
 def agents(
-    server: ServerOption = DEFAULT_SERVER,
+    server: ServerOption = DEFAULT_SERVER_URL,
     fingerprint: FingerprintOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -118,7 +118,7 @@ def agents(
 @handle_errors
 def query(
     message: Annotated[str, typer.Argument(help="What to ask the agent.")],
-    server: ServerOption = DEFAULT_SERVER,
+    server: ServerOption = DEFAULT_SERVER_URL,
     agent: Annotated[
         Optional[str], typer.Option("--agent", "-a", help="Agent id (default: the server's default agent).")
     ] = None,

@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from specai.cli._client import DEFAULT_SERVER, FingerprintOption, JsonOption, ServerOption, open_client
+from specai.cli._client import FingerprintOption, JsonOption, ServerOption, open_client
 from specai.cli._console import handle_errors, out, print_json
+from specai.config import DEFAULT_SERVER_URL
 
 app = typer.Typer(help="Your conversations on a server.", no_args_is_help=True)
 
@@ -16,7 +17,7 @@ app = typer.Typer(help="Your conversations on a server.", no_args_is_help=True)
 @app.command("list")
 @handle_errors
 def list_sessions(
-    server: ServerOption = DEFAULT_SERVER,
+    server: ServerOption = DEFAULT_SERVER_URL,
     fingerprint: FingerprintOption = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many, newest first.")] = 100,
     json_output: JsonOption = False,
@@ -45,7 +46,7 @@ def list_sessions(
 @handle_errors
 def show(
     session_id: Annotated[str, typer.Argument(help="Session id (see `specai sessions list`).")],
-    server: ServerOption = DEFAULT_SERVER,
+    server: ServerOption = DEFAULT_SERVER_URL,
     fingerprint: FingerprintOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -75,7 +76,7 @@ def show(
 @handle_errors
 def remove(
     session_id: Annotated[str, typer.Argument(help="Session id to delete.")],
-    server: ServerOption = DEFAULT_SERVER,
+    server: ServerOption = DEFAULT_SERVER_URL,
     fingerprint: FingerprintOption = None,
 ) -> None:
     """Delete a session and its messages.
