@@ -9,18 +9,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-import test_store as engines
 from specai.config import Settings
 from specai.errors import InvalidRequestError, NotFoundError
 from specai.sessions import NewMessage, Session, SessionStore, StoredMessage, check_session_id, new_session_id
 from specai.store import Store
 from specai.store import messages as messages_table
 
-# The engine fixtures of test_store: every test runs on SQLite and on PostgreSQL.
-anyio_backend = engines.anyio_backend
-pg_url = engines.pg_url
-db_settings = engines.db_settings
-store = engines.store
+# The engine fixtures of conftest.py: every test runs on SQLite and on PostgreSQL.
 
 pytestmark = pytest.mark.anyio
 

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import secrets
 import stat
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
-from sqlalchemy import Column, Connection, MetaData, Table, Text, func, insert, inspect, select, text, update
+from databases import pg_admin
+from sqlalchemy import (
+    Column,
+    Connection,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import StatementError
 
@@ -33,79 +44,7 @@ from specai.store import (
 
 pytestmark = pytest.mark.anyio
 
-PG_URL_ENV = "SPECAI_TEST_PG_URL"
-DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-ENGINES = ["sqlite", "postgresql"]
 UTC_NOON = dt.datetime(2024, 3, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-# --- engines: one SQLite file per test; one PostgreSQL database per module, its schema reset per test --------
-
-
-def pg_admin_url() -> str:
-    """The maintenance database URL (asyncpg wants the plain postgresql:// form)."""
-    raw = os.environ.get(PG_URL_ENV) or DEFAULT_PG_ADMIN_URL
-    return make_url(raw).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def pg_admin(url: str, sql: str) -> None:
-    """Run one admin statement, failing the test (never skipping it) when PostgreSQL is unusable."""
-    try:
-        conn = await asyncpg.connect(url, timeout=10)
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        shown = make_url(url).render_as_string(hide_password=True)
-        pytest.fail(
-            f"PostgreSQL is required for these tests and is not usable at {shown}: {exc}. "
-            f"Start it, or point {PG_URL_ENV} at a server where this user may create databases.",
-            pytrace=False,
-        )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def pg_execute(url: str, sql: str) -> None:
-    """`pg_admin` for synchronous fixtures."""
-    asyncio.run(pg_admin(url, sql))
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """A fresh database for this module, dropped afterwards; given as a standard postgresql:// URL."""
-    admin = pg_admin_url()
-    name = f"specai_test_{secrets.token_hex(6)}"
-    pg_execute(admin, f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
-    finally:
-        pg_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(params=ENGINES)
-def db_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    """Settings pointing at an empty database on each engine."""
-    home = tmp_path / "specai-home"
-    if request.param == "sqlite":
-        return Settings(home=home)
-    url: str = request.getfixturevalue("pg_url")
-    pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    return Settings(home=home, database=DatabaseSettings(url=url))
-
-
-@pytest.fixture
-async def store(db_settings: Settings) -> AsyncIterator[Store]:
-    """An open, migrated store, closed after the test."""
-    opened = await Store.open(db_settings)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def table_names(store: Store) -> set[str]:
@@ -294,7 +233,11 @@ async def test_migrated_schema_matches_the_metadata(store: Store) -> None:
         return {
             name: (
                 sorted((c["name"], c["nullable"]) for c in inspector.get_columns(name)),
-                sorted(i["name"] or "" for i in inspector.get_indexes(name)),
+                # PostgreSQL also reports the index behind each unique constraint: compare constraints instead.
+                sorted(
+                    i["name"] or "" for i in inspector.get_indexes(name) if not i.get("duplicates_constraint")
+                ),
+                sorted(tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)),
                 sorted(
                     (fk["referred_table"], fk["options"].get("ondelete"))
                     for fk in inspector.get_foreign_keys(name)
@@ -307,6 +250,9 @@ async def test_migrated_schema_matches_the_metadata(store: Store) -> None:
         table.name: (
             sorted((c.name, c.nullable) for c in table.columns),
             sorted(str(i.name) for i in table.indexes),
+            sorted(
+                tuple(c.name for c in u.columns) for u in table.constraints if isinstance(u, UniqueConstraint)
+            ),
             sorted((fk.column.table.name, fk.ondelete) for fk in table.foreign_keys),
         )
         for table in metadata.tables.values()

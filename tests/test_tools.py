@@ -48,32 +48,38 @@ def test_calculator_refuses_anything_else(expression: str, problem: str) -> None
         calculate(expression)
 
 
-def test_run_tool_calculator_result_is_json() -> None:
-    result = run_tool("calculator", {"expression": "6*7"}, ToolPolicy())
+@pytest.mark.anyio
+async def test_run_tool_calculator_result_is_json() -> None:
+    result = await run_tool("calculator", {"expression": "6*7"}, ToolPolicy())
     assert result.success
     assert json.loads(result.output or "") == {"expression": "6*7", "result": 42}
     assert result.as_dict() == {"success": True, "output": result.output}
 
 
-def test_run_tool_reports_bad_arguments_to_the_model() -> None:
-    result = run_tool("calculator", {}, ToolPolicy())
+@pytest.mark.anyio
+async def test_run_tool_reports_bad_arguments_to_the_model() -> None:
+    result = await run_tool("calculator", {}, ToolPolicy())
     assert not result.success and "expression" in (result.error or "")
     assert result.for_model().startswith("ERROR: ")
 
 
-def test_current_time_in_utc_and_a_zone() -> None:
-    utc = json.loads(run_tool("current_time", {}, ToolPolicy()).output or "")
+@pytest.mark.anyio
+async def test_current_time_in_utc_and_a_zone() -> None:
+    utc = json.loads((await run_tool("current_time", {}, ToolPolicy())).output or "")
     stamp = dt.datetime.fromisoformat(utc["iso"])
     assert stamp.utcoffset() == dt.timedelta(0)
     assert abs((dt.datetime.now(dt.UTC) - stamp).total_seconds()) < 5
-    paris = json.loads(run_tool("current_time", {"timezone": "Europe/Paris"}, ToolPolicy()).output or "")
+    paris = json.loads(
+        (await run_tool("current_time", {"timezone": "Europe/Paris"}, ToolPolicy())).output or ""
+    )
     assert paris["timezone"] == "Europe/Paris"
-    bad = run_tool("current_time", {"timezone": "Mars/Olympus"}, ToolPolicy())
+    bad = await run_tool("current_time", {"timezone": "Mars/Olympus"}, ToolPolicy())
     assert not bad.success and "unknown time zone" in (bad.error or "")
 
 
-def test_unknown_tool_is_refused() -> None:
-    result = run_tool("shell", {"command": "id"}, ToolPolicy())
+@pytest.mark.anyio
+async def test_unknown_tool_is_refused() -> None:
+    result = await run_tool("shell", {"command": "id"}, ToolPolicy())
     assert result.as_dict() == {"success": False, "error": "tool 'shell' does not exist"}
 
 
@@ -97,14 +103,15 @@ def test_policy_full_match_globs_deny_wins(
     assert ToolPolicy(allowed, denied).allows(name) is expected
 
 
-def test_denied_tool_is_refused_and_not_offered() -> None:
+@pytest.mark.anyio
+async def test_denied_tool_is_refused_and_not_offered() -> None:
     policy = ToolPolicy(denied=("calculator",))
-    assert [tool.spec.name for tool in offered_tools(policy)] == ["current_time"]
-    result = run_tool("calculator", {"expression": "1+1"}, policy)
+    assert [tool.spec.name for tool in offered_tools(policy)] == ["current_time", "graph_add", "graph_search"]
+    result = await run_tool("calculator", {"expression": "1+1"}, policy)
     assert result.as_dict() == {"success": False, "error": "tool 'calculator' is not allowed for this agent"}
 
 
 def test_builtin_tools_are_only_the_safe_ones() -> None:
-    assert set(BUILTIN_TOOLS) == {"calculator", "current_time"}
+    assert set(BUILTIN_TOOLS) == {"calculator", "current_time", "graph_search", "graph_add"}
     for tool in BUILTIN_TOOLS.values():
         assert tool.spec.parameters["type"] == "object"

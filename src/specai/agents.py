@@ -21,6 +21,7 @@ from specai.errors import (
     ProviderUnavailableError,
     SpecaiError,
 )
+from specai.graph import GraphStore
 from specai.providers import (
     ChatMessage,
     GenerationOptions,
@@ -36,7 +37,7 @@ from specai.providers import (
 )
 from specai.providers.mock import parse_script
 from specai.sessions import NewMessage
-from specai.tools import Tool, ToolPolicy, offered_tools, run_tool
+from specai.tools import Tool, ToolContext, ToolPolicy, offered_tools, run_tool
 
 if TYPE_CHECKING:
     from specai.sessions import SessionStore, StoredMessage
@@ -113,6 +114,7 @@ class Run:
     messages: list[ChatMessage]
     options: GenerationOptions
     sessions: SessionStore | None = None
+    context: ToolContext = field(default_factory=ToolContext)
     failure: SpecaiError | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
@@ -155,7 +157,7 @@ class Run:
 
     async def _loop(self, new_messages: list[ChatMessage], usage: list[Any]) -> AsyncIterator[AgentEvent]:
         assert self.agent.provider is not None
-        specs = tuple(tool.spec for tool in self.agent.tools)
+        specs = tuple(tool.spec for tool in self.agent.tools if tool.usable(self.context))
         for round_number in range(self.agent.max_tool_iterations + 1):
             offer = specs if round_number < self.agent.max_tool_iterations else ()
             request = ModelRequest(tuple(self.messages), self.options, offer)
@@ -179,7 +181,7 @@ class Run:
                 return
             for call in calls:
                 yield AgentEvent("tool_call", {"name": call.name, "arguments": call.arguments})
-                result = run_tool(call.name, call.arguments, self.agent.policy)
+                result = await run_tool(call.name, call.arguments, self.agent.policy, self.context)
                 self.tool_calls.append({"name": call.name, "arguments": call.arguments, **result.as_dict()})
                 yield AgentEvent("tool_result", {"name": call.name, "result": result.as_dict()})
                 answer = ChatMessage("tool", result.for_model(), tool_call_id=call.id, name=call.name)
@@ -197,6 +199,7 @@ class AgentRuntime:
             DEFAULT_AGENT if DEFAULT_AGENT in self.agents else next(iter(self.agents))
         )
         self.sessions = sessions
+        self.graph: GraphStore | None = None
 
     def get(self, name: str | None) -> Agent:
         """The named agent, or the default one."""
@@ -224,7 +227,8 @@ class AgentRuntime:
         messages = [ChatMessage("system", agent.description)] if agent.description else []
         messages += [_from_stored(m) for m in history]
         messages.append(ChatMessage("user", query.message))
-        return Run(agent, session_id, owner, messages, self._options(agent, query), self.sessions)
+        context = ToolContext(session_id, self.graph)
+        return Run(agent, session_id, owner, messages, self._options(agent, query), self.sessions, context)
 
     def prepare_stateless(
         self, agent_id: str | None, messages: Sequence[ChatMessage], query: QueryInput

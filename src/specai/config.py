@@ -54,6 +54,15 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class GraphSettings:
+    """`[graph]`: knowledge-graph changelog retention, change-stream polling and the bootstrap root."""
+
+    changelog_retention_days: int = 30
+    stream_poll_secs: float = 1.0
+    bootstrap_root: Path | None = None
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     """`[model]`: the default model every agent falls back to."""
 
@@ -95,6 +104,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    graph: GraphSettings = field(default_factory=GraphSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     agents: Mapping[str, AgentSettings] = field(default_factory=dict)
     mesh: Mapping[str, Any] = field(default_factory=dict)
@@ -192,6 +202,8 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("model", "mock_delay_ms"): _non_negative,
     ("model", "request_timeout_secs"): _positive,
     ("server", "sse_keepalive_secs"): _positive,
+    ("graph", "changelog_retention_days"): _non_negative,
+    ("graph", "stream_poll_secs"): _positive,
     ("agents", "max_tool_iterations"): lambda v: None if 0 <= v <= 50 else "must be from 0 to 50",
     ("agents", "model_provider"): _provider,
     ("agents", "temperature"): _temperature,
@@ -216,6 +228,7 @@ class _Parser:
             "server": ServerSettings,
             "auth": AuthSettings,
             "database": DatabaseSettings,
+            "graph": GraphSettings,
             "model": ModelSettings,
         }
         known = {"default_agent", "agents", *sections, *_FREE_SECTIONS}

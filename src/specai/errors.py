@@ -45,6 +45,31 @@ class ConflictError(SpecaiError):
     status = 409
 
 
+class UnprocessableError(SpecaiError):
+    """The request is well-formed but a value is not acceptable (an unknown type, a weight out of range, ...)."""
+
+    code = "unprocessable"
+    status = 422
+
+
+class InvalidNodeTypeError(UnprocessableError):
+    """The node type is not one of the known types."""
+
+    code = "invalid_node_type"
+
+
+class VersionConflictError(ConflictError):
+    """The caller's `version` is not the stored one: someone else changed the entity first."""
+
+    code = "version_conflict"
+
+
+class NotARepositoryError(InvalidRequestError):
+    """Bootstrap was asked to index a folder that is not a code repository."""
+
+    code = "not_a_repository"
+
+
 class AuthError(SpecaiError):
     """Authentication failed."""
 

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     Connection,
     DateTime,
     Dialect,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -148,8 +150,80 @@ def _v1_session_tables(md: MetaData) -> tuple[Table, Table]:
     return sessions_table, messages_table
 
 
-# The current schema is still version 1's; once a step alters these tables, define them here separately.
+# A 64-bit id on PostgreSQL; SQLite needs exactly INTEGER PRIMARY KEY for its rowid alias.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+CHANGE_OPERATIONS = ("create", "update", "delete")
+ENTITY_KINDS = ("node", "edge")
+
+
+def _v2_graph_tables(md: MetaData) -> tuple[Table, Table, Table, Table]:
+    """The knowledge graph as schema version 2 defines it (frozen: a later change gets its own step)."""
+    nodes = Table(
+        "graph_nodes",
+        md,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("uid", Text, nullable=False, unique=True),
+        Column("session_id", Text, nullable=False),
+        Column("node_type", Text, nullable=False),
+        Column("label", Text, nullable=False),
+        Column("properties", JSONText, nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+        Index(None, "session_id", "id"),
+        Index(None, "session_id", "node_type", "id"),
+    )
+    edges = Table(
+        "graph_edges",
+        md,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("uid", Text, nullable=False, unique=True),
+        Column("session_id", Text, nullable=False),
+        Column("source_id", BigId, ForeignKey("graph_nodes.id", ondelete="CASCADE"), nullable=False),
+        Column("target_id", BigId, ForeignKey("graph_nodes.id", ondelete="CASCADE"), nullable=False),
+        Column("edge_type", Text, nullable=False),
+        Column("predicate", Text, nullable=True),
+        Column("properties", JSONText, nullable=True),
+        Column("weight", Double, nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+        CheckConstraint("weight >= 0 AND weight <= 1", name="weight"),
+        Index(None, "session_id", "id"),
+        Index(None, "source_id"),
+        Index(None, "target_id"),
+    )
+    changelog = Table(
+        "graph_changelog",
+        md,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("session_id", Text, nullable=False),
+        Column("entity_type", Text, nullable=False),
+        Column("entity_id", BigInteger, nullable=False),
+        Column("entity_uid", Text, nullable=False),
+        Column("operation", Text, nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("data", JSONText, nullable=True),
+        Column("created_at", UTCDateTime, nullable=False),
+        CheckConstraint(f"entity_type IN ({', '.join(repr(k) for k in ENTITY_KINDS)})", name="entity_type"),
+        CheckConstraint(f"operation IN ({', '.join(repr(o) for o in CHANGE_OPERATIONS)})", name="operation"),
+        Index(None, "session_id", "id"),
+        Index(None, "created_at"),
+        sqlite_autoincrement=True,  # ids are never reused, even after the newest rows are pruned
+    )
+    changelog_state = Table(
+        "graph_changelog_state",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("pruned_through", BigInteger, nullable=False),
+        CheckConstraint("id = 1", name="single_row"),
+    )
+    return nodes, edges, changelog, changelog_state
+
+
+# The current schema; once a step alters one of these tables, define the new shape here separately.
 sessions, messages = _v1_session_tables(metadata)
+graph_nodes, graph_edges, graph_changelog, graph_changelog_state = _v2_graph_tables(metadata)
 
 
 # --- migrations -------------------------------------------------------------------------------------------------
@@ -170,8 +244,17 @@ def _v1_sessions(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v2_graph(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    _v2_graph_tables(md)
+    md.create_all(conn)
+
+
 # Append new steps at the end; never edit or reorder a released step (upgrade tests rely on them).
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "sessions and messages", _v1_sessions),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "sessions and messages", _v1_sessions),
+    Migration(2, "knowledge graph and its changelog", _v2_graph),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

@@ -1,4 +1,4 @@
-"""Built-in safe tools (calculator, current_time) and the per-agent tool policy (full-match globs, deny wins)."""
+"""Built-in safe tools (calculator, current_time, graph_search, graph_add) and the per-agent tool policy (deny wins)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import fnmatch
 import json
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from specai.errors import SpecaiError
+from specai.graph import EDGE_TYPES, NODE_TYPES, GraphStore
 from specai.providers.base import ToolSpec
 
 _MAX_EXPRESSION = 200
@@ -25,11 +27,24 @@ class ToolFailure(Exception):
 
 
 @dataclass(frozen=True)
+class ToolContext:
+    """What a tool may reach beyond its arguments: the run's session and the graph it may read and write."""
+
+    session_id: str | None = None
+    graph: GraphStore | None = None
+
+
+@dataclass(frozen=True)
 class Tool:
-    """A tool the model may call: its spec and a quick, side-effect-free function."""
+    """A tool the model may call: its spec and a quick function; graph tools need a stored session."""
 
     spec: ToolSpec
-    run: Callable[[dict[str, Any]], str]
+    run: Callable[[dict[str, Any], ToolContext], Awaitable[str]]
+    needs_graph: bool = False
+
+    def usable(self, context: ToolContext) -> bool:
+        """False for graph tools in runs without a stored session (the stateless OpenAI-compatible API)."""
+        return not self.needs_graph or (context.graph is not None and context.session_id is not None)
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,7 @@ def _checked(value: Any) -> int | float:
     return value
 
 
-def _calculator(arguments: dict[str, Any]) -> str:
+async def _calculator(arguments: dict[str, Any], _: ToolContext) -> str:
     expression = arguments.get("expression")
     if not isinstance(expression, str):
         raise ToolFailure("argument 'expression' (a string such as \"6*7\") is required")
@@ -128,7 +143,7 @@ def _calculator(arguments: dict[str, Any]) -> str:
     return json.dumps({"expression": expression, "result": result})
 
 
-def _current_time(arguments: dict[str, Any]) -> str:
+async def _current_time(arguments: dict[str, Any], _: ToolContext) -> str:
     zone_name = arguments.get("timezone") or "UTC"
     try:
         zone = ZoneInfo(str(zone_name))
@@ -140,6 +155,66 @@ def _current_time(arguments: dict[str, Any]) -> str:
     return json.dumps(
         {"timezone": str(zone_name), "iso": now.isoformat(timespec="seconds"), "weekday": now.strftime("%A")}
     )
+
+
+_MAX_SEARCH = 20
+
+
+async def _graph_search(arguments: dict[str, Any], context: ToolContext) -> str:
+    assert context.graph is not None and context.session_id is not None
+    words = arguments.get("query", "")
+    limit = arguments.get("limit", 10)
+    if not isinstance(words, str):
+        raise ToolFailure("argument 'query' must be a string")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_SEARCH:
+        raise ToolFailure(f"argument 'limit' must be a whole number from 1 to {_MAX_SEARCH}")
+    try:
+        nodes = await context.graph.search_nodes(context.session_id, words, arguments.get("node_type"), limit)
+        found = []
+        for node in nodes:
+            edges = await context.graph.list_edges(context.session_id, source_id=node.id, limit=10)
+            found.append(
+                {
+                    "id": node.id,
+                    "node_type": node.node_type,
+                    "label": node.label,
+                    "properties": node.properties,
+                    "edges": [
+                        {"edge_type": e.edge_type, "predicate": e.predicate, "target_id": e.target_id}
+                        for e in edges.items
+                    ],
+                }
+            )
+    except SpecaiError as exc:
+        raise ToolFailure(exc.message) from None
+    return json.dumps({"nodes": found, "count": len(found)})
+
+
+async def _graph_add(arguments: dict[str, Any], context: ToolContext) -> str:
+    assert context.graph is not None and context.session_id is not None
+    link_to = arguments.get("link_to")
+    if link_to is not None and (isinstance(link_to, bool) or not isinstance(link_to, int)):
+        raise ToolFailure("argument 'link_to' must be a node id (a whole number)")
+    try:
+        node = await context.graph.create_node(
+            context.session_id,
+            arguments.get("node_type", "entity"),
+            arguments.get("label", ""),
+            arguments.get("properties"),
+        )
+        result: dict[str, Any] = {"node": {"id": node.id, "node_type": node.node_type, "label": node.label}}
+        if link_to is not None:
+            edge = await context.graph.create_edge(
+                context.session_id,
+                node.id,
+                link_to,
+                arguments.get("edge_type") or "RELATES_TO",
+                arguments.get("predicate"),
+            )
+            result["edge"] = {"id": edge.id, "edge_type": edge.edge_type, "target_id": edge.target_id}
+    except SpecaiError as exc:
+        raise ToolFailure(exc.message) from None
+    return json.dumps(result)
 
 
 BUILTIN_TOOLS: dict[str, Tool] = {
@@ -168,6 +243,53 @@ BUILTIN_TOOLS: dict[str, Tool] = {
         ),
         _current_time,
     ),
+    "graph_search": Tool(
+        ToolSpec(
+            "graph_search",
+            "Search this conversation's knowledge graph: nodes whose label or properties contain the words, "
+            "with their outgoing edges.",
+            {
+                "type": "object",
+                "properties": {
+                    "query": {
+                        "type": "string",
+                        "description": "Words to look for; empty lists the newest nodes",
+                    },
+                    "node_type": {"type": "string", "enum": list(NODE_TYPES)},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": _MAX_SEARCH},
+                },
+                "required": ["query"],
+            },
+        ),
+        _graph_search,
+        needs_graph=True,
+    ),
+    "graph_add": Tool(
+        ToolSpec(
+            "graph_add",
+            "Add a node to this conversation's knowledge graph, optionally linked to an existing node.",
+            {
+                "type": "object",
+                "properties": {
+                    "node_type": {"type": "string", "enum": list(NODE_TYPES)},
+                    "label": {"type": "string"},
+                    "properties": {"type": "object"},
+                    "link_to": {
+                        "type": "integer",
+                        "description": "id of an existing node to link the new one to",
+                    },
+                    "edge_type": {
+                        "type": "string",
+                        "description": f"one of {', '.join(EDGE_TYPES)} or a custom NAME",
+                    },
+                    "predicate": {"type": "string"},
+                },
+                "required": ["node_type", "label"],
+            },
+        ),
+        _graph_add,
+        needs_graph=True,
+    ),
 }
 
 
@@ -176,14 +298,19 @@ def offered_tools(policy: ToolPolicy) -> tuple[Tool, ...]:
     return tuple(tool for name, tool in sorted(BUILTIN_TOOLS.items()) if policy.allows(name))
 
 
-def run_tool(name: str, arguments: dict[str, Any], policy: ToolPolicy) -> ToolResult:
+async def run_tool(
+    name: str, arguments: dict[str, Any], policy: ToolPolicy, context: ToolContext | None = None
+) -> ToolResult:
     """Run one tool call under the policy; refusals and failures become results the model can read."""
+    context = context or ToolContext()
     tool = BUILTIN_TOOLS.get(name)
     if tool is None:
         return ToolResult(False, error=f"tool '{name}' does not exist")
     if not policy.allows(name):
         return ToolResult(False, error=f"tool '{name}' is not allowed for this agent")
+    if not tool.usable(context):
+        return ToolResult(False, error=f"tool '{name}' needs a stored session; it is not available here")
     try:
-        return ToolResult(True, output=tool.run(arguments))
+        return ToolResult(True, output=await tool.run(arguments, context))
     except ToolFailure as exc:
         return ToolResult(False, error=str(exc))

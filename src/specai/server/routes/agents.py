@@ -1,12 +1,10 @@
 """List agents and query them, whole (`/query`) or streamed as server-sent events (`/stream`)."""
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 import msgspec
 from litestar import Request, get, post
 from litestar.handlers import HTTPRouteHandler
@@ -16,9 +14,10 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from specai.agents import LOCAL_OWNER, AgentEvent, AgentRuntime, QueryInput, Run
 from specai.errors import ExecutionError, InvalidRequestError
 from specai.server.schemas import AgentListOut, AgentOut, QueryIn, QueryOut, ResponseMetadata
+from specai.server.sse import KEEPALIVE, relay
 from specai.server.state import ServerState
 
-KEEPALIVE = object()  # marker yielded by `relay` during long silences
+SHUTTING_DOWN = AgentEvent("error", {"message": "server is shutting down", "code": "shutting_down"})
 
 
 def routes(server: ServerState) -> list[HTTPRouteHandler]:
@@ -112,65 +111,9 @@ async def _sse(
     events: AsyncIterator[AgentEvent], stopping: asyncio.Event, keepalive: float
 ) -> AsyncIterator[ServerSentEventMessage]:
     number = 0
-    async for item in relay(events, stopping, keepalive):
+    async for item in relay(events, stopping, keepalive, SHUTTING_DOWN):
         if item is KEEPALIVE:
             yield ServerSentEventMessage(comment="keep-alive", data=None)
             continue
         number += 1
         yield ServerSentEventMessage(data=json.dumps(item.as_dict()), id=str(number))
-
-
-async def relay(events: AsyncIterator[Any], stopping: asyncio.Event, keepalive: float) -> AsyncIterator[Any]:
-    """Relay events; yield KEEPALIVE after `keepalive` s of silence; on shutdown end with an `error` event.
-
-    One producer task per stream feeds a queue, so relaying an event costs no new task. Closing this generator
-    (the client went away) cancels the producer, which closes the upstream request.
-    """
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    producer = asyncio.ensure_future(_produce(events, queue))
-    stop = asyncio.ensure_future(stopping.wait())
-    stop.add_done_callback(lambda _: queue.put_nowait(_STOPPING))
-    try:
-        while True:
-            try:
-                async with asyncio.timeout(keepalive):
-                    item = await queue.get()
-            except TimeoutError:
-                yield KEEPALIVE
-                continue
-            if item is _DONE:
-                return
-            if item is _STOPPING:
-                yield AgentEvent("error", {"message": "server is shutting down", "code": "shutting_down"})
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
-    finally:
-        stop.cancel()
-        producer.cancel()
-        # Shielded: a cancellation arriving now must not interrupt the producer's cleanup, or the SDK's
-        # connection is left open and the upstream keeps generating.
-        with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
-            await producer
-
-
-class _Failure:
-    """An exception raised by the event source, carried to the consumer."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_DONE = object()
-_STOPPING = object()
-
-
-async def _produce(events: AsyncIterator[Any], queue: asyncio.Queue[Any]) -> None:
-    try:
-        async for event in events:
-            queue.put_nowait(event)
-    except Exception as exc:  # a bug below: re-raised in the consumer, where the response can report it
-        queue.put_nowait(_Failure(exc))
-    else:
-        queue.put_nowait(_DONE)

@@ -14,7 +14,8 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from specai.agents import QueryInput, Run
 from specai.errors import InvalidRequestError
 from specai.providers import ChatMessage
-from specai.server.routes.agents import KEEPALIVE, finish, relay
+from specai.server.routes.agents import SHUTTING_DOWN, finish
+from specai.server.sse import KEEPALIVE, relay
 from specai.server.state import ServerState
 
 _ROLES = ("system", "user", "assistant")
@@ -58,7 +59,9 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         run = server.runtime.prepare_stateless(data.model, _messages(data), _query(data))
         if data.stream:
             keepalive = server.settings.server.sse_keepalive_secs
-            return ServerSentEvent(_chunks(run, relay(run.events(), server.stopping, keepalive)))
+            return ServerSentEvent(
+                _chunks(run, relay(run.events(), server.stopping, keepalive, SHUTTING_DOWN))
+            )
         text, metadata = await finish(run)
         usage = metadata.get("usage") or {}
         return {

@@ -1,0 +1,265 @@
+"""The knowledge graph over HTTP: `/graph/nodes`, `/graph/edges`, the `/graph/stream` change feed and `/bootstrap`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, delete, get, patch, post, put
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from specai import bootstrap
+from specai.errors import InvalidRequestError
+from specai.graph import DEFAULT_LIMIT, MAX_LIMIT, Change, GraphStore, Page
+from specai.server.sse import KEEPALIVE, relay
+from specai.server.state import ServerState
+from specai.sessions import check_session_id
+
+BOOTSTRAP_SESSION = "visionos-dashboard"  # the original's default
+_SHUTTING_DOWN = object()
+
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description=f"page size, 1 to {MAX_LIMIT}")]
+Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page")]
+
+
+class NodeIn(msgspec.Struct):
+    """`POST /graph/nodes`."""
+
+    session_id: str
+    node_type: str
+    label: str
+    properties: Any = None
+
+
+class NodePropertiesIn(msgspec.Struct):
+    """`PUT /graph/nodes/{id}`: the new properties, and the version they replace (optional)."""
+
+    properties: Any
+    version: int | None = None
+
+
+class NodePatchIn(msgspec.Struct):
+    """`PATCH /graph/nodes/{id}`: a new label and/or properties to merge (null removes a key)."""
+
+    label: str | None = None
+    properties: Any = None
+    version: int | None = None
+
+
+class EdgeIn(msgspec.Struct):
+    """`POST /graph/edges`."""
+
+    session_id: str
+    source_id: int
+    target_id: int
+    edge_type: str
+    predicate: str | None = None
+    properties: Any = None
+    weight: Any = 1.0
+
+
+class EdgePatchIn(msgspec.Struct):
+    """`PATCH /graph/edges/{id}`: predicate, weight, properties to merge."""
+
+    predicate: str | None = None
+    properties: Any = None
+    weight: Any = None
+    version: int | None = None
+
+
+class BootstrapIn(msgspec.Struct):
+    """`POST /bootstrap`."""
+
+    session_id: str = BOOTSTRAP_SESSION
+
+
+def routes(server: ServerState) -> list[HTTPRouteHandler]:
+    """The graph routes, bound to this server's state."""
+
+    def graph() -> GraphStore:
+        return server.graph()
+
+    @get("/graph/nodes", operation_id="ListGraphNodes", tags=["graph"])
+    async def list_nodes(
+        session_id: str, node_type: str | None = None, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+    ) -> dict[str, Any]:
+        """A session's nodes, newest first, optionally of one type; `next_cursor` pages on."""
+        return _page("nodes", await graph().list_nodes(session_id, node_type, limit, cursor))
+
+    @post("/graph/nodes", operation_id="CreateGraphNode", tags=["graph"], status_code=201)
+    async def create_node(data: JSONBody[NodeIn]) -> dict[str, Any]:
+        """Add a node (422 for an unknown node_type or non-object properties)."""
+        node = await graph().create_node(data.session_id, data.node_type, data.label, data.properties)
+        return node.as_dict()
+
+    @get("/graph/nodes/{node_id:int}", operation_id="GetGraphNode", tags=["graph"])
+    async def get_node(node_id: FromPath[int]) -> dict[str, Any]:
+        """One node."""
+        return (await graph().get_node(node_id)).as_dict()
+
+    @put("/graph/nodes/{node_id:int}", operation_id="ReplaceGraphNodeProperties", tags=["graph"])
+    async def replace_node(node_id: FromPath[int], data: JSONBody[NodePropertiesIn]) -> dict[str, Any]:
+        """Replace a node's properties; with `version`, 409 if it changed since (no lost updates)."""
+        return (await graph().replace_properties(node_id, data.properties, data.version)).as_dict()
+
+    @patch("/graph/nodes/{node_id:int}", operation_id="PatchGraphNode", tags=["graph"])
+    async def patch_node(node_id: FromPath[int], data: JSONBody[NodePatchIn]) -> dict[str, Any]:
+        """Change the label and/or merge properties; with `version`, 409 if it changed since."""
+        if data.label is None and data.properties is None:
+            raise InvalidRequestError("nothing to change: give label and/or properties")
+        return (await graph().patch_node(node_id, data.label, data.properties, data.version)).as_dict()
+
+    @delete("/graph/nodes/{node_id:int}", operation_id="DeleteGraphNode", tags=["graph"], status_code=200)
+    async def delete_node(node_id: FromPath[int]) -> dict[str, Any]:
+        """Delete a node and its edges in one transaction; says how many edges went with it."""
+        edges = await graph().delete_node(node_id)
+        return {"deleted": "node", "id": node_id, "edges_deleted": edges}
+
+    @get("/graph/edges", operation_id="ListGraphEdges", tags=["graph"])
+    async def list_edges(
+        session_id: str,
+        source_id: int | None = None,
+        target_id: int | None = None,
+        edge_type: str | None = None,
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
+    ) -> dict[str, Any]:
+        """A session's edges, newest first, filtered by source, target and/or type."""
+        page = await graph().list_edges(session_id, source_id, target_id, edge_type, limit, cursor)
+        return _page("edges", page)
+
+    @post("/graph/edges", operation_id="CreateGraphEdge", tags=["graph"], status_code=201)
+    async def create_edge(data: JSONBody[EdgeIn]) -> dict[str, Any]:
+        """Add an edge between two nodes of the session (404 for a missing node, 422 across sessions)."""
+        edge = await graph().create_edge(
+            data.session_id,
+            data.source_id,
+            data.target_id,
+            data.edge_type,
+            data.predicate,
+            data.properties,
+            data.weight,
+        )
+        return edge.as_dict()
+
+    @get("/graph/edges/{edge_id:int}", operation_id="GetGraphEdge", tags=["graph"])
+    async def get_edge(edge_id: FromPath[int]) -> dict[str, Any]:
+        """One edge."""
+        return (await graph().get_edge(edge_id)).as_dict()
+
+    @patch("/graph/edges/{edge_id:int}", operation_id="PatchGraphEdge", tags=["graph"])
+    async def patch_edge(edge_id: FromPath[int], data: JSONBody[EdgePatchIn]) -> dict[str, Any]:
+        """Change predicate and/or weight, merge properties; with `version`, 409 if it changed since."""
+        if data.predicate is None and data.properties is None and data.weight is None:
+            raise InvalidRequestError("nothing to change: give predicate, weight and/or properties")
+        edge = await graph().patch_edge(edge_id, data.predicate, data.properties, data.weight, data.version)
+        return edge.as_dict()
+
+    @delete("/graph/edges/{edge_id:int}", operation_id="DeleteGraphEdge", tags=["graph"], status_code=200)
+    async def delete_edge(edge_id: FromPath[int]) -> dict[str, Any]:
+        """Delete one edge."""
+        await graph().delete_edge(edge_id)
+        return {"deleted": "edge", "id": edge_id}
+
+    @get("/graph/stream", operation_id="StreamGraphChanges", tags=["graph"])
+    async def stream(
+        request: Request,
+        session_id: str,
+        since: Annotated[str | None, QueryParameter(description="changelog id to resume after")] = None,
+    ) -> ServerSentEvent:
+        """Follow a session's changes as SSE; each event's `id` is its changelog id (resume with Last-Event-ID)."""
+        check_session_id(session_id)
+        header = request.headers.get("last-event-id")
+        requested = _change_id(header, "Last-Event-ID") if header else _change_id(since, "since")
+        store = graph()
+        latest = await store.latest_change_id()
+        cursor, notice = requested, None
+        if requested is None:
+            cursor = latest
+        elif requested < (pruned := await store.pruned_through()):
+            cursor, notice = pruned, _reset("history_pruned", f"changes up to {pruned} were pruned", pruned)
+        elif requested > latest:
+            cursor, notice = (
+                latest,
+                _reset("cursor_ahead", f"this server's newest change is {latest}", latest),
+            )
+        assert cursor is not None
+        changes = store.follow(session_id, cursor, server.settings.graph.stream_poll_secs)
+        keepalive = server.settings.server.sse_keepalive_secs
+        hello = ServerSentEventMessage(
+            comment=f"following session {session_id} after change {cursor}", data=None
+        )
+        return ServerSentEvent(
+            _sse(changes, server.stopping, keepalive, [hello] if notice is None else [hello, notice])
+        )
+
+    @post("/bootstrap", operation_id="Bootstrap", tags=["graph"], status_code=201)
+    async def run_bootstrap(data: JSONBody[BootstrapIn | None] = None) -> Response[dict[str, Any]]:
+        """Index the configured repository into a session's graph; a re-run updates it instead of duplicating."""
+        session_id = check_session_id((data or BootstrapIn()).session_id)
+        root = server.settings.graph.bootstrap_root or Path.cwd()
+        plan = await asyncio.to_thread(bootstrap.scan_repository, root)
+        result = await graph().apply_plan(session_id, plan)
+        return Response(result.as_dict(), status_code=201 if result.nodes_created else 200)
+
+    return [
+        list_nodes,
+        create_node,
+        get_node,
+        replace_node,
+        patch_node,
+        delete_node,
+        list_edges,
+        create_edge,
+        get_edge,
+        patch_edge,
+        delete_edge,
+        stream,
+        run_bootstrap,
+    ]
+
+
+def _page(name: str, page: Page[Any]) -> dict[str, Any]:
+    return {
+        name: [item.as_dict() for item in page.items],
+        "count": len(page.items),
+        "next_cursor": page.next_cursor,
+    }
+
+
+def _change_id(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise InvalidRequestError(f"{name} must be a changelog id (a whole number), got {value!r}")
+    return int(value)
+
+
+def _reset(code: str, message: str, resume_after: int) -> ServerSentEventMessage:
+    body = {"code": code, "message": f"{message}; continuing after change {resume_after}"}
+    return ServerSentEventMessage(event="reset", data=json.dumps({**body, "resume_after": resume_after}))
+
+
+async def _sse(
+    changes: AsyncIterator[Change],
+    stopping: asyncio.Event,
+    keepalive: float,
+    first: list[ServerSentEventMessage],
+) -> AsyncIterator[ServerSentEventMessage]:
+    for message in first:
+        yield message
+    async for item in relay(changes, stopping, keepalive, _SHUTTING_DOWN):
+        if item is KEEPALIVE:
+            yield ServerSentEventMessage(comment="keep-alive", data=None)
+        elif item is _SHUTTING_DOWN:
+            yield ServerSentEventMessage(
+                event="error", data=json.dumps({"error": "server is shutting down", "code": "shutting_down"})
+            )
+        else:
+            yield ServerSentEventMessage(data=json.dumps(item.as_dict()), id=str(item.id))
