@@ -38,6 +38,7 @@ completions: install
 bench: install
 	$(BIN)/python benchmarks/bench_http.py
 	$(BIN)/python benchmarks/bench_stream.py
+	$(BIN)/python benchmarks/bench_graph.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -114,7 +114,11 @@ def test_denied_tool_is_refused_and_the_model_is_told(settings: Settings) -> Non
     result = next(event for event in events if event.type == "tool_result").data["result"]
     assert result == {"success": False, "error": "tool 'calculator' is not allowed for this agent"}
     assert run.messages[-2].content == "ERROR: tool 'calculator' is not allowed for this agent"
-    assert [tool.spec.name for tool in runtime.get("strict").tools] == ["current_time"]
+    assert [tool.spec.name for tool in runtime.get("strict").tools] == [
+        "current_time",
+        "graph_add",
+        "graph_search",
+    ]
 
 
 def test_tool_loop_is_bounded(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import func, insert, select, update
@@ -451,3 +452,43 @@ async def test_upgrading_a_version_1_database_keeps_its_data(db_settings: Settin
         assert (await GraphStore(old).get_node(node.id)).label == "after upgrade"
     finally:
         await old.close()
+
+
+async def test_many_watchers_share_one_reader_and_each_gets_every_change_once(graph: GraphStore) -> None:
+    start = await graph.latest_change_id()
+    total, watchers = 30, 20
+    streams = [graph.follow("fan", start, poll_secs=30) for _ in range(watchers)]
+    firsts = [asyncio.ensure_future(anext(stream)) for stream in streams]
+    await asyncio.sleep(0.05)
+    made = [(await graph.create_node("fan", "entity", f"n{i}")).id for i in range(total)]
+
+    async def rest(stream: AsyncIterator[Change], first: asyncio.Future[Change]) -> list[int]:
+        got = [(await first).entity_id]
+        while len(got) < total:
+            got.append((await anext(stream)).entity_id)
+        return got
+
+    results = await asyncio.wait_for(
+        asyncio.gather(*(rest(s, f) for s, f in zip(streams, firsts, strict=True))), 10
+    )
+    assert all(result == made for result in results)
+    assert len(graph._feed._readers) == 1  # one database reader for the session, whatever the watcher count
+    for stream in streams:
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert graph._feed._readers == {}
+
+
+async def test_a_watcher_that_falls_far_behind_catches_up_without_gaps(graph: GraphStore) -> None:
+    start = await graph.latest_change_id()
+    stream = graph.follow("slow", start, poll_secs=30)
+    first = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.05)
+    made = []
+    for i in range(150):  # more commits than a watcher's inbox holds while it reads nothing
+        made.append((await graph.create_node("slow", "entity", f"n{i}")).id)
+        await asyncio.sleep(0)
+    got = [(await asyncio.wait_for(first, 5)).entity_id]
+    while len(got) < len(made):
+        got.append((await asyncio.wait_for(anext(stream), 5)).entity_id)
+    assert got == made
+    await stream.aclose()  # type: ignore[attr-defined]

@@ -468,6 +468,11 @@ def test_every_protected_route_rejects_missing_and_bad_tokens(auth_live: ServerP
         "/auth/hash": {"password": "pw-x"},
         "/v1/chat/completions": {"model": "default", "messages": [{"role": "user", "content": "hi"}]},
     }
+    bodies["/graph/nodes/{node_id}"] = bodies["/graph/edges/{edge_id}"] = {"properties": {}, "weight": 0.5}
+    session = {"session_id": "s"}
+    queries = {"/graph/nodes": session, "/graph/edges": session, "/graph/stream": session}
+    # authenticated, these get past auth and fail on their empty body (or, for /bootstrap, on a home that is no repo)
+    refused = {("/graph/nodes", "POST"), ("/graph/edges", "POST"), ("/bootstrap", "POST")}
 
     with auth_live.client() as client:
         paths = client.get("/schema/openapi.json").json()["paths"]
@@ -482,7 +487,9 @@ def test_every_protected_route_rejects_missing_and_bad_tokens(auth_live: ServerP
             protected
         )
         for path, method in protected:
-            url = re.sub(r"\{[^}]+\}", "x", path)
+            url = re.sub(r"\{[^}]+\}", "999999999", path)
+            if path in queries:
+                url += "?" + "&".join(f"{k}={v}" for k, v in queries[path].items())
             body = bodies.get(path, {}) if method != "GET" else None
             response = client.request(method, url, json=body)
             assert_error(response, 401, "unauthorized")
@@ -494,9 +501,15 @@ def test_every_protected_route_rejects_missing_and_bad_tokens(auth_live: ServerP
                 assert_error(response, 401, "unauthorized")
             response = client.request(method, url, json=body, headers={"Authorization": good})  # no "Bearer "
             assert_error(response, 401, "unauthorized")
+            if path == "/graph/stream":  # an endless SSE response: check its status only
+                with client.stream(method, url, headers={"Authorization": f"Bearer {good}"}) as streamed:
+                    assert streamed.status_code == 200
+                continue
             ok = client.request(method, url, json=body, headers={"Authorization": f"Bearer {good}"})
             if "{" in path:  # the placeholder id names nothing: authenticated, then not found
                 assert_error(ok, 404, "not_found")
+            elif (path, method) in refused:
+                assert ok.status_code == 400, (path, method, ok.text)
             else:
                 assert ok.status_code == 200, (path, method, ok.text)
 

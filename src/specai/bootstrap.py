@@ -1,4 +1,4 @@
-"""Bootstrap: scan a folder (bounded, never following symlinks) into a GraphPlan of its components, docs and patterns."""
+"""Bootstrap: scan a repository (bounded, no symlinks followed) into a GraphPlan of components, docs and patterns."""
 
 from __future__ import annotations
 
@@ -312,7 +312,8 @@ def _check_activation(root: Path) -> None:
     except OSError as exc:
         raise NotARepositoryError(f"cannot list {root}: {exc.strerror}") from None
     for name, is_file in top:
-        if name in VCS_MARKERS or _is_manifest(name) or (is_file and _language(name) is not None):
+        code_file = is_file and not name.startswith(".") and _language(name) is not None  # not ~/.pythonrc.py
+        if name in VCS_MARKERS or _is_manifest(name) or code_file:
             return
     raise NotARepositoryError(
         f"{root} does not appear to be a code repository (no .git, .hg, manifest such as "
@@ -430,6 +431,12 @@ def _parts(path: str) -> list[str]:
 def _parent(path: str) -> str:
     """The containing folder of a relative path ("" for a top-level one)."""
     return path.rpartition("/")[0]
+
+
+def _self_and_ancestors(path: str) -> list[str]:
+    """A relative path and every folder above it, up to the root ("")."""
+    parts = _parts(path)
+    return ["/".join(parts[:i]) for i in range(len(parts), -1, -1)]
 
 
 def _in_docs(path: str) -> bool:
@@ -554,14 +561,9 @@ class _Planner:
         for folder, names in tree.files.items():
             here = Counter(lang for name in names if (lang := _language(name)) is not None)
             if here:
-                for ancestor in self._self_and_ancestors(folder):
+                for ancestor in _self_and_ancestors(folder):
                     self.sources[ancestor].update(here)
         self.manifests: dict[str, _Manifest] = {}
-
-    @staticmethod
-    def _self_and_ancestors(path: str) -> list[str]:
-        parts = _parts(path)
-        return ["/".join(parts[:i]) for i in range(len(parts), -1, -1)]
 
     def plan(self, max_nodes: int) -> GraphPlan:
         """The whole plan; nodes beyond `max_nodes` are dropped by priority and the Repository says `truncated`."""
@@ -624,7 +626,7 @@ class _Planner:
     def _component_node(self, path: str, reasons: set[str], components: Mapping[str, Any]) -> PlannedNode:
         """A Component with its languages, manifests, frameworks and the component it sits in."""
         manifests = sorted(name for name in self.tree.files[path] if _is_manifest(name))
-        parent = next((p for p in self._self_and_ancestors(path)[1:] if p in components), None)
+        parent = next((p for p in _self_and_ancestors(path)[1:] if p in components), None)
         sources = self.sources[path]
         return PlannedNode(
             key=f"component:{path}",

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from httpx_sse import SSEError, connect_sse
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # pinned <0.5 in pyproject.toml
 
 from specai import __version__
 from specai.errors import ConnectionFailedError, RemoteError, TrustError
@@ -117,6 +119,129 @@ class SpecaiClient:
         except httpx.HTTPError as exc:
             raise _transport_error(self.server, exc) from None
 
+    # -- knowledge graph ---------------------------------------------------------------------------------------
+
+    def graph_nodes(
+        self,
+        session_id: str,
+        *,
+        node_type: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """GET /graph/nodes: one page, newest first (`next_cursor` fetches the next one)."""
+        query = {"session_id": session_id, "node_type": node_type, "limit": limit, "cursor": cursor}
+        return self._call("GET", _with_query("/graph/nodes", query))
+
+    def graph_edges(
+        self,
+        session_id: str,
+        *,
+        edge_type: str | None = None,
+        source_id: int | None = None,
+        target_id: int | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """GET /graph/edges: one page, newest first, filtered by type, source and/or target."""
+        query = {
+            "session_id": session_id,
+            "edge_type": edge_type,
+            "source_id": source_id,
+            "target_id": target_id,
+            "limit": limit,
+            "cursor": cursor,
+        }
+        return self._call("GET", _with_query("/graph/edges", query))
+
+    def create_node(
+        self, session_id: str, node_type: str, label: str, properties: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """POST /graph/nodes: the created node."""
+        body: dict[str, Any] = {"session_id": session_id, "node_type": node_type, "label": label}
+        if properties is not None:
+            body["properties"] = properties
+        return self._call("POST", "/graph/nodes", body)
+
+    def create_edge(
+        self,
+        session_id: str,
+        source_id: int,
+        target_id: int,
+        edge_type: str,
+        *,
+        predicate: str | None = None,
+        weight: float | None = None,
+        properties: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """POST /graph/edges: the created edge (the server's default weight is 1.0)."""
+        body: dict[str, Any] = {
+            "session_id": session_id,
+            "source_id": source_id,
+            "target_id": target_id,
+            "edge_type": edge_type,
+        }
+        optional = {"predicate": predicate, "weight": weight, "properties": properties}
+        body.update({key: value for key, value in optional.items() if value is not None})
+        return self._call("POST", "/graph/edges", body)
+
+    def get_node(self, node_id: int) -> dict[str, Any]:
+        """GET /graph/nodes/{id}."""
+        return self._call("GET", f"/graph/nodes/{int(node_id)}")
+
+    def get_edge(self, edge_id: int) -> dict[str, Any]:
+        """GET /graph/edges/{id}."""
+        return self._call("GET", f"/graph/edges/{int(edge_id)}")
+
+    def delete_node(self, node_id: int) -> dict[str, Any]:
+        """DELETE /graph/nodes/{id}: `{"deleted": "node", "id", "edges_deleted"}`."""
+        return self._call("DELETE", f"/graph/nodes/{int(node_id)}")
+
+    def delete_edge(self, edge_id: int) -> dict[str, Any]:
+        """DELETE /graph/edges/{id}: `{"deleted": "edge", "id"}`."""
+        return self._call("DELETE", f"/graph/edges/{int(edge_id)}")
+
+    def bootstrap(self, session_id: str | None = None) -> dict[str, Any]:
+        """POST /bootstrap: index the server's repository into a session's graph; returns the counts."""
+        return self._call("POST", "/bootstrap", {} if session_id is None else {"session_id": session_id})
+
+    def watch(
+        self,
+        session_id: str,
+        last_event_id: str | int | None = None,
+        *,
+        since: int | None = None,
+        idle_timeout: float = 60.0,
+    ) -> Generator[tuple[str, str | None, Any], None, None]:
+        """GET /graph/stream: yield `(event_type, id, data)` for one connection, until the server ends it.
+
+        The first item is `("open", cursor, None)`, where `cursor` is the changelog id the server resumes after
+        (None when the server did not say). Then `("message", id, change)` per change, `("reset", None, body)`
+        and `("error", None, body)` as the server sends them. `last_event_id` is sent as `Last-Event-ID`.
+        `idle_timeout` bounds the silence between two reads; the server sends keep-alive comments every
+        `sse_keepalive_secs` (15 s by default), so only a dead connection stays silent for long. Transport
+        failures raise ConnectionFailedError (TrustError for a changed certificate); error answers RemoteError.
+        """
+        headers = self._auth()
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        path = _with_query("/graph/stream", {"session_id": session_id, "since": since})
+        timeout = httpx.Timeout(30.0, read=idle_timeout)
+        try:
+            with connect_sse(self.http, "GET", path, headers=headers, timeout=timeout) as source:
+                response = source.response
+                if response.status_code != 200:
+                    response.read()
+                    raise _remote_error(response)
+                content_type = response.headers.get("content-type", "").partition(";")[0]
+                if content_type.strip() != "text/event-stream":
+                    raise SSEError(f"expected text/event-stream, got {content_type!r}")
+                yield from _graph_events(response)
+        except SSEError as exc:
+            raise ConnectionFailedError(f"the server did not answer with an event stream: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise _transport_error(self.server, exc) from None
+
     # -- plumbing ----------------------------------------------------------------------------------------------
 
     def _auth(self) -> dict[str, str]:
@@ -138,6 +263,51 @@ class SpecaiClient:
                 f"{self.server.origin}{path} answered with something that is not JSON"
             ) from None
         return data
+
+
+_HELLO = re.compile(r"following session .* after change (\d+)$")
+
+
+def _graph_events(response: httpx.Response) -> Iterator[tuple[str, str | None, Any]]:
+    """Decode the change stream with httpx-sse's SSE decoder, also reading the server's opening comment.
+
+    httpx-sse drops comments, but the first one (`: following session S after change N`) tells where the stream
+    starts, which a watcher needs to resume without a gap when no change has arrived yet.
+    """
+    lines = SSELineDecoder()
+    decoder = SSEDecoder()
+    opened = False
+
+    def decoded(line: str) -> Iterator[tuple[str, str | None, Any]]:
+        nonlocal opened
+        if line.startswith(":"):
+            if not opened and (hello := _HELLO.search(line)):
+                opened = True
+                yield "open", hello.group(1), None
+            return
+        if not opened:  # the server did not say where it starts
+            opened = True
+            yield "open", None, None
+        event = decoder.decode(line)
+        if event is None:
+            return
+        kind = event.event or "message"
+        try:
+            data = json.loads(event.data) if event.data else None
+        except ValueError:
+            raise SSEError(f"an event's data is not JSON: {event.data[:80]!r}") from None
+        yield kind, (event.id or None) if kind == "message" else None, data
+
+    for text in response.iter_text():
+        for line in lines.decode(text):
+            yield from decoded(line)
+    for line in lines.flush():  # an event cut off before its blank line is dropped, as the SSE spec says
+        yield from decoded(line)
+
+
+def _with_query(path: str, query: dict[str, Any]) -> str:
+    present = {key: value for key, value in query.items() if value is not None}
+    return f"{path}?{urlencode(present)}" if present else path
 
 
 def _query_body(message: str, fields: dict[str, Any]) -> dict[str, Any]:

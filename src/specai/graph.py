@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import math
 import re
@@ -16,6 +14,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Row, Select, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from specai.changefeed import ChangeFeed, ChangeNotifier
 from specai.errors import (
     InvalidNodeTypeError,
     InvalidRequestError,
@@ -282,26 +281,6 @@ def _json_kind(value: Any) -> str:
     return names.get(type(value), "a number")
 
 
-# --- change notification -------------------------------------------------------------------------------------------
-
-
-class ChangeNotifier:
-    """Wakes the watchers of a session when a write to it commits in this process."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-
-    def event(self, session_id: str) -> asyncio.Event:
-        """The event the next commit to `session_id` sets; take it *before* reading, so no commit is missed."""
-        return self._events.setdefault(session_id, asyncio.Event())
-
-    def notify(self, session_id: str) -> None:
-        """Wake everyone waiting on `session_id`."""
-        waiting = self._events.pop(session_id, None)
-        if waiting is not None:
-            waiting.set()
-
-
 # --- the store ----------------------------------------------------------------------------------------------------
 
 
@@ -334,6 +313,7 @@ class GraphStore:
     def __init__(self, store: Store, notifier: ChangeNotifier | None = None) -> None:
         self.store = store
         self.notifier = notifier or ChangeNotifier()
+        self._feed: ChangeFeed[Change] = ChangeFeed(self.changes, self.latest_change_id, self.notifier)
 
     @asynccontextmanager
     async def _write(self, session_id: str) -> AsyncIterator[_Write]:
@@ -678,22 +658,12 @@ class GraphStore:
             )
             return int(result.rowcount or 0)
 
-    async def follow(self, session_id: str, after: int, poll_secs: float) -> AsyncIterator[Change]:
+    def follow(self, session_id: str, after: int, poll_secs: float) -> AsyncIterator[Change]:
         """Every change of the session after `after`, forever: at once after a local commit, else by polling.
 
         Polling every `poll_secs` only matters for writes from other processes sharing the database.
         """
-        cursor = after
-        while True:
-            woken = self.notifier.event(session_id)
-            batch = await self.changes(session_id, cursor)
-            for change in batch:
-                yield change
-                cursor = change.id
-            if len(batch) < CHANGE_BATCH:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(poll_secs):
-                        await woken.wait()
+        return self._feed.follow(session_id, after, poll_secs)
 
     # --- generated graphs (bootstrap) ----------------------------------------------------------------------------
 

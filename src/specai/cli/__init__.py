@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from specai import __version__
-from specai.cli import auth, cert, remote, server, sessions
+from specai.cli import auth, cert, graph, remote, server, sessions
 
 app = typer.Typer(
     name="specai",
@@ -53,6 +53,7 @@ app.command(name="health")(remote.health)
 app.command(name="agents")(remote.agents)
 app.command(name="query")(remote.query)
 app.add_typer(sessions.app, name="sessions")
+app.add_typer(graph.app, name="graph")
 
 
 def main() -> None:

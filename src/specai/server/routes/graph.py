@@ -26,6 +26,10 @@ _SHUTTING_DOWN = object()
 
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description=f"page size, 1 to {MAX_LIMIT}")]
 Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page")]
+SessionId = Annotated[str, QueryParameter(description="the graph's session")]
+NodeType = Annotated[str | None, QueryParameter(description="only nodes of this type")]
+EdgeType = Annotated[str | None, QueryParameter(description="only edges of this type")]
+NodeId = Annotated[int | None, QueryParameter()]
 
 
 class NodeIn(msgspec.Struct):
@@ -87,7 +91,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
 
     @get("/graph/nodes", operation_id="ListGraphNodes", tags=["graph"])
     async def list_nodes(
-        session_id: str, node_type: str | None = None, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+        session_id: SessionId, node_type: NodeType = None, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
     ) -> dict[str, Any]:
         """A session's nodes, newest first, optionally of one type; `next_cursor` pages on."""
         return _page("nodes", await graph().list_nodes(session_id, node_type, limit, cursor))
@@ -123,10 +127,10 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
 
     @get("/graph/edges", operation_id="ListGraphEdges", tags=["graph"])
     async def list_edges(
-        session_id: str,
-        source_id: int | None = None,
-        target_id: int | None = None,
-        edge_type: str | None = None,
+        session_id: SessionId,
+        source_id: NodeId = None,
+        target_id: NodeId = None,
+        edge_type: EdgeType = None,
         limit: Limit = DEFAULT_LIMIT,
         cursor: Cursor = None,
     ) -> dict[str, Any]:
@@ -170,7 +174,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
     @get("/graph/stream", operation_id="StreamGraphChanges", tags=["graph"])
     async def stream(
         request: Request,
-        session_id: str,
+        session_id: SessionId,
         since: Annotated[str | None, QueryParameter(description="changelog id to resume after")] = None,
     ) -> ServerSentEvent:
         """Follow a session's changes as SSE; each event's `id` is its changelog id (resume with Last-Event-ID)."""
