@@ -492,3 +492,24 @@ async def test_a_watcher_that_falls_far_behind_catches_up_without_gaps(graph: Gr
         got.append((await asyncio.wait_for(anext(stream), 5)).entity_id)
     assert got == made
     await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_plan_updates_changed_edges_and_refuses_broken_plans(graph: GraphStore) -> None:
+    await graph.apply_plan("s1", _plan(["README.md"]))
+    plan = _plan(["README.md"])
+    changed = GraphPlan(
+        plan.root,
+        plan.nodes,
+        [PlannedEdge("doc:README.md", "repository", "RELATES_TO", "describes", 0.5)] * 2,
+        plan.source,
+    )
+    await graph.apply_plan("s1", changed)
+    [edge] = (await graph.list_edges("s1")).items
+    assert (edge.predicate, edge.weight, edge.version) == ("describes", 0.5, 2)
+    for broken in (
+        GraphPlan("repository", [*plan.nodes, plan.nodes[0]], [], "p"),
+        GraphPlan("nowhere", plan.nodes, [], "p"),
+        GraphPlan("repository", plan.nodes, [PlannedEdge("doc:x", "repository", "USES")], "p"),
+    ):
+        with pytest.raises(ValueError, match="graph plan"):
+            await graph.apply_plan("s1", broken)

@@ -583,27 +583,38 @@ class GraphStore:
             props = current.properties
             if merge is not None:
                 props = {k: v for k, v in {**(current.properties or {}), **merge}.items() if v is not None}
-            changed = replace(
+            return await self._rewrite_edge(
+                tx,
                 current,
-                predicate=current.predicate if predicate is None else predicate,
+                current.predicate if predicate is None else predicate,
+                props,
+                current.weight if new_weight is None else new_weight,
+            )
+
+    async def _rewrite_edge(
+        self, tx: _Write, current: Edge, predicate: str | None, props: dict[str, Any] | None, weight: float
+    ) -> Edge:
+        changed = replace(
+            current,
+            predicate=predicate,
+            properties=props,
+            weight=weight,
+            version=current.version + 1,
+            updated_at=tx.now,
+        )
+        await tx.conn.execute(
+            update(graph_edges)
+            .where(graph_edges.c.id == current.id)
+            .values(
+                predicate=predicate,
                 properties=props,
-                weight=current.weight if new_weight is None else new_weight,
-                version=current.version + 1,
+                weight=weight,
+                version=changed.version,
                 updated_at=tx.now,
             )
-            await tx.conn.execute(
-                update(graph_edges)
-                .where(graph_edges.c.id == edge_id)
-                .values(
-                    predicate=changed.predicate,
-                    properties=changed.properties,
-                    weight=changed.weight,
-                    version=changed.version,
-                    updated_at=changed.updated_at,
-                )
-            )
-            await tx.log("edge", "update", changed)
-            return changed
+        )
+        await tx.log("edge", "update", changed)
+        return changed
 
     async def delete_edge(self, edge_id: int) -> None:
         """Delete one edge, or NotFoundError."""
@@ -674,8 +685,7 @@ class GraphStore:
         are created, and ones the plan no longer has are deleted with their edges; other nodes are not touched.
         """
         session_id = check_session_id(session_id)
-        for planned in plan.nodes:
-            check_node_type(planned.node_type)
+        _check_plan(plan)
         counts = {
             "nodes_created": 0,
             "nodes_updated": 0,
@@ -751,7 +761,7 @@ class GraphStore:
         return len(touching)
 
     async def _sync_edges(self, tx: _Write, plan: GraphPlan, ids: Mapping[str, int]) -> tuple[int, int]:
-        """Create the plan's missing edges and drop edges between planned nodes that the plan no longer has."""
+        """Create the plan's missing edges, update changed ones, drop ones between planned nodes it no longer has."""
         planned_ids = set(ids.values())
         rows = (
             await tx.conn.execute(
@@ -765,16 +775,20 @@ class GraphStore:
         existing = {(row.source_id, row.target_id, row.edge_type): _edge(row) for row in rows}
         created = 0
         wanted: set[tuple[int, int, str]] = set()
+        props = {"bootstrap_source": plan.source}
         for planned in plan.edges:
             kind = check_edge_type(planned.edge_type)
             key = (ids[planned.source], ids[planned.target], kind)
+            if key in wanted:
+                continue
             wanted.add(key)
-            if key not in existing:
-                props = {"bootstrap_source": plan.source}
-                await self._insert_edge(
-                    tx, key[0], key[1], kind, planned.predicate, props, check_weight(planned.weight)
-                )
+            weight = check_weight(planned.weight)
+            current = existing.get(key)
+            if current is None:
+                await self._insert_edge(tx, key[0], key[1], kind, planned.predicate, props, weight)
                 created += 1
+            elif (current.predicate, current.weight) != (planned.predicate, weight):
+                await self._rewrite_edge(tx, current, planned.predicate, current.properties, weight)
         removed = 0
         for key, edge in existing.items():
             if key not in wanted and (edge.properties or {}).get("bootstrap_source") == plan.source:
@@ -804,6 +818,24 @@ class GraphStore:
         if len(rows) > limit:
             return rows[:limit], str(rows[limit - 1].id)
         return rows, None
+
+
+def _check_plan(plan: GraphPlan) -> None:
+    """A plan is built by code, not users: a bad one is a bug, reported before anything is written."""
+    keys = [planned.key for planned in plan.nodes]
+    if len(set(keys)) != len(keys):
+        raise ValueError("graph plan: node keys must be unique")
+    if plan.root not in keys:
+        raise ValueError(f"graph plan: root {plan.root!r} is not one of its nodes")
+    for planned in plan.nodes:
+        check_node_type(planned.node_type)
+        check_label(planned.label)
+        check_properties(planned.properties)
+    for edge in plan.edges:
+        if edge.source not in keys or edge.target not in keys:
+            raise ValueError(
+                f"graph plan: edge {edge.source!r} -> {edge.target!r} names a node it does not have"
+            )
 
 
 def _check_version(kind: str, entity_id: int, current: int, expected: int | None) -> None:
