@@ -459,23 +459,7 @@ class GraphStore:
         """Delete a node and every edge touching it in one transaction; returns how many edges went with it."""
         session_id = await self._session_of(graph_nodes, node_id, "node")
         async with self._write(session_id) as tx:
-            node = await _node_or_404(tx.conn, node_id)
-            touching = (
-                await tx.conn.execute(
-                    select(graph_edges)
-                    .where(or_(graph_edges.c.source_id == node_id, graph_edges.c.target_id == node_id))
-                    .order_by(graph_edges.c.id)
-                )
-            ).all()
-            for row in touching:
-                await tx.log("edge", "delete", _edge(row))
-            if touching:
-                await tx.conn.execute(
-                    delete(graph_edges).where(graph_edges.c.id.in_([r.id for r in touching]))
-                )
-            await tx.conn.execute(delete(graph_nodes).where(graph_nodes.c.id == node_id))
-            await tx.log("node", "delete", node)
-            return len(touching)
+            return await self._remove_node(tx, await _node_or_404(tx.conn, node_id))
 
     # --- edges -------------------------------------------------------------------------------------------------
 
@@ -746,16 +730,18 @@ class GraphStore:
         return changed
 
     async def _remove_node(self, tx: _Write, node: Node) -> int:
+        """Delete a node and its edges, logging each edge's delete before the node's; returns the edge count."""
         touching = (
             await tx.conn.execute(
-                select(graph_edges).where(
-                    or_(graph_edges.c.source_id == node.id, graph_edges.c.target_id == node.id)
-                )
+                select(graph_edges)
+                .where(or_(graph_edges.c.source_id == node.id, graph_edges.c.target_id == node.id))
+                .order_by(graph_edges.c.id)
             )
         ).all()
         for row in touching:
             await tx.log("edge", "delete", _edge(row))
-            await tx.conn.execute(delete(graph_edges).where(graph_edges.c.id == row.id))
+        if touching:
+            await tx.conn.execute(delete(graph_edges).where(graph_edges.c.id.in_([r.id for r in touching])))
         await tx.conn.execute(delete(graph_nodes).where(graph_nodes.c.id == node.id))
         await tx.log("node", "delete", node)
         return len(touching)
