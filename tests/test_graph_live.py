@@ -291,6 +291,8 @@ def test_errors_have_documented_status_and_code(live: Live) -> None:
         ("GET", "/graph/nodes?session_id=errors&cursor=xyz", None, 400, "invalid_request"),
         ("GET", "/graph/nodes?session_id=errors&node_type=person", None, 422, "invalid_node_type"),
         ("GET", "/graph/nodes", None, 400, "invalid_request"),
+        ("GET", "/graph/nodes?session_id=", None, 400, "invalid_request"),
+        ("GET", f"/graph/edges?session_id={'s' * 129}", None, 400, "invalid_request"),
         ("GET", "/graph/edges?session_id=errors&source_id=abc", None, 400, "invalid_request"),
         ("GET", "/graph/stream?session_id=errors&since=yesterday", None, 400, "invalid_request"),
         ("GET", "/graph/stream", None, 400, "invalid_request"),
@@ -331,6 +333,7 @@ class Watcher:
     ) -> None:
         self.changes: list[dict[str, Any]] = []
         self.others: list[tuple[str, Any]] = []
+        self.opened: tuple[int, dict[str, Any]] | None = None  # the `open` event: its id and data
         self.ids: list[int] = []
         self.connected = threading.Event()
         self.ended = threading.Event()
@@ -366,6 +369,8 @@ class Watcher:
                         if event == "message":
                             self.changes.append(json.loads(data))
                             self.ids.append(event_id or -1)
+                        elif event == "open" and self.opened is None:
+                            self.opened = (event_id if event_id is not None else -1, json.loads(data))
                         else:
                             self.others.append((event, json.loads(data)))
                         event, data, event_id = "message", "", None
@@ -415,6 +420,9 @@ def test_stream_delivers_changes_with_ids_and_snapshots(live: Live) -> None:
     }
     assert first["data"] == a and first["entity_uid"] == a["uid"]
     assert watcher.others == []
+    assert watcher.opened is not None
+    opened_id, opened = watcher.opened
+    assert opened == {"session_id": "stream", "after": opened_id} and opened_id < watcher.ids[0]
 
 
 def test_reconnecting_with_last_event_id_misses_nothing_while_writes_continue(live: Live) -> None:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import ssl
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import httpx
-from httpx_sse import SSEError, connect_sse
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # pinned <0.5 in pyproject.toml
+from httpx_sse import ServerSentEvent, SSEError, connect_sse
 
 from specai import __version__
 from specai.errors import ConnectionFailedError, RemoteError, TrustError
@@ -236,7 +234,8 @@ class SpecaiClient:
                 content_type = response.headers.get("content-type", "").partition(";")[0]
                 if content_type.strip() != "text/event-stream":
                     raise SSEError(f"expected text/event-stream, got {content_type!r}")
-                yield from _graph_events(response)
+                for event in source.iter_sse():
+                    yield _graph_event(event)
         except SSEError as exc:
             raise ConnectionFailedError(f"the server did not answer with an event stream: {exc}") from None
         except httpx.HTTPError as exc:
@@ -265,44 +264,16 @@ class SpecaiClient:
         return data
 
 
-_HELLO = re.compile(r"following session .* after change (\d+)$")
-
-
-def _graph_events(response: httpx.Response) -> Iterator[tuple[str, str | None, Any]]:
-    """Decode the change stream with httpx-sse's SSE decoder, also reading the server's opening comment.
-
-    httpx-sse drops comments, but the first one (`: following session S after change N`) tells where the stream
-    starts, which a watcher needs to resume without a gap when no change has arrived yet.
-    """
-    lines = SSELineDecoder()
-    decoder = SSEDecoder()
-    opened = False
-
-    def decoded(line: str) -> Iterator[tuple[str, str | None, Any]]:
-        nonlocal opened
-        if line.startswith(":"):
-            if not opened and (hello := _HELLO.search(line)):
-                opened = True
-                yield "open", hello.group(1), None
-            return
-        if not opened:  # the server did not say where it starts
-            opened = True
-            yield "open", None, None
-        event = decoder.decode(line)
-        if event is None:
-            return
-        kind = event.event or "message"
-        try:
-            data = json.loads(event.data) if event.data else None
-        except ValueError:
-            raise SSEError(f"an event's data is not JSON: {event.data[:80]!r}") from None
-        yield kind, (event.id or None) if kind == "message" else None, data
-
-    for text in response.iter_text():
-        for line in lines.decode(text):
-            yield from decoded(line)
-    for line in lines.flush():  # an event cut off before its blank line is dropped, as the SSE spec says
-        yield from decoded(line)
+def _graph_event(event: ServerSentEvent) -> tuple[str, str | None, Any]:
+    """`(type, id, data)` of one change-stream event; `open` carries the id the stream starts after."""
+    kind = event.event or "message"
+    try:
+        data = json.loads(event.data) if event.data else None
+    except ValueError:
+        raise SSEError(f"an event's data is not JSON: {event.data[:80]!r}") from None
+    if kind == "open":
+        return kind, event.id or None, None
+    return kind, (event.id or None) if kind == "message" else None, data
 
 
 def _with_query(path: str, query: dict[str, Any]) -> str:

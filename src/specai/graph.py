@@ -375,6 +375,7 @@ class GraphStore:
         cursor: str | None = None,
     ) -> Page[Node]:
         """A session's nodes, newest first, optionally of one type."""
+        check_session_id(session_id)
         query = select(graph_nodes).where(graph_nodes.c.session_id == session_id)
         if node_type is not None:
             query = query.where(graph_nodes.c.node_type == check_node_type(node_type))
@@ -385,6 +386,7 @@ class GraphStore:
         self, session_id: str, words: str, node_type: str | None = None, limit: int = 20
     ) -> list[Node]:
         """Nodes whose label or properties contain `words` (case-insensitive), newest first."""
+        check_session_id(session_id)
         query = select(graph_nodes).where(graph_nodes.c.session_id == session_id)
         if node_type is not None:
             query = query.where(graph_nodes.c.node_type == check_node_type(node_type))
@@ -537,6 +539,7 @@ class GraphStore:
         cursor: str | None = None,
     ) -> Page[Edge]:
         """A session's edges, newest first, filtered by any of source, target and type."""
+        check_session_id(session_id)
         query = select(graph_edges).where(graph_edges.c.session_id == session_id)
         if source_id is not None:
             query = query.where(graph_edges.c.source_id == source_id)

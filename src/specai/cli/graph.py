@@ -467,10 +467,7 @@ class _Follower:
                 self.last_id = body["resume_after"]
         elif kind == "error":
             if body.get("code") == "shutting_down":
-                err.print(
-                    "the server is shutting down; waiting for it to come back", style="yellow", markup=False
-                )
-                return "the server is shutting down"
+                return "the server is shutting down; waiting for it to come back"
             return f"the stream failed: {body.get('error', 'unknown error')}"
         return None
 

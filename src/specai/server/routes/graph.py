@@ -196,12 +196,12 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         assert cursor is not None
         changes = store.follow(session_id, cursor, server.settings.graph.stream_poll_secs)
         keepalive = server.settings.server.sse_keepalive_secs
-        hello = ServerSentEventMessage(
-            comment=f"following session {session_id} after change {cursor}", data=None
+        # Says where the stream starts; its `id:` lets a client that sees no change before a drop resume from here.
+        opening = ServerSentEventMessage(
+            event="open", id=str(cursor), data=json.dumps({"session_id": session_id, "after": cursor})
         )
-        return ServerSentEvent(
-            _sse(changes, server.stopping, keepalive, [hello] if notice is None else [hello, notice])
-        )
+        first = [opening] if notice is None else [opening, notice]
+        return ServerSentEvent(_sse(changes, server.stopping, keepalive, first))
 
     @post("/bootstrap", operation_id="Bootstrap", tags=["graph"], status_code=201)
     async def run_bootstrap(data: JSONBody[BootstrapIn | None] = None) -> Response[dict[str, Any]]:
