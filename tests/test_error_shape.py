@@ -72,6 +72,13 @@ def test_empty_message(client: TestClient, headers: dict[str, str]) -> None:
     assert_error(client.post("/query", json={"message": "  "}, headers=headers), 400, "invalid_request")
 
 
+def test_nul_in_message_or_session_id(client: TestClient, headers: dict[str, str]) -> None:
+    # PostgreSQL text cannot store NUL: refused up front on every engine instead of failing at the insert
+    assert_error(client.post("/query", json={"message": "a\x00b"}, headers=headers), 400, "invalid_request")
+    body = {"message": "hi", "session_id": "s\x00"}
+    assert_error(client.post("/query", json=body, headers=headers), 400, "invalid_request")
+
+
 def test_out_of_range_temperature(client: TestClient, headers: dict[str, str]) -> None:
     assert_error(
         client.post("/query", json={"message": "x", "temperature": 9}, headers=headers),

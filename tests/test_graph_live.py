@@ -297,6 +297,45 @@ def test_errors_have_documented_status_and_code(live: Live) -> None:
         ("GET", "/graph/stream?session_id=errors&since=yesterday", None, 400, "invalid_request"),
         ("GET", "/graph/stream", None, 400, "invalid_request"),
         ("POST", "/bootstrap", {"session_id": 5}, 400, "invalid_request"),
+        # numbers beyond 64 bits name nothing; NUL cannot be stored by PostgreSQL, so it is refused everywhere
+        ("GET", f"/graph/nodes/{10**20}", None, 404, "not_found"),
+        ("DELETE", f"/graph/edges/{10**20}", None, 404, "not_found"),
+        (
+            "POST",
+            "/graph/edges",
+            {"session_id": "errors", "source_id": 10**20, "target_id": a, "edge_type": "USES"},
+            404,
+            "not_found",
+        ),
+        ("GET", f"/graph/nodes?session_id=errors&cursor={10**20}", None, 400, "invalid_request"),
+        ("GET", f"/graph/edges?session_id=errors&source_id={10**20}", None, 400, "invalid_request"),
+        (
+            "POST",
+            "/graph/nodes",
+            {"session_id": "e\x00", "node_type": "entity", "label": "x"},
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/graph/nodes",
+            {"session_id": "errors", "node_type": "entity", "label": "a\x00"},
+            422,
+            "unprocessable",
+        ),
+        (
+            "POST",
+            "/graph/edges",
+            {
+                "session_id": "errors",
+                "source_id": a,
+                "target_id": a,
+                "edge_type": "USES",
+                "predicate": "\x00",
+            },
+            422,
+            "unprocessable",
+        ),
     ]
     for method, path, body, status, code in cases:
         response = http.request(method, path, json=body) if body is not None else http.request(method, path)

@@ -252,6 +252,8 @@ class AgentRuntime:
     def _check(self, query: QueryInput) -> Agent:
         if not query.message.strip():
             raise InvalidRequestError("message must not be empty")
+        if "\x00" in query.message:
+            raise InvalidRequestError("message must not contain NUL characters")
         if query.temperature is not None and not 0 <= query.temperature <= 2:
             raise InvalidRequestError("temperature must be between 0 and 2")
         if query.max_tokens is not None and query.max_tokens <= 0:
@@ -325,4 +327,6 @@ def _from_stored(message: StoredMessage) -> ChatMessage:
 
 def _to_new(message: ChatMessage) -> NewMessage:
     calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls] or None
-    return NewMessage(message.role, message.content, calls, message.tool_call_id, message.name)
+    # PostgreSQL text cannot hold NUL: a model that emits one still gets its turn stored
+    content = message.content.replace("\x00", "\ufffd")
+    return NewMessage(message.role, content, calls, message.tool_call_id, message.name)

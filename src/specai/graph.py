@@ -50,6 +50,7 @@ MAX_LABEL_LENGTH = 10_000
 MAX_EDGE_TYPE_LENGTH = 64
 CHANGE_BATCH = 500
 _EDGE_TYPE = re.compile(r"[A-Z][A-Z0-9_]*")
+MAX_ID = 2**63 - 1  # ids are 64-bit; a larger number names nothing
 _SESSION_LOCK = 0x5EC  # first key of pg_advisory_xact_lock(int, int): graph writes of one session, in order
 
 T = TypeVar("T")
@@ -253,10 +254,24 @@ def check_weight(value: Any) -> float:
 
 def check_label(value: Any) -> str:
     """A string of at most MAX_LABEL_LENGTH characters (empty is allowed, as in the original)."""
-    if not isinstance(value, str):
-        raise UnprocessableError(f"label must be a string, got {_json_kind(value)}")
-    if len(value) > MAX_LABEL_LENGTH:
+    if len(check_text(value, "label")) > MAX_LABEL_LENGTH:
         raise UnprocessableError(f"label is longer than {MAX_LABEL_LENGTH} characters")
+    return value
+
+
+def check_text(value: Any, name: str) -> str:
+    """A string without NUL characters (PostgreSQL text cannot hold them)."""
+    if not isinstance(value, str):
+        raise UnprocessableError(f"{name} must be a string, got {_json_kind(value)}")
+    if "\x00" in value:
+        raise UnprocessableError(f"{name} must not contain NUL characters")
+    return value
+
+
+def check_id(value: int, name: str) -> int:
+    """An id filter within 64 bits, or InvalidRequestError."""
+    if not 0 <= value <= MAX_ID:
+        raise InvalidRequestError(f"{name} must be from 0 to {MAX_ID}, got {value}")
     return value
 
 
@@ -271,7 +286,7 @@ def parse_cursor(cursor: str | None) -> int | None:
     """A cursor from a previous page (the id to continue below), or InvalidRequestError."""
     if cursor is None or cursor == "":
         return None
-    if not cursor.isdigit():
+    if not cursor.isdigit() or int(cursor) > MAX_ID:
         raise InvalidRequestError(f"cursor {cursor!r} is not one this server returned")
     return int(cursor)
 
@@ -480,13 +495,11 @@ class GraphStore:
         kind = check_edge_type(edge_type)
         props = check_properties(properties, nullable=True)
         checked_weight = check_weight(weight)
-        if predicate is not None and not isinstance(predicate, str):
-            raise UnprocessableError("predicate must be a string")
+        if predicate is not None:
+            check_text(predicate, "predicate")
         async with self._write(session_id) as tx:
             for end, node_id in (("source", source_id), ("target", target_id)):
-                found = await tx.conn.scalar(
-                    select(graph_nodes.c.session_id).where(graph_nodes.c.id == node_id)
-                )
+                found = await _find(tx.conn, graph_nodes.c.session_id, node_id)
                 if found is None:
                     raise NotFoundError(f"{end} node {node_id} not found", details={end + "_id": node_id})
                 if found != session_id:
@@ -542,9 +555,9 @@ class GraphStore:
         check_session_id(session_id)
         query = select(graph_edges).where(graph_edges.c.session_id == session_id)
         if source_id is not None:
-            query = query.where(graph_edges.c.source_id == source_id)
+            query = query.where(graph_edges.c.source_id == check_id(source_id, "source_id"))
         if target_id is not None:
-            query = query.where(graph_edges.c.target_id == target_id)
+            query = query.where(graph_edges.c.target_id == check_id(target_id, "target_id"))
         if edge_type is not None:
             query = query.where(graph_edges.c.edge_type == check_edge_type(edge_type))
         rows, next_cursor = await self._page(query, graph_edges.c.id, limit, cursor)
@@ -559,8 +572,8 @@ class GraphStore:
         expected_version: int | None = None,
     ) -> Edge:
         """PATCH: change predicate and/or weight, merge properties (a key set to null is removed)."""
-        if predicate is not None and not isinstance(predicate, str):
-            raise UnprocessableError("predicate must be a string")
+        if predicate is not None:
+            check_text(predicate, "predicate")
         merge = None if properties is None else check_properties(properties)
         new_weight = None if weight is None else check_weight(weight)
         session_id = await self._session_of(graph_edges, edge_id, "edge")
@@ -790,7 +803,7 @@ class GraphStore:
 
     async def _session_of(self, table: Any, entity_id: int, kind: str) -> str:
         async with self.store.connect() as conn:
-            found = await conn.scalar(select(table.c.session_id).where(table.c.id == entity_id))
+            found = await _find(conn, table.c.session_id, entity_id)
         if found is None:
             raise NotFoundError(f"{kind} {entity_id} not found")
         return str(found)
@@ -836,15 +849,28 @@ def _check_version(kind: str, entity_id: int, current: int, expected: int | None
         )
 
 
+async def _find(conn: AsyncConnection, column: Any, entity_id: int) -> Any:
+    """One column of the row with this id (None when there is none, or the id is beyond 64 bits)."""
+    if not 0 <= entity_id <= MAX_ID:
+        return None
+    return await conn.scalar(select(column).where(column.table.c.id == entity_id))
+
+
+async def _row(conn: AsyncConnection, table: Any, entity_id: int) -> Row[Any] | None:
+    if not 0 <= entity_id <= MAX_ID:
+        return None
+    return (await conn.execute(select(table).where(table.c.id == entity_id))).first()
+
+
 async def _node_or_404(conn: AsyncConnection, node_id: int) -> Node:
-    row = (await conn.execute(select(graph_nodes).where(graph_nodes.c.id == node_id))).first()
+    row = await _row(conn, graph_nodes, node_id)
     if row is None:
         raise NotFoundError(f"node {node_id} not found")
     return _node(row)
 
 
 async def _edge_or_404(conn: AsyncConnection, edge_id: int) -> Edge:
-    row = (await conn.execute(select(graph_edges).where(graph_edges.c.id == edge_id))).first()
+    row = await _row(conn, graph_edges, edge_id)
     if row is None:
         raise NotFoundError(f"edge {edge_id} not found")
     return _edge(row)

@@ -73,9 +73,11 @@ def new_session_id() -> str:
 
 
 def check_session_id(session_id: str) -> str:
-    """Return the id when it is 1-128 characters, else raise InvalidRequestError."""
+    """Return the id when it is 1-128 characters (no NUL), else raise InvalidRequestError."""
     if not isinstance(session_id, str) or not 1 <= len(session_id) <= MAX_SESSION_ID_LENGTH:
         raise InvalidRequestError(f"session id must be 1 to {MAX_SESSION_ID_LENGTH} characters")
+    if "\x00" in session_id:
+        raise InvalidRequestError("session id must not contain NUL characters")
     return session_id
 
 
