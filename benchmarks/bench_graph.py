@@ -337,17 +337,19 @@ class Watcher(asyncio.Protocol):
                 name, _, value = line.partition(":")
                 fields.setdefault(name, []).append(value.removeprefix(" "))
             if "data" not in fields:
-                if not self.subscribed.done():
-                    self.subscribed.set_result(None)  # the hello comment: our cursor is fixed
                 continue
             ids, kinds = fields.get("id"), fields.get("event")
+            if kinds == ["open"]:  # the stream's first event says where it starts: our cursor is fixed
+                if not self.subscribed.done():
+                    self.subscribed.set_result(None)
+                continue
             self.events.append(
                 Event(now, ids[-1] if ids else None, kinds[-1] if kinds else None, "\n".join(fields["data"]))
             )
 
 
 async def subscribe(port: int, ctx: ssl.SSLContext, session_id: str, gate: asyncio.Semaphore) -> Watcher:
-    """Connect a watcher and wait for the stream's hello (a few at a time, so handshakes do not pile up)."""
+    """Connect a watcher and wait for the stream's `open` event (a few at a time, so handshakes do not pile up)."""
     request = (
         f"GET /graph/stream?session_id={session_id} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
         "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"

@@ -296,6 +296,12 @@ def _json_kind(value: Any) -> str:
     return names.get(type(value), "a number")
 
 
+# Built once: the statements of every write, compiled once per engine (SQLAlchemy caches them by shape).
+_INSERT_NODE = insert(graph_nodes).returning(graph_nodes.c.id)
+_INSERT_EDGE = insert(graph_edges).returning(graph_edges.c.id)
+_LOG_CHANGE = insert(graph_changelog)
+
+
 # --- the store ----------------------------------------------------------------------------------------------------
 
 
@@ -309,16 +315,17 @@ class _Write:
 
     async def log(self, kind: str, operation: str, entity: Node | Edge) -> None:
         await self.conn.execute(
-            insert(graph_changelog).values(
-                session_id=entity.session_id,
-                entity_type=kind,
-                entity_id=entity.id,
-                entity_uid=entity.uid,
-                operation=operation,
-                version=entity.version,
-                data=entity.as_dict(),
-                created_at=self.now,
-            )
+            _LOG_CHANGE,
+            {
+                "session_id": entity.session_id,
+                "entity_type": kind,
+                "entity_id": entity.id,
+                "entity_uid": entity.uid,
+                "operation": operation,
+                "version": entity.version,
+                "data": entity.as_dict(),
+                "created_at": self.now,
+            },
         )
 
 
@@ -372,7 +379,7 @@ class GraphStore:
             "created_at": tx.now,
             "updated_at": tx.now,
         }
-        node_id = await tx.conn.scalar(insert(graph_nodes).values(**values).returning(graph_nodes.c.id))
+        node_id = await tx.conn.scalar(_INSERT_NODE, values)
         node = Node(id=int(node_id or 0), **values)
         await tx.log("node", "create", node)
         return node
@@ -532,7 +539,7 @@ class GraphStore:
             "created_at": tx.now,
             "updated_at": tx.now,
         }
-        edge_id = await tx.conn.scalar(insert(graph_edges).values(**values).returning(graph_edges.c.id))
+        edge_id = await tx.conn.scalar(_INSERT_EDGE, values)
         edge = Edge(id=int(edge_id or 0), **values)
         await tx.log("edge", "create", edge)
         return edge
