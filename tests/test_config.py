@@ -248,7 +248,7 @@ denied_tools = ["shell"]
 [agents.helper]
 
 [mesh]
-enabled = true
+heartbeat_interval_secs = 2
 """,
         tmp_path,
         env,
@@ -282,7 +282,7 @@ enabled = true
     assert settings.agents["helper"] == AgentSettings()
     assert settings.agents["helper"].memory_k == 10
     assert settings.agents["helper"].allowed_tools is None
-    assert settings.mesh == {"enabled": True}
+    assert settings.mesh.heartbeat_interval_secs == 2.0 and settings.mesh.leader_timeout_secs == 15.0
 
 
 def test_unknown_top_level_key_warns_naming_it(tmp_path: Path, env: dict[str, str], cwd: Path) -> None:
@@ -449,3 +449,12 @@ def test_env_default_agent_overrides_file(tmp_path: Path, env: dict[str, str], c
         'default_agent = "a"\n[agents.a]\n[agents.b]\n', tmp_path, {**env, "SPECAI_DEFAULT_AGENT": "b"}, cwd
     )
     assert settings.default_agent == "b"
+
+
+@pytest.mark.parametrize("key", ["heartbeat_interval_secs", "leader_timeout_secs"])
+@pytest.mark.parametrize("value", ["0", "0.5", "-1"])
+def test_mesh_timings_must_be_at_least_one_second(
+    tmp_path: Path, env: dict[str, str], cwd: Path, key: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"\\[mesh\\] {key}: must be 1 or more"):
+        load(f"[mesh]\n{key} = {value}\n", tmp_path, env, cwd)

@@ -63,6 +63,19 @@ class GraphSettings:
 
 
 @dataclass(frozen=True)
+class MeshSettings:
+    """`[mesh]`: how this server takes part in a mesh of specai servers."""
+
+    heartbeat_interval_secs: float = 5.0
+    leader_timeout_secs: float = 15.0
+    username: str | None = None
+    password_source: str | None = None
+    advertise_url: str | None = None
+    max_payload_bytes: int = 65_536
+    message_retention_secs: int = 604_800
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     """`[model]`: the default model every agent falls back to."""
 
@@ -107,7 +120,7 @@ class Settings:
     graph: GraphSettings = field(default_factory=GraphSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     agents: Mapping[str, AgentSettings] = field(default_factory=dict)
-    mesh: Mapping[str, Any] = field(default_factory=dict)
+    mesh: MeshSettings = field(default_factory=MeshSettings)
     sync: Mapping[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
@@ -203,6 +216,10 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("model", "request_timeout_secs"): _positive,
     ("server", "sse_keepalive_secs"): _positive,
     ("graph", "changelog_retention_days"): _non_negative,
+    ("mesh", "heartbeat_interval_secs"): lambda v: None if v >= 1 else "must be 1 or more",
+    ("mesh", "leader_timeout_secs"): lambda v: None if v >= 1 else "must be 1 or more",
+    ("mesh", "max_payload_bytes"): _positive,
+    ("mesh", "message_retention_secs"): _positive,
     ("graph", "stream_poll_secs"): _positive,
     ("agents", "max_tool_iterations"): lambda v: None if 0 <= v <= 50 else "must be from 0 to 50",
     ("agents", "model_provider"): _provider,
@@ -212,7 +229,7 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
 }
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-_FREE_SECTIONS = ("mesh", "sync")
+_FREE_SECTIONS = ("sync",)
 
 
 class _Parser:
@@ -229,6 +246,7 @@ class _Parser:
             "auth": AuthSettings,
             "database": DatabaseSettings,
             "graph": GraphSettings,
+            "mesh": MeshSettings,
             "model": ModelSettings,
         }
         known = {"default_agent", "agents", *sections, *_FREE_SECTIONS}
@@ -269,7 +287,6 @@ class _Parser:
             default_agent=default_agent,
             agents=agents,
             warnings=tuple(self.warnings),
-            mesh=free["mesh"],
             sync=free["sync"],
             **built,
         )

@@ -64,6 +64,19 @@ class VersionConflictError(ConflictError):
     code = "version_conflict"
 
 
+class PayloadTooLargeError(SpecaiError):
+    """A body or payload is larger than the configured limit."""
+
+    code = "payload_too_large"
+    status = 413
+
+
+class UnknownInstanceError(NotFoundError):
+    """No mesh member has that instance id (register it first)."""
+
+    code = "unknown_instance"
+
+
 class NotARepositoryError(InvalidRequestError):
     """Bootstrap was asked to index a folder that is not a code repository."""
 

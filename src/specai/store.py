@@ -221,9 +221,48 @@ def _v2_graph_tables(md: MetaData) -> tuple[Table, Table, Table, Table]:
     return nodes, edges, changelog, changelog_state
 
 
+def _v3_mesh_tables(md: MetaData) -> tuple[Table, Table, Table]:
+    """Mesh members and their durable message queue as schema version 3 defines them (frozen)."""
+    members = Table(
+        "mesh_members",
+        md,
+        Column("instance_id", Text, primary_key=True),
+        Column("hostname", Text, nullable=False),
+        Column("port", Integer, nullable=False),
+        Column("base_url", Text, nullable=False),
+        Column("fingerprint", Text, nullable=True),
+        Column("capabilities", JSONText, nullable=False),
+        Column("agent_profiles", JSONText, nullable=False),
+        Column("registered_at", UTCDateTime, nullable=False),
+        Column("last_heartbeat", UTCDateTime, nullable=False),
+    )
+    mesh_messages = Table(
+        "mesh_messages",
+        md,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("message_id", Text, nullable=False, unique=True),
+        Column("source_instance", Text, nullable=False),
+        Column("target_instance", Text, nullable=True),
+        Column("message_type", JSONText, nullable=False),
+        Column("payload", JSONText, nullable=True),
+        Column("correlation_id", Text, nullable=True),
+        Column("created_at", UTCDateTime, nullable=False),
+        Index(None, "created_at"),
+    )
+    deliveries = Table(
+        "mesh_deliveries",
+        md,
+        Column("message_id", BigId, ForeignKey("mesh_messages.id", ondelete="CASCADE"), primary_key=True),
+        Column("recipient", Text, primary_key=True),
+        Index(None, "recipient", "message_id"),
+    )
+    return members, mesh_messages, deliveries
+
+
 # The current schema; once a step alters one of these tables, define the new shape here separately.
 sessions, messages = _v1_session_tables(metadata)
 graph_nodes, graph_edges, graph_changelog, graph_changelog_state = _v2_graph_tables(metadata)
+mesh_members, mesh_messages, mesh_deliveries = _v3_mesh_tables(metadata)
 
 
 # --- migrations -------------------------------------------------------------------------------------------------
@@ -250,10 +289,17 @@ def _v2_graph(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v3_mesh(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    _v3_mesh_tables(md)
+    md.create_all(conn)
+
+
 # Append new steps at the end; never edit or reorder a released step (upgrade tests rely on them).
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sessions and messages", _v1_sessions),
     Migration(2, "knowledge graph and its changelog", _v2_graph),
+    Migration(3, "mesh members and message queue", _v3_mesh),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -13,7 +13,7 @@ from specai import __version__, auth
 from specai.config import Settings
 from specai.errors import CredentialsError
 from specai.server.errors import EXCEPTION_HANDLERS
-from specai.server.routes import agents, graph, health, openai, sessions
+from specai.server.routes import agents, graph, health, mesh, openai, sessions
 from specai.server.routes import auth as auth_routes
 from specai.server.security import BearerAuthMiddleware, TokenVerifier
 from specai.server.state import ServerState
@@ -54,6 +54,7 @@ def create_app(settings: Settings, cert: CertInfo) -> Litestar:
             *sessions.routes(state),
             *openai.routes(state),
             *graph.routes(state),
+            *mesh.routes(state),
         ],
         on_startup=[state.start],
         on_shutdown=[state.stop],

@@ -7,12 +7,14 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 
 from specai.agents import AgentRuntime
 from specai.config import Settings
 from specai.graph import GraphStore
+from specai.mesh import MemberInfo, MeshRegistry, MessageQueue, load_instance_id
 from specai.sessions import SessionStore
 from specai.store import Store
 from specai.throttle import LoginThrottle
@@ -39,8 +41,44 @@ class ServerState:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = field(default_factory=time.monotonic)
     store: Store | None = None
+    instance_id: str = ""
+    join_url: str | None = None
+    join_fingerprint: str | None = None
+    fatal: BaseException | None = (
+        None  # set by background work that must stop the server (e.g. a refused join)
+    )
     _graph: GraphStore | None = None
+    _mesh: MeshRegistry | None = None
+    _messages: MessageQueue | None = None
     _pruner: asyncio.Task[None] | None = None
+
+    def mesh(self) -> MeshRegistry:
+        """The mesh registry (open between start-up and shutdown)."""
+        if self._mesh is None:
+            raise RuntimeError("the store is not open yet")
+        return self._mesh
+
+    def messages(self) -> MessageQueue:
+        """The mesh message queue (open between start-up and shutdown)."""
+        if self._messages is None:
+            raise RuntimeError("the store is not open yet")
+        return self._messages
+
+    def self_info(self) -> MemberInfo:
+        """How this server describes itself to the mesh."""
+        server, mesh = self.settings.server, self.settings.mesh
+        host = server.host if server.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+        shown = f"[{host}]" if ":" in host else host
+        capabilities = ["query"] if self.join_url else ["registry", "query"]
+        return MemberInfo(
+            instance_id=self.instance_id,
+            hostname=host,
+            port=server.port,
+            capabilities=capabilities,
+            agent_profiles=sorted(self.runtime.agents),
+            base_url=mesh.advertise_url or f"https://{shown}:{server.port}",
+            fingerprint=self.cert.fingerprint,
+        )
 
     def graph(self) -> GraphStore:
         """The knowledge graph (open between start-up and shutdown)."""
@@ -60,18 +98,24 @@ class ServerState:
         self.runtime.sessions = SessionStore(self.store)
         self._graph = GraphStore(self.store)
         self.runtime.graph = self._graph
-        if self.settings.graph.changelog_retention_days:
-            self._pruner = asyncio.create_task(self._prune_changelog(self._graph))
+        mesh = self.settings.mesh
+        self._mesh = MeshRegistry(self.store, self.instance_id, mesh.leader_timeout_secs)
+        self._messages = MessageQueue(self.store, mesh.max_payload_bytes)
+        await self._mesh.register(self.self_info())  # keeps its first registration time: its rank as leader
+        self._pruner = asyncio.create_task(self._prune())
 
-    async def _prune_changelog(self, graph: GraphStore) -> None:
-        """Apply `[graph] changelog_retention_days` now and every hour; a failure is logged and retried later."""
-        keep = dt.timedelta(days=self.settings.graph.changelog_retention_days)
+    async def _prune(self) -> None:
+        """Apply the retention settings now and every hour; a failure is logged and retried later."""
+        keep_changes = dt.timedelta(days=self.settings.graph.changelog_retention_days)
+        keep_messages = dt.timedelta(seconds=self.settings.mesh.message_retention_secs)
         while True:
             try:
-                if pruned := await graph.prune(keep):
-                    log.info("pruned %d graph changelog rows older than %s", pruned, keep)
+                if keep_changes and (pruned := await self.graph().prune(keep_changes)):
+                    log.info("pruned %d graph changelog rows older than %s", pruned, keep_changes)
+                if pruned := await self.messages().prune(keep_messages):
+                    log.info("pruned %d mesh messages older than %s", pruned, keep_messages)
             except Exception:
-                log.exception("pruning the graph changelog failed; retrying in an hour")
+                log.exception("pruning old graph changes or mesh messages failed; retrying in an hour")
             await asyncio.sleep(_PRUNE_EVERY_SECS)
 
     async def stop(self) -> None:
@@ -91,6 +135,7 @@ class ServerState:
         """Assemble state from settings; the login throttles follow `[auth]`."""
         auth = settings.auth
         return cls(
+            instance_id=load_instance_id(settings.home),
             settings=settings,
             runtime=AgentRuntime(settings),
             cert=cert,
