@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_http.py
 	$(BIN)/python benchmarks/bench_stream.py
 	$(BIN)/python benchmarks/bench_graph.py
+	$(BIN)/python benchmarks/bench_mesh.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

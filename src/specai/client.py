@@ -241,6 +241,37 @@ class SpecaiClient:
         except httpx.HTTPError as exc:
             raise _transport_error(self.server, exc) from None
 
+    # -- mesh -------------------------------------------------------------------------------------------------
+
+    def mesh_members(self) -> dict[str, Any]:
+        """GET /registry/agents: `{instances: [MeshInstance], leader_id, self_id}`."""
+        return self._call("GET", "/registry/agents")
+
+    def mesh_send(
+        self,
+        source: str,
+        message_type: str | dict[str, str],
+        payload: Any,
+        target: str | None = None,
+        correlation_id: str | None = None,
+    ) -> dict[str, Any]:
+        """POST /messages/send/{source}: `{message_id, status, delivered_to}`; no `target` broadcasts to every
+        member but the source."""
+        body: dict[str, Any] = {"message_type": message_type, "payload": payload}
+        if target is not None:
+            body["target_instance"] = target
+        if correlation_id is not None:
+            body["correlation_id"] = correlation_id
+        return self._call("POST", f"/messages/send/{quote(source, safe='')}", body)
+
+    def mesh_inbox(self, instance_id: str) -> dict[str, Any]:
+        """GET /messages/{id}: `{messages: [AgentMessage]}` not yet acknowledged by that member, oldest first."""
+        return self._call("GET", f"/messages/{quote(instance_id, safe='')}")
+
+    def mesh_ack(self, instance_id: str, message_ids: list[str]) -> None:
+        """POST /messages/ack/{id}: removes the messages from that member's inbox only (204)."""
+        self._call("POST", f"/messages/ack/{quote(instance_id, safe='')}", {"message_ids": list(message_ids)})
+
     # -- plumbing ----------------------------------------------------------------------------------------------
 
     def _auth(self) -> dict[str, str]:

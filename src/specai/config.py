@@ -135,6 +135,29 @@ class Settings:
         return self.home / "tls"
 
 
+def resolve_secret(source: str, key: str, env: Mapping[str, str] = os.environ) -> str:
+    """The secret a `*_source` setting names: `env:VAR`, `file:PATH` (trimmed, `~` expanded) or the value itself.
+
+    Raises ConfigError saying what to fix; `key` names the setting in messages (e.g. `api_key_source`).
+    """
+    if source.startswith("env:"):
+        name = source[4:]
+        value = env.get(name)
+        if not value:
+            raise ConfigError(f'environment variable {name} is not set ({key} = "{source}"); export it')
+        return value
+    if source.startswith("file:"):
+        path = Path(source[5:]).expanduser()
+        try:
+            value = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path} ({key}): {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"{path} ({key}) is empty")
+        return value
+    return source
+
+
 def home_dir(env: Mapping[str, str] = os.environ) -> Path:
     """Return `$SPECAI_HOME`, default `~/.spec-ai`."""
     return Path(env.get("SPECAI_HOME") or "~/.spec-ai").expanduser()

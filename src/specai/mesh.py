@@ -17,7 +17,6 @@ from sqlalchemy import Row, delete, exists, func, insert, select, update
 from specai.errors import (
     CorruptFileError,
     InvalidRequestError,
-    NotFoundError,
     PayloadTooLargeError,
     UnknownInstanceError,
     UnprocessableError,
@@ -222,6 +221,48 @@ class MeshRegistry:
                 details={"hint": "register again with POST /registry/register"},
             )
 
+    async def touch(self, instance_id: str) -> None:
+        """Record that a known member answered us (heard from it); unknown ids are ignored."""
+        async with self.store.transaction() as conn:
+            await conn.execute(
+                update(mesh_members)
+                .where(mesh_members.c.instance_id == instance_id)
+                .values(last_heartbeat=utcnow())
+            )
+
+    async def learn(self, peers: Sequence[dict[str, Any]]) -> None:
+        """Adopt the registry's member list: new members are added, and every registration time follows the
+        registry's (it decides the ranks); liveness stays what this server itself observed."""
+        now = utcnow()
+        async with self.store.transaction() as conn:
+            for peer in peers:
+                try:
+                    instance_id = check_instance_id(peer["instance_id"])
+                    registered_at = min(dt.datetime.fromisoformat(peer["created_at"]), now)
+                    heard = min(dt.datetime.fromisoformat(peer["last_heartbeat"]), now)
+                    values = {
+                        "hostname": str(peer["hostname"]),
+                        "port": int(peer["port"]),
+                        "base_url": str(peer["base_url"]),
+                        "fingerprint": peer.get("fingerprint"),
+                        "capabilities": list(peer.get("capabilities") or []),
+                        "agent_profiles": list(peer.get("agent_profiles") or []),
+                        "registered_at": registered_at,
+                    }
+                except (KeyError, TypeError, ValueError, InvalidRequestError):
+                    continue  # a malformed entry is skipped, not fatal
+                found = await conn.scalar(
+                    select(mesh_members.c.instance_id).where(mesh_members.c.instance_id == instance_id)
+                )
+                if found is None:
+                    await conn.execute(
+                        insert(mesh_members).values(instance_id=instance_id, last_heartbeat=heard, **values)
+                    )
+                else:
+                    await conn.execute(
+                        update(mesh_members).where(mesh_members.c.instance_id == instance_id).values(**values)
+                    )
+
     async def deregister(self, instance_id: str) -> None:
         """Remove a member (its undelivered messages stay until acknowledged or expired); 404 if unknown."""
         async with self.store.transaction() as conn:
@@ -335,8 +376,9 @@ class MessageQueue:
                     details={"hint": "register with POST /registry/register first"},
                 )
             if target is not None and target not in known:
-                raise NotFoundError(
-                    f"target instance '{target}' not found", details={"target_instance": target}
+                raise UnknownInstanceError(
+                    f"target instance '{target}' not found; nothing was queued",
+                    details={"target_instance": target},
                 )
             recipients = [target] if target is not None else sorted(known - {source})
             row_id = await conn.scalar(

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from specai import __version__
-from specai.cli import auth, cert, graph, remote, server, sessions
+from specai.cli import auth, cert, graph, mesh, remote, server, sessions
 
 app = typer.Typer(
     name="specai",
@@ -54,6 +54,7 @@ app.command(name="agents")(remote.agents)
 app.command(name="query")(remote.query)
 app.add_typer(sessions.app, name="sessions")
 app.add_typer(graph.app, name="graph")
+app.add_typer(mesh.app, name="mesh")
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from specai.cli import _settings
-from specai.cli._console import STARTUP_FAILURE, err, fail, out, print_warnings, warn
+from specai.cli._console import STARTUP_FAILURE, USAGE, err, exit_code_for, fail, out, print_warnings, warn
 from specai.config import Settings
-from specai.errors import ConfigError, SpecaiError, StartupError
+from specai.errors import AuthError, ConfigError, SpecaiError, StartupError, TrustError
 
 
 def server(
@@ -44,10 +44,18 @@ def server(
         ),
     ] = False,
     join: Annotated[
-        Optional[str], typer.Option(help="Join a mesh registry at URL (mesh support arrives later).")
+        Optional[str],
+        typer.Option(
+            help="Join the mesh whose registry is at URL (https://HOST:PORT), once this server answers; "
+            "logs in with [mesh] username/password_source or SPECAI_JOIN_TOKEN."
+        ),
     ] = None,
     join_fingerprint: Annotated[
-        Optional[str], typer.Option(help="Pinned fingerprint of the --join registry.")
+        Optional[str],
+        typer.Option(
+            help="The registry's certificate fingerprint (`specai cert fingerprint` there); "
+            "default: its pin in known_servers.json."
+        ),
     ] = None,
 ) -> None:
     """Serve agents over HTTPS (TLS is always on).
@@ -63,15 +71,22 @@ def server(
       specai server --host 0.0.0.0 --port 8443 --san myhost.lan
 
       specai server --cert /etc/ssl/me.pem --key /etc/ssl/me.key
+
+      specai server --port 3001 --join https://10.0.0.5:3000 --join-fingerprint AA:BB:...:FF
     """
     settings = _settings.load(ctx, config)
-    if join or join_fingerprint:
-        fail("--join is not supported yet: the mesh arrives in a later release", STARTUP_FAILURE)
+    if join_fingerprint and not join:
+        fail("--join-fingerprint needs --join URL", USAGE)
     settings = _apply_flags(settings, host, port, cert, key, tuple(san or ()))
-    run_server(settings, allow_unauthenticated)
+    run_server(settings, allow_unauthenticated, join, join_fingerprint)
 
 
-def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
+def run_server(
+    settings: Settings,
+    allow_unauthenticated: bool,
+    join: str | None = None,
+    join_fingerprint: str | None = None,
+) -> None:
     """Check, prepare and serve; every failure before serving exits 3 with one line."""
     from specai.server.app import create_app
     from specai.server.run import serve
@@ -85,11 +100,13 @@ def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
             STARTUP_FAILURE,
         )
     try:
+        if join is not None:
+            _check_join(settings, join, join_fingerprint)
         paths = ensure_server_cert(settings)
         info = read_cert(paths.cert)
         print_warnings(paths.warnings)
         _check_port_free(host, port)
-        app = create_app(settings, info)
+        app = create_app(settings, info, join_url=join, join_fingerprint=join_fingerprint)
         asyncio.run(_check_database(settings))
     except ConfigError as exc:
         fail(exc.message)
@@ -106,13 +123,32 @@ def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
     def ready(url: str) -> None:
         out.print(f"specai server listening on [bold]{url}[/] fingerprint {info.fingerprint}")
 
+    app.state.specai.announce = lambda message: out.print(message, markup=False, highlight=False)
+
     try:
         serve(app, host, port, paths, ready)
+    except (TrustError, AuthError) as exc:  # a refused --join: the registry's identity, or our mesh login
+        fail(f"cannot join the mesh: {exc.message}", exit_code_for(exc))
     except SpecaiError as exc:
         fail(exc.message, STARTUP_FAILURE)
     except KeyboardInterrupt:
         pass
     err.print("specai server stopped")
+
+
+def _check_join(settings: Settings, join: str, fingerprint: str | None) -> None:
+    """Refuse a bad --join URL, fingerprint or mesh login setting before anything starts."""
+    from specai.fingerprint import normalize_fingerprint
+    from specai.server.mesh_link import mesh_credentials
+    from specai.trust import parse_server
+
+    try:
+        parse_server(join)
+        if fingerprint is not None:
+            normalize_fingerprint(fingerprint)
+    except SpecaiError as exc:
+        fail(f"--join: {exc.message}", USAGE)
+    mesh_credentials(settings)
 
 
 async def _check_database(settings: Settings) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
-from specai.errors import ProviderUnavailableError
+from specai.config import resolve_secret
+from specai.errors import ConfigError, ProviderUnavailableError
 from specai.providers.base import (
     BaseProvider,
     ChatMessage,
@@ -87,24 +87,10 @@ def resolve_api_key(source: str | None, provider: str, env: Mapping[str, str] = 
     if source is None:
         default_env = _DEFAULT_KEY_ENV.get(provider)
         return env.get(default_env) if default_env else None
-    if source.startswith("env:"):
-        name = source[4:]
-        value = env.get(name)
-        if not value:
-            raise ProviderUnavailableError(
-                f'environment variable {name} is not set (api_key_source = "{source}"); export it'
-            )
-        return value
-    if source.startswith("file:"):
-        path = Path(source[5:]).expanduser()
-        try:
-            value = path.read_text().strip()
-        except OSError as exc:
-            raise ProviderUnavailableError(f"cannot read the API key file {path}: {exc.strerror}") from None
-        if not value:
-            raise ProviderUnavailableError(f"the API key file {path} is empty")
-        return value
-    return source
+    try:
+        return resolve_secret(source, "api_key_source", env)
+    except ConfigError as exc:
+        raise ProviderUnavailableError(exc.message) from None
 
 
 def build_provider(spec: ProviderSpec, env: Mapping[str, str] = os.environ) -> Provider:

@@ -21,8 +21,13 @@ from specai.tls import CertInfo
 from specai.users import UserDirectory
 
 
-def create_app(settings: Settings, cert: CertInfo) -> Litestar:
-    """Build the Litestar app for `settings`, serving `cert`; fails closed when auth is on but unusable."""
+def create_app(
+    settings: Settings, cert: CertInfo, *, join_url: str | None = None, join_fingerprint: str | None = None
+) -> Litestar:
+    """Build the Litestar app for `settings`, serving `cert`; fails closed when auth is on but unusable.
+
+    With `join_url`, the server joins that mesh registry once it answers (pinned to `join_fingerprint`).
+    """
     users = None
     if settings.auth.enabled:
         users = UserDirectory(settings.credentials_file)
@@ -33,6 +38,7 @@ def create_app(settings: Settings, cert: CertInfo) -> Litestar:
             )
     secret = auth.load_token_secret(settings)
     state = ServerState.build(settings, cert, secret, users)
+    state.join_url, state.join_fingerprint = join_url, join_fingerprint
     middleware: list[Any] = []
     openapi = OpenAPIConfig(title="specai", version=__version__, path="/schema")
     if users is not None:

@@ -107,6 +107,7 @@ async def _serve(
         loop.call_later(GRACE_SECONDS, tracker.cancel_all)
         loop.call_later(0.2, server.stop)
 
+    state.request_stop = request_stop
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, request_stop)
     serving = asyncio.ensure_future(server.serve())
@@ -120,6 +121,7 @@ async def _serve(
                 await asyncio.wait_for(serving, 3)
         raise
     on_ready(url)
+    state.serving()
     try:
         await serving
     except (TimeoutError, asyncio.CancelledError):
@@ -127,6 +129,8 @@ async def _serve(
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+    if state.fatal is not None:
+        raise state.fatal
 
 
 def _url(host: str, port: int) -> str:

@@ -9,12 +9,15 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from specai.agents import AgentRuntime
 from specai.config import Settings
+from specai.errors import SpecaiError
 from specai.graph import GraphStore
 from specai.mesh import MemberInfo, MeshRegistry, MessageQueue, load_instance_id
+from specai.server.mesh_link import MeshLink, mesh_credentials
 from specai.sessions import SessionStore
 from specai.store import Store
 from specai.throttle import LoginThrottle
@@ -44,13 +47,16 @@ class ServerState:
     instance_id: str = ""
     join_url: str | None = None
     join_fingerprint: str | None = None
-    fatal: BaseException | None = (
-        None  # set by background work that must stop the server (e.g. a refused join)
+    fatal: SpecaiError | None = None  # set when background work must stop the server (a refused join)
+    request_stop: Callable[[], None] | None = None  # set by the runner: begins a graceful shutdown
+    announce: Callable[[str], None] = (
+        print  # how background work tells the operator something (set by the CLI)
     )
     _graph: GraphStore | None = None
     _mesh: MeshRegistry | None = None
     _messages: MessageQueue | None = None
     _pruner: asyncio.Task[None] | None = None
+    _link: asyncio.Task[None] | None = None
 
     def mesh(self) -> MeshRegistry:
         """The mesh registry (open between start-up and shutdown)."""
@@ -118,12 +124,39 @@ class ServerState:
                 log.exception("pruning old graph changes or mesh messages failed; retrying in an hour")
             await asyncio.sleep(_PRUNE_EVERY_SECS)
 
+    def serving(self) -> None:
+        """The server answers: join the mesh now if asked to (a member registers only once it can be reached)."""
+        if self.join_url is None:
+            return
+        link = MeshLink(
+            self.settings,
+            self.mesh(),
+            self.self_info(),
+            self.join_url,
+            self.join_fingerprint,
+            mesh_credentials(self.settings),
+            self.announce,
+        )
+        self._link = asyncio.create_task(self._run_link(link))
+
+    async def _run_link(self, link: MeshLink) -> None:
+        try:
+            await link.run(self.stopping)
+        except SpecaiError as exc:
+            self.fatal = exc
+            if self.request_stop is not None:
+                self.request_stop()
+
     async def stop(self) -> None:
         """Stop background work, close provider connections and the database."""
-        if self._pruner is not None:
-            self._pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pruner
+        for task in (self._pruner, self._link):
+            if task is not None:
+                if task is self._link:  # it deregisters from its peers when `stopping` is set
+                    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                        await asyncio.wait_for(asyncio.shield(task), 2)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.runtime.aclose()
         if self.store is not None:
             await self.store.close()

@@ -1,0 +1,389 @@
+"""`specai mesh ...`: the mesh a server belongs to — its members, and the message queue between them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated, Any, NoReturn, Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from specai.cli._client import FingerprintOption, ServerOption, open_client
+from specai.cli._console import ERROR, USAGE, err, fail, handle_errors, out, print_json
+from specai.config import DEFAULT_SERVER_URL
+from specai.errors import RemoteError
+
+SUMMARY_WIDTH = 60
+ID_WIDTH = 48  # instance ids up to this long are never folded in the members table
+INBOX_PAGE = 1000  # the server lists at most this many messages per inbox
+CUSTOM_PREFIX = "custom:"
+RECENT = dt.timedelta(
+    hours=1
+)  # heartbeats newer than this are shown as "12 s ago", older ones as a local time
+TYPES_HELP = (
+    "Query, Response, Notification, TaskDelegation, TaskResult, GraphSync, CapabilityUpdate, CapabilityQuery, "
+    "LearningShare, ProposalSubmit, ProposalVote, WorkflowAssignment, WorkflowStageResult"
+)
+
+app = typer.Typer(
+    help="The mesh a server belongs to: its members (live or stale, and the leader), and messages between them.",
+    no_args_is_help=True,
+)
+
+InstanceArgument = Annotated[
+    str,
+    typer.Argument(help="A member's instance id (see `specai mesh members`).", show_default=False),
+]
+
+
+# --- members ------------------------------------------------------------------------------------------------------
+
+
+@app.command("members")
+@handle_errors
+def members(
+    server: ServerOption = DEFAULT_SERVER_URL,
+    fingerprint: FingerprintOption = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the server's answer as is: {instances, leader_id, self_id}.")
+    ] = False,
+) -> None:
+    """List the members the server knows: status (live/stale), leader, address, agents and last heartbeat.
+
+    The server itself is a member and is marked "(this server)"; the leader (the earliest-registered live
+    member) is marked ★.
+
+    Examples:
+
+      specai mesh members
+
+      specai mesh members --json | jq -r .leader_id
+    """
+    with open_client(server, fingerprint) as client:
+        body = client.mesh_members()
+    if json_output:
+        print_json(body)
+        return
+    instances: list[dict[str, Any]] = body.get("instances") or []
+    self_id, leader_id = body.get("self_id"), body.get("leader_id")
+    if not instances:
+        out.print("no members", markup=False)
+        return
+    now = dt.datetime.now(dt.UTC)
+    widest = max(len(str(m["instance_id"])) for m in instances)
+    table = _table(
+        "instance",
+        "status",
+        "leader",
+        "base URL",
+        "agents",
+        "last heartbeat",
+        "capabilities",
+        keep={"instance": min(widest, ID_WIDTH)},
+    )
+    for member in instances:
+        instance_id = str(member["instance_id"])
+        shown = Text(instance_id)
+        if instance_id == self_id:
+            shown.append(" (this server)", style="dim")
+        status = str(member.get("status", "?"))
+        table.add_row(
+            shown,
+            Text(status, style="green" if status == "live" else "yellow"),
+            "★" if member.get("is_leader") or instance_id == leader_id else "",
+            Text(str(member.get("base_url") or "")),
+            Text(", ".join(member.get("agent_profiles") or [])),
+            _ago(member.get("last_heartbeat"), now),
+            Text(", ".join(member.get("capabilities") or [])),
+        )
+    out.print(table)
+    live = sum(1 for m in instances if m.get("status") == "live")
+    plural = "" if len(instances) == 1 else "s"
+    leader = f"leader: {leader_id}" if leader_id else "no live member, so no leader"
+    out.print(f"{len(instances)} member{plural} ({live} live); {leader}", markup=False)
+
+
+# --- messages -----------------------------------------------------------------------------------------------------
+
+
+@app.command("send")
+@handle_errors
+def send(
+    message_type: Annotated[
+        str,
+        typer.Option(
+            "--type",
+            "-t",
+            help=f"Message type: {TYPES_HELP} (snake_case accepted, e.g. task_delegation), or custom:NAME.",
+            show_default=False,
+        ),
+    ],
+    payload: Annotated[
+        str,
+        typer.Option(
+            "--payload",
+            "-p",
+            help='The payload: any JSON value, e.g. \'{"task": "summarise"}\', \'"text"\', 42 or null.',
+            show_default=False,
+        ),
+    ],
+    to: Annotated[
+        Optional[str],
+        typer.Option("--to", help="The member to send to (or --broadcast).", show_default=False),
+    ] = None,
+    broadcast: Annotated[
+        bool, typer.Option("--broadcast", help="Send to every member except the sender (or --to ID).")
+    ] = False,
+    source: Annotated[
+        Optional[str],
+        typer.Option(
+            "--from", help="The sending member (default: the server's own instance id).", show_default=False
+        ),
+    ] = None,
+    correlation_id: Annotated[
+        Optional[str],
+        typer.Option(
+            "--correlation-id",
+            help="Links a reply to its request (up to 256 characters).",
+            show_default=False,
+        ),
+    ] = None,
+    server: ServerOption = DEFAULT_SERVER_URL,
+    fingerprint: FingerprintOption = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the server's answer: {message_id, status, delivered_to}.")
+    ] = False,
+) -> None:
+    """Queue a message for one member (--to) or for every member but the sender (--broadcast).
+
+    Prints the message id and who will receive it. Nothing is stored when the sender or the target is not a
+    member, when the type is unknown, or when the payload is over the server's limit.
+
+    Examples:
+
+      specai mesh send --to worker-1 --type task_delegation --payload '{"task": "summarise", "doc": 7}'
+
+      specai mesh send --broadcast --type custom:ping --payload null --correlation-id c-42
+    """
+    if (to is None) == (not broadcast):
+        fail("pass exactly one of --to ID or --broadcast", USAGE)
+    kind = _parse_type(message_type)
+    value = _parse_payload(payload)
+    with open_client(server, fingerprint) as client:
+        sender = source if source is not None else str(client.mesh_members()["self_id"])
+        try:
+            body = client.mesh_send(sender, kind, value, target=to, correlation_id=correlation_id)
+        except RemoteError as exc:
+            _explain_send_error(exc, message_type)
+    if json_output:
+        print_json(body)
+        return
+    recipients = [str(r) for r in body.get("delivered_to") or []]
+    count = len(recipients)
+    line = f"queued {body['message_id']} for {count} member{'' if count == 1 else 's'}"
+    out.print(line + (": " + ", ".join(recipients) if recipients else ""), markup=False)
+    if not recipients:
+        err.print(
+            f"{sender} is the only member: nobody will receive this broadcast", style="dim", markup=False
+        )
+
+
+@app.command("inbox")
+@handle_errors
+def inbox(
+    instance_id: InstanceArgument,
+    server: ServerOption = DEFAULT_SERVER_URL,
+    fingerprint: FingerprintOption = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the server's answer as is: {messages: [...]}.")
+    ] = False,
+) -> None:
+    """List the messages waiting for a member (not yet acknowledged by it), oldest first.
+
+    Reading does not remove them: `specai mesh ack` does.
+
+    Examples:
+
+      specai mesh inbox worker-1
+
+      specai mesh inbox worker-1 --json | jq -r '.messages[].message_id'
+    """
+    with open_client(server, fingerprint) as client:
+        body = client.mesh_inbox(instance_id)
+    if json_output:
+        print_json(body)
+        return
+    messages: list[dict[str, Any]] = body.get("messages") or []
+    if not messages:
+        out.print(f"no messages for {instance_id}", markup=False)
+        return
+    correlated = any(m.get("correlation_id") for m in messages)
+    columns = (
+        ["message id", "from", "type", "created"] + (["correlation"] if correlated else []) + ["payload"]
+    )
+    table = _table(*columns, keep={"message id": max(len(str(m["message_id"])) for m in messages)})
+    for message in messages:
+        row: list[Any] = [
+            str(message["message_id"]),
+            Text(str(message.get("source_instance", ""))),
+            Text(show_type(message.get("message_type"))),
+            _local(message.get("created_at")),
+        ]
+        if correlated:
+            row.append(Text(str(message.get("correlation_id") or "")))
+        row.append(Text(_summary(message.get("payload"))))
+        table.add_row(*row)
+    out.print(table)
+    count = len(messages)
+    err.print(
+        f"{count} message{'' if count == 1 else 's'}; acknowledge with: specai mesh ack {instance_id} MESSAGE_ID...",
+        style="dim",
+        markup=False,
+    )
+
+
+@app.command("ack")
+@handle_errors
+def ack(
+    instance_id: InstanceArgument,
+    message_ids: Annotated[
+        list[str],
+        typer.Argument(help="One or more message ids (see `specai mesh inbox`).", show_default=False),
+    ],
+    server: ServerOption = DEFAULT_SERVER_URL,
+    fingerprint: FingerprintOption = None,
+    json_output: Annotated[
+        bool,
+        typer.Option("--json", help='Print {"instance_id", "acknowledged": [...], "not_found": [...]}.'),
+    ] = False,
+) -> None:
+    """Acknowledge messages for one member: they leave its inbox only (other recipients keep theirs).
+
+    An id that is not waiting in that inbox (already acknowledged, or never sent to it) is reported on stderr
+    and makes the exit code 1; the others are still acknowledged.
+
+    Examples:
+
+      specai mesh ack worker-1 6f1c0f52-8d1e-4c55-9d43-0f9a6f7f2b10
+
+      specai mesh inbox worker-1 --json | jq -r '.messages[].message_id' | xargs specai mesh ack worker-1
+    """
+    wanted = list(dict.fromkeys(message_ids))
+    with open_client(server, fingerprint) as client:
+        waiting = client.mesh_inbox(instance_id).get("messages") or []
+        client.mesh_ack(instance_id, wanted)
+    present = {str(m.get("message_id")) for m in waiting}
+    if len(waiting) >= INBOX_PAGE:  # the listing may be cut short: every id may have been waiting
+        present.update(wanted)
+    acknowledged = [m for m in wanted if m in present]
+    missing = [m for m in wanted if m not in present]
+    if json_output:
+        print_json({"instance_id": instance_id, "acknowledged": acknowledged, "not_found": missing})
+    else:
+        count = len(acknowledged)
+        out.print(f"acknowledged {count} message{'' if count == 1 else 's'} for {instance_id}", markup=False)
+    if missing:
+        fail(
+            f"not in {instance_id}'s inbox (already acknowledged, or never sent to it): {', '.join(missing)}",
+            ERROR,
+        )
+
+
+# --- helpers ------------------------------------------------------------------------------------------------------
+
+
+def _table(*columns: str, keep: dict[str, int] | None = None) -> Table:
+    """Narrow terminals fold long values onto more lines rather than cutting them; the `keep` columns (ids,
+    which must stay copyable) get at least their given width."""
+    table = Table()
+    for name in columns:
+        table.add_column(name, overflow="fold", min_width=(keep or {}).get(name))
+    return table
+
+
+def _parse_type(text: str) -> str | dict[str, str]:
+    """`--type`: a name as the server knows it, or `custom:NAME` for `{"Custom": "NAME"}`."""
+    if text[: len(CUSTOM_PREFIX)].lower() == CUSTOM_PREFIX:
+        name = text[len(CUSTOM_PREFIX) :]
+        if not name:
+            fail("--type custom:NAME needs a name after 'custom:', e.g. custom:ping", USAGE)
+        return {"Custom": name}
+    if not text:
+        fail(f"--type must not be empty; use one of {TYPES_HELP}, or custom:NAME", USAGE)
+    return text
+
+
+def _parse_payload(text: str) -> Any:
+    """`--payload` as any JSON value, or a usage error (exit 2) before anything is sent."""
+
+    def reject(constant: str) -> NoReturn:
+        fail(
+            f'--payload is not valid JSON ({constant} is not allowed); e.g. \'{{"task": "summarise"}}\'',
+            USAGE,
+        )
+
+    try:
+        return json.loads(text, parse_constant=reject)
+    except json.JSONDecodeError as exc:
+        fail(
+            f"--payload is not valid JSON ({exc.msg} at column {exc.colno}); "
+            f'e.g. \'{{"task": "summarise"}}\' or \'"a string"\' (quoted)',
+            USAGE,
+        )
+
+
+def _explain_send_error(exc: RemoteError, given: str) -> NoReturn:
+    """An unknown type gets the CLI's own spelling of the choices; every other error is the server's."""
+    valid = exc.details.get("valid") if isinstance(exc.details, dict) else None
+    if exc.remote_code == "unprocessable" and isinstance(valid, list) and valid:
+        fail(
+            f"--type {given!r} is not a message type; use one of {', '.join(map(str, valid))} "
+            "(snake_case accepted), or custom:NAME",
+            ERROR,
+        )
+    raise exc
+
+
+def show_type(kind: Any) -> str:
+    """A message type for a person: `TaskDelegation`, or `custom:NAME` for `{"Custom": "NAME"}`."""
+    if isinstance(kind, dict) and len(kind) == 1:
+        (key, value), *_ = kind.items()
+        if str(key).lower() == "custom":
+            return f"{CUSTOM_PREFIX}{value}"
+    return kind if isinstance(kind, str) else json.dumps(kind, ensure_ascii=False)
+
+
+def _summary(payload: Any) -> str:
+    text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    text = " ".join(text.split())
+    return text if len(text) <= SUMMARY_WIDTH else text[: SUMMARY_WIDTH - 1] + "…"
+
+
+def _parse_time(stamp: Any) -> dt.datetime | None:
+    if not isinstance(stamp, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+
+
+def _local(stamp: Any) -> str:
+    """A server timestamp in the local time zone, to the second."""
+    moment = _parse_time(stamp)
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else str(stamp or "")
+
+
+def _ago(stamp: Any, now: dt.datetime) -> str:
+    """`3 s ago`, `12 min ago` within the hour, else the local time."""
+    moment = _parse_time(stamp)
+    if moment is None:
+        return str(stamp or "")
+    age = now - moment
+    if age >= RECENT:
+        return moment.astimezone().strftime("%Y-%m-%d %H:%M")
+    seconds = max(0, int(age.total_seconds()))
+    return f"{seconds} s ago" if seconds < 60 else f"{seconds // 60} min ago"

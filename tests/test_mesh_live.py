@@ -1,0 +1,263 @@
+"""The mesh end to end: three real `specai server` processes on loopback, auth on all, joined over pinned TLS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import PASSWORD
+from helpers import ServerProcess, assert_error, free_port, run_cli
+
+LEADER_TIMEOUT = 2.0
+CONFIG = f"""\
+[auth]
+enabled = true
+
+[mesh]
+username = "alice"
+password_source = "env:MESH_PASSWORD"
+heartbeat_interval_secs = 1
+leader_timeout_secs = {LEADER_TIMEOUT}
+"""
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
+    """Poll `check` until it returns something truthy (its value), failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (httpx.HTTPError, KeyError, AssertionError) as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Node:
+    """One instance: its home, its process, and a logged-in client."""
+
+    name: str
+    home: Path
+    port: int
+    join: tuple[str, ...] = ()
+    process: ServerProcess | None = None
+    http: httpx.Client | None = None
+    instance_id: str = ""
+
+    def start(self) -> Node:
+        self.process = ServerProcess(self.home, *self.join, port=self.port, MESH_PASSWORD=PASSWORD).start()
+        with self.process.client() as anonymous:
+            token = anonymous.post("/auth/token", json={"username": "alice", "password": PASSWORD}).json()[
+                "token"
+            ]
+        self.http = self.process.client(token)
+        self.instance_id = (self.home / "instance_id").read_text().strip()
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.http is not None:
+            self.http.close()
+            self.http = None
+        if self.process is not None:
+            self.process.stop(sig)
+
+    def view(self) -> dict[str, Any]:
+        assert self.http is not None
+        response = self.http.get("/registry/agents")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def live(self) -> dict[str, str]:
+        return {m["instance_id"]: m["status"] for m in self.view()["instances"]}
+
+
+def make_node(root: Path, name: str) -> Node:
+    home = root / name
+    home.mkdir(mode=0o700)
+    result = run_cli(home, "auth", "add-user", "alice", "--password-stdin", input=PASSWORD + "\n")
+    assert result.returncode == 0, result.stderr
+    (home / "spec-ai.config.toml").write_text(CONFIG)
+    return Node(name, home, free_port())
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Node]]:
+    """A registry and two members that joined it with --join/--join-fingerprint."""
+    root = tmp_path_factory.mktemp("mesh")
+    registry = make_node(root, "registry").start()
+    assert registry.process is not None
+    join = ("--join", registry.process.url, "--join-fingerprint", registry.process.fingerprint)
+    nodes = {"registry": registry}
+    try:
+        for name in ("a", "b"):
+            node = make_node(root, name)
+            node.join = join
+            nodes[name] = node.start()
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+def everyone_agrees(nodes: list[Node], leader: str, members: set[str]) -> bool:
+    views = [node.view() for node in nodes]
+    return all(
+        view["leader_id"] == leader
+        and {m["instance_id"] for m in view["instances"] if m["status"] == "live"} == members
+        for view in views
+    )
+
+
+def test_members_join_and_every_instance_reports_the_registry_as_leader(mesh: dict[str, Node]) -> None:
+    registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
+    ids = {registry.instance_id, a.instance_id, b.instance_id}
+    assert len(ids) == 3
+    wait_until(lambda: everyone_agrees([registry, a, b], registry.instance_id, ids), what="a mesh of three")
+    listed = registry.view()
+    assert listed["self_id"] == registry.instance_id
+    entries = {m["instance_id"]: m for m in listed["instances"]}
+    assert entries[registry.instance_id]["is_leader"] is True
+    assert "registry" in entries[registry.instance_id]["capabilities"]
+    assert entries[a.instance_id]["base_url"] == a.process.url if a.process else False
+    assert entries[a.instance_id]["fingerprint"] == (a.process.fingerprint if a.process else None)
+    assert a.process is not None and "joined the mesh at" in a.process.text()
+
+
+def test_broadcast_reaches_both_members_and_acks_are_per_recipient(mesh: dict[str, Node]) -> None:
+    registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
+    http = registry.http
+    assert http is not None
+    sent = http.post(
+        f"/messages/send/{registry.instance_id}",
+        json={"message_type": "notification", "payload": {"hello": "mesh"}},
+    )
+    assert sent.status_code == 200, sent.text
+    body = sent.json()
+    assert body["status"] == "queued" and sorted(body["delivered_to"]) == sorted(
+        [a.instance_id, b.instance_id]
+    )
+
+    def inbox(node: Node) -> list[str]:
+        found = http.get(f"/messages/{node.instance_id}")
+        assert found.status_code == 200, found.text
+        return [m["message_id"] for m in found.json()["messages"]]
+
+    assert body["message_id"] in inbox(a) and body["message_id"] in inbox(b)
+    assert body["message_id"] not in inbox(registry)  # not its sender
+    message = http.get(f"/messages/{a.instance_id}").json()["messages"][-1]
+    assert message["message_type"] == "Notification" and message["target_instance"] is None
+    acked = http.post(f"/messages/ack/{a.instance_id}", json={"message_ids": [body["message_id"]]})
+    assert acked.status_code == 204
+    assert body["message_id"] not in inbox(a) and body["message_id"] in inbox(b)
+
+
+def test_a_send_to_an_unknown_target_is_refused_and_stores_nothing(mesh: dict[str, Node]) -> None:
+    registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
+    http = registry.http
+    assert http is not None
+    before = {
+        n.instance_id: http.get(f"/messages/{n.instance_id}").json()["messages"] for n in (registry, a, b)
+    }
+    refused = http.post(
+        f"/messages/send/{a.instance_id}",
+        json={"message_type": "Query", "payload": {}, "target_instance": "nobody-here"},
+    )
+    assert_error(refused, 404, "unknown_instance")
+    stranger = http.post("/messages/send/stranger", json={"message_type": "Query", "payload": {}})
+    assert_error(stranger, 404, "unknown_instance")
+    too_big = http.post(
+        f"/messages/send/{a.instance_id}",
+        json={"message_type": "Query", "payload": "x" * 70_000, "target_instance": b.instance_id},
+    )
+    assert_error(too_big, 413, "payload_too_large")
+    after = {
+        n.instance_id: http.get(f"/messages/{n.instance_id}").json()["messages"] for n in (registry, a, b)
+    }
+    assert after == before
+
+
+def test_an_evicted_member_registers_again_by_itself(mesh: dict[str, Node]) -> None:
+    registry, a = mesh["registry"], mesh["a"]
+    assert registry.http is not None
+    assert registry.http.delete(f"/registry/deregister/{a.instance_id}").status_code == 204
+    assert_error(registry.http.post(f"/registry/heartbeat/{a.instance_id}", json={}), 404, "unknown_instance")
+    wait_until(lambda: registry.live().get(a.instance_id) == "live", what="member a to re-register")
+
+
+def test_a_registry_restart_keeps_members_and_messages(mesh: dict[str, Node]) -> None:
+    registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
+    assert registry.http is not None
+    sent = registry.http.post(
+        f"/messages/send/{a.instance_id}",
+        json={"message_type": "TaskDelegation", "payload": {"task": 1}, "target_instance": b.instance_id},
+    ).json()
+    registry.stop()
+    registry.start()
+    ids = {registry.instance_id, a.instance_id, b.instance_id}
+    assert set(registry.live()) == ids  # persisted, even before anyone heartbeats again
+    waiting = registry.http.get(f"/messages/{b.instance_id}").json()["messages"]  # type: ignore[union-attr]
+    assert sent["message_id"] in [m["message_id"] for m in waiting]
+    wait_until(
+        lambda: everyone_agrees([registry, a, b], registry.instance_id, ids), what="heartbeats to resume"
+    )
+
+
+def test_a_stale_leader_is_replaced_the_same_way_everywhere(mesh: dict[str, Node]) -> None:
+    registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
+    assert registry.process is not None and registry.process.proc is not None
+    members = {a.instance_id, b.instance_id}
+    successor = min((a, b), key=lambda n: (created(registry, n.instance_id), n.instance_id)).instance_id
+    os.kill(registry.process.proc.pid, signal.SIGSTOP)  # alive but silent: it goes stale
+    try:
+        wait_until(
+            lambda: everyone_agrees([a, b], successor, members), what="a new leader while the registry hangs"
+        )
+    finally:
+        os.kill(registry.process.proc.pid, signal.SIGCONT)
+    everyone = {registry.instance_id, *members}
+    wait_until(
+        lambda: everyone_agrees([registry, a, b], registry.instance_id, everyone), what="the registry back"
+    )
+    registry.stop(signal.SIGKILL)  # killed: the same successor, deterministically
+    wait_until(lambda: everyone_agrees([a, b], successor, members), what="a new leader after kill -9")
+
+
+def test_a_member_that_stops_deregisters(mesh: dict[str, Node]) -> None:
+    a, b = mesh["a"], mesh["b"]
+    b.stop()
+    wait_until(lambda: b.instance_id not in a.live(), timeout=5, what="b to leave a's view")
+
+
+def test_a_wrong_join_fingerprint_refuses_to_join(mesh: dict[str, Node], tmp_path: Path) -> None:
+    target = mesh["a"]  # any live instance will do as the registry here
+    assert target.process is not None
+    node = make_node(tmp_path, "intruder")
+    wrong = "AA:" * 31 + "AA"
+    proc = ServerProcess(node.home, "--join", target.process.url, "--join-fingerprint", wrong, port=node.port)
+    proc.env["MESH_PASSWORD"] = PASSWORD
+    try:
+        proc.start()  # it may exit before printing its listening line, or right after
+    except RuntimeError:
+        pass
+    assert proc.proc is not None
+    code = proc.proc.wait(15)
+    output = proc.text()
+    assert code == 5, output
+    assert "cannot join the mesh" in output and target.process.fingerprint in output and wrong in output
+    assert node.home.joinpath("instance_id").read_text().strip() not in target.live()
+
+
+def created(node: Node, instance_id: str) -> str:
+    return next(m["created_at"] for m in node.view()["instances"] if m["instance_id"] == instance_id)
