@@ -7,7 +7,8 @@ DESIGN.md §7 wants speed reported as ratios measured in one run, so this script
 (SQLite, the default database; auth off, as on loopback; throwaway SPECAI_HOME), which lists itself as a mesh
 member, registers two more members (`bench-a`, `bench-b`) with `POST /registry/register`, and loads it over
 keep-alive HTTP/1.1 + TLS with 1 and with 8 concurrent workers, one connection each, each running its requests
-one after another:
+one after another. Before each measurement the script heartbeats bench-a and bench-b (nothing else does), so
+they stay live members.
 
 1. cycle: the worker sends a direct `Notification` from one member to another, fetches the recipient's inbox,
    finds its message there exactly once (with its payload, source, target and type intact) and acks it (204).

@@ -252,7 +252,7 @@ def test_a_wrong_join_fingerprint_refuses_to_join(mesh: dict[str, Node], tmp_pat
     except RuntimeError:
         pass
     assert proc.proc is not None
-    code = proc.proc.wait(15)
+    code = proc.wait_exit(15)
     output = proc.text()
     assert code == 5, output
     assert "cannot join the mesh" in output and target.process.fingerprint in output and wrong in output
