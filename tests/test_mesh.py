@@ -260,3 +260,12 @@ def test_unknown_message_types_are_refused(bad: object) -> None:
     with pytest.raises(UnprocessableError) as caught:
         parse_message_type(bad)
     assert "Notification" in caught.value.details["valid"]
+
+
+async def test_a_broadcast_with_no_other_member_stores_nothing(
+    registry: MeshRegistry, queue: MessageQueue
+) -> None:
+    _, recipients = await queue.send("self", None, "Notification", {})
+    assert recipients == [] and await queue.pending() == 0
+    async with queue.store.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(mesh_messages)) == 0

@@ -59,11 +59,18 @@ class Mesh:
         return json.loads(ok(self.run(*args, "--json")).stdout)
 
     def inbox(self, instance_id: str) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = self.json("inbox", instance_id)["messages"]
+        """What the server holds for a member, read over HTTPS (the CLI's own `inbox` is tested on its own)."""
+        with self.server.client(self.token) as http:
+            response = http.get(f"/messages/{instance_id}")
+        assert response.status_code == 200, response.text
+        messages: list[dict[str, Any]] = response.json()["messages"]
         return messages
 
     def member_ids(self) -> set[str]:
-        return {m["instance_id"] for m in self.json("members")["instances"]}
+        with self.server.client(self.token) as http:
+            response = http.get("/registry/agents")
+        assert response.status_code == 200, response.text
+        return {m["instance_id"] for m in response.json()["instances"]}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +107,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         found.self_id = found.json("members")["self_id"]
         yield found
     finally:
-        print("SERVER OUTPUT", server.proc.poll(), server.text())
         server.stop()
 
 
@@ -148,7 +154,7 @@ def test_members_json_and_table(mesh: Mesh) -> None:
     assert by_id["gone-1"]["status"] == "stale"
     assert by_id["live-1"]["base_url"] == "https://127.0.0.1:4001"
 
-    mesh.register("live-1")
+    mesh.register("live-1", agents=("default", "coder"))
     table = ok(mesh.run("members")).stdout
     header = table.splitlines()[1]
     for column in ("instance", "status", "leader", "base URL", "agents", "last heartbeat", "capabilities"):
@@ -184,7 +190,7 @@ def test_send_to_one_member_and_read_its_inbox(mesh: Mesh) -> None:
     message_id = queued_id(sent)
     assert sent.stdout.strip() == f"queued {message_id} for 1 member: a2"
 
-    [message] = mesh.inbox("a2")
+    [message] = mesh.json("inbox", "a2")["messages"]
     assert message["message_id"] == message_id
     assert message["source_instance"] == "a1" and message["target_instance"] == "a2"
     assert message["message_type"] == "TaskDelegation"

@@ -381,6 +381,8 @@ class MessageQueue:
                     details={"target_instance": target},
                 )
             recipients = [target] if target is not None else sorted(known - {source})
+            if not recipients:  # a broadcast from the only member: nobody could ever acknowledge it
+                return message, recipients
             row_id = await conn.scalar(
                 insert(mesh_messages)
                 .values(
@@ -394,10 +396,9 @@ class MessageQueue:
                 )
                 .returning(mesh_messages.c.id)
             )
-            if recipients:
-                await conn.execute(
-                    insert(mesh_deliveries), [{"message_id": row_id, "recipient": r} for r in recipients]
-                )
+            await conn.execute(
+                insert(mesh_deliveries), [{"message_id": row_id, "recipient": r} for r in recipients]
+            )
         return message, recipients
 
     async def inbox(self, recipient: str, limit: int = INBOX_LIMIT) -> list[AgentMessage]:

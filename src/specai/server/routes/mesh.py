@@ -117,7 +117,10 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         message, recipients = await server.messages().send(
             source, data.target_instance, data.message_type, data.payload, data.correlation_id
         )
-        return {"message_id": message.message_id, "status": "queued", "delivered_to": recipients}
+        status = (
+            "queued" if recipients else "no_recipients"
+        )  # a broadcast with no other member stores nothing
+        return {"message_id": message.message_id, "status": status, "delivered_to": recipients}
 
     @get("/messages/{instance_id:str}", operation_id="MeshInbox", tags=["mesh"])
     async def inbox(instance_id: FromPath[str]) -> dict[str, Any]:
