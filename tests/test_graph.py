@@ -20,7 +20,7 @@ from specai.errors import (
     VersionConflictError,
 )
 from specai.graph import NODE_TYPES, Change, GraphPlan, GraphStore, PlannedEdge, PlannedNode
-from specai.store import Store, graph_changelog, graph_edges, graph_nodes, sessions, utcnow
+from specai.store import SCHEMA_VERSION, Store, graph_changelog, graph_edges, graph_nodes, sessions, utcnow
 
 pytestmark = pytest.mark.anyio
 
@@ -443,7 +443,7 @@ async def test_upgrading_a_version_1_database_keeps_its_data(db_settings: Settin
                     id="kept", owner="alice", agent="default", created_at=now, updated_at=now
                 )
             )
-        assert await old.migrate() == 2
+        assert await old.migrate() == SCHEMA_VERSION
         async with old.connect() as conn:
             assert await conn.scalar(select(sessions.c.owner).where(sessions.c.id == "kept")) == "alice"
             assert await conn.scalar(select(func.count()).select_from(graph_nodes)) == 0

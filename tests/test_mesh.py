@@ -269,3 +269,20 @@ async def test_a_broadcast_with_no_other_member_stores_nothing(
     assert recipients == [] and await queue.pending() == 0
     async with queue.store.connect() as conn:
         assert await conn.scalar(select(func.count()).select_from(mesh_messages)) == 0
+
+
+async def test_upgrading_a_version_2_database_keeps_its_graph(db_settings: object) -> None:
+    from specai.graph import GraphStore
+    from specai.store import SCHEMA_VERSION
+
+    old = await Store.open(db_settings, migrate=False)  # type: ignore[arg-type]
+    try:
+        assert await old.migrate(target=2) == 2
+        node = await GraphStore(old).create_node("kept", "entity", "before the mesh")
+        assert await old.migrate() == SCHEMA_VERSION == 3
+        assert (await GraphStore(old).get_node(node.id)).label == "before the mesh"
+        registry = MeshRegistry(old, "self", 15)
+        await registry.register(info("self"))
+        assert [m.instance_id for m in (await registry.view()).members] == ["self"]
+    finally:
+        await old.close()

@@ -248,6 +248,20 @@ def test_broadcast_skips_the_sender_and_ack_is_per_recipient(mesh: Mesh) -> None
     assert mesh.inbox("b3") == []
 
 
+def test_broadcast_with_no_other_member_queues_nothing(mesh: Mesh) -> None:
+    with mesh.server.client(mesh.token) as http:
+        for instance_id in mesh.member_ids() - {mesh.self_id}:
+            assert http.delete(f"/registry/deregister/{instance_id}").status_code == 204
+    mine = mesh.inbox(mesh.self_id)
+    alone = ok(mesh.run("send", "--broadcast", "--type", "Notification", "--payload", '"anyone?"'))
+    assert alone.stdout.strip() == (
+        f"nothing queued: {mesh.self_id} is the only member, so the broadcast has no recipient"
+    )
+    body = mesh.json("send", "--broadcast", "--type", "Notification", "--payload", "1")
+    assert body["delivered_to"] == []
+    assert mesh.inbox(mesh.self_id) == mine
+
+
 # --- errors -------------------------------------------------------------------------------------------------------
 
 

@@ -181,13 +181,16 @@ def send(
         print_json(body)
         return
     recipients = [str(r) for r in body.get("delivered_to") or []]
-    count = len(recipients)
-    line = f"queued {body['message_id']} for {count} member{'' if count == 1 else 's'}"
-    out.print(line + (": " + ", ".join(recipients) if recipients else ""), markup=False)
-    if not recipients:
-        err.print(
-            f"{sender} is the only member: nobody will receive this broadcast", style="dim", markup=False
+    if not recipients:  # a broadcast from the only member: the server stores nothing
+        out.print(
+            f"nothing queued: {sender} is the only member, so the broadcast has no recipient", markup=False
         )
+        return
+    count = len(recipients)
+    line = (
+        f"queued {body['message_id']} for {count} member{'' if count == 1 else 's'}: {', '.join(recipients)}"
+    )
+    out.print(line, markup=False)
 
 
 @app.command("inbox")
