@@ -469,10 +469,17 @@ def test_every_protected_route_rejects_missing_and_bad_tokens(auth_live: ServerP
         "/v1/chat/completions": {"model": "default", "messages": [{"role": "user", "content": "hi"}]},
     }
     bodies["/graph/nodes/{node_id}"] = bodies["/graph/edges/{edge_id}"] = {"properties": {}, "weight": 0.5}
+    bodies["/messages/send/{source}"] = {"message_type": "Query"}
+    bodies["/messages/ack/{instance_id}"] = {"message_ids": []}
     session = {"session_id": "s"}
     queries = {"/graph/nodes": session, "/graph/edges": session, "/graph/stream": session}
     # authenticated, these get past auth and fail on their empty body (or, for /bootstrap, on a home that is no repo)
-    refused = {("/graph/nodes", "POST"), ("/graph/edges", "POST"), ("/bootstrap", "POST")}
+    refused = {
+        ("/graph/nodes", "POST"),
+        ("/graph/edges", "POST"),
+        ("/bootstrap", "POST"),
+        ("/registry/register", "POST"),
+    }
 
     with auth_live.client() as client:
         paths = client.get("/schema/openapi.json").json()["paths"]
@@ -506,8 +513,12 @@ def test_every_protected_route_rejects_missing_and_bad_tokens(auth_live: ServerP
                     assert streamed.status_code == 200
                 continue
             ok = client.request(method, url, json=body, headers={"Authorization": f"Bearer {good}"})
-            if "{" in path:  # the placeholder id names nothing: authenticated, then not found
-                assert_error(ok, 404, "not_found")
+            if path == "/messages/ack/{instance_id}":  # acknowledging nothing is fine
+                assert ok.status_code == 204, ok.text
+            elif "{" in path:  # the placeholder id names nothing: authenticated, then not found
+                assert ok.status_code == 404, (path, method, ok.text)
+                assert_error(ok, 404, ok.json()["code"])
+                assert ok.json()["code"] in ("not_found", "unknown_instance")
             elif (path, method) in refused:
                 assert ok.status_code == 400, (path, method, ok.text)
             else:
