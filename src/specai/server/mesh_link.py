@@ -116,14 +116,15 @@ class Peer:
 
 
 class MeshLink:
-    """Joins the registry (if `join_url`), then heartbeats every peer until the server stops, then leaves."""
+    """A member joins the registry, heartbeats every peer until the server stops, then leaves; a registry (no
+    `join_url`) only keeps its own entry fresh and evicts members that went silent."""
 
     def __init__(
         self,
         settings: Settings,
         registry: MeshRegistry,
         me: MemberInfo,
-        join_url: str,
+        join_url: str | None,
         join_fingerprint: str | None,
         credentials: Credentials,
         announce: Callable[[str], None] = print,
@@ -133,7 +134,7 @@ class MeshLink:
         self.failing: set[str] = set()  # peers whose last heartbeat failed: warn once, then on recovery
         self.registry = registry
         self.me = me
-        self.join = parse_server(join_url)
+        self.join = parse_server(join_url) if join_url else None
         self.join_fingerprint = join_fingerprint
         self.credentials = credentials
         self.peers: dict[str, Peer] = {}
@@ -141,6 +142,7 @@ class MeshLink:
 
     async def start(self) -> None:
         """Join the registry; trust and login failures raise (the server must not run half-joined)."""
+        assert self.join is not None
         peer = Peer(self.join, self.credentials, self.join_fingerprint)
         try:
             await peer.open(KnownServers(self.settings.home))
@@ -170,7 +172,7 @@ class MeshLink:
         started = asyncio.get_running_loop().time()
         evict_after = self.settings.mesh.leader_timeout_secs * EVICT_AFTER_TIMEOUTS
         try:
-            while self.registry_id is None and not stopping.is_set():
+            while self.join is not None and self.registry_id is None and not stopping.is_set():
                 try:
                     await self.start()
                 except (ConnectionFailedError, httpx.HTTPError) as exc:
@@ -195,8 +197,10 @@ class MeshLink:
                 await peer.aclose()
 
     async def beat(self) -> None:
-        """Touch our own entry and heartbeat every peer at once."""
+        """Touch our own entry and (as a member) heartbeat every peer at once."""
         await self.registry.touch(self.me.instance_id)
+        if self.join is None:
+            return
         view = await self.registry.view()
         for member in view.members:
             if member.instance_id != self.me.instance_id and member.instance_id not in self.peers:
@@ -216,7 +220,7 @@ class MeshLink:
                 "POST", f"/registry/heartbeat/{self.me.instance_id}", {"status": "healthy"}
             )
             if response.status_code == 404:
-                log.info("%s does not know this server (any more); registering again", peer.address.origin)
+                log.debug("%s does not know this server (any more); registering again", peer.address.origin)
                 body = await self._register(peer)
             elif response.status_code == 200:
                 body = response.json()

@@ -17,7 +17,7 @@ from specai.config import Settings
 from specai.errors import SpecaiError
 from specai.graph import GraphStore
 from specai.mesh import MemberInfo, MeshRegistry, MessageQueue, load_instance_id
-from specai.server.mesh_link import MeshLink, mesh_credentials
+from specai.server.mesh_link import Credentials, MeshLink, mesh_credentials
 from specai.sessions import SessionStore
 from specai.store import Store
 from specai.throttle import LoginThrottle
@@ -125,16 +125,15 @@ class ServerState:
             await asyncio.sleep(_PRUNE_EVERY_SECS)
 
     def serving(self) -> None:
-        """The server answers: join the mesh now if asked to (a member registers only once it can be reached)."""
-        if self.join_url is None:
-            return
+        """The server answers: keep its mesh entry fresh, and join the mesh now if asked to (a member registers
+        only once it can be reached)."""
         link = MeshLink(
             self.settings,
             self.mesh(),
             self.self_info(),
             self.join_url,
             self.join_fingerprint,
-            mesh_credentials(self.settings),
+            mesh_credentials(self.settings) if self.join_url else Credentials(),
             self.announce,
         )
         self._link = asyncio.create_task(self._run_link(link))
