@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -54,6 +55,7 @@ class Node:
     join: tuple[str, ...] = ()
     process: ServerProcess | None = None
     http: httpx.Client | None = None
+    token: str = ""
     instance_id: str = ""
 
     def start(self) -> Node:
@@ -133,6 +135,21 @@ def test_members_join_and_every_instance_reports_the_registry_as_leader(mesh: di
     assert entries[a.instance_id]["base_url"] == a.process.url if a.process else False
     assert entries[a.instance_id]["fingerprint"] == (a.process.fingerprint if a.process else None)
     assert a.process is not None and "joined the mesh at" in a.process.text()
+    assert registry.process is not None
+    shown = run_cli(
+        a.home,
+        "mesh",
+        "members",
+        "--json",
+        "--server",
+        registry.process.url,
+        "--fingerprint",
+        registry.process.fingerprint,
+        SPECAI_TOKEN=registry.token,
+    )
+    assert shown.returncode == 0, shown.stderr
+    body = json.loads(shown.stdout)
+    assert body["leader_id"] == registry.instance_id and {m["instance_id"] for m in body["instances"]} == ids
 
 
 def test_broadcast_reaches_both_members_and_acks_are_per_recipient(mesh: dict[str, Node]) -> None:
