@@ -65,6 +65,7 @@ class Node:
                 "token"
             ]
         self.http = self.process.client(token)
+        self.token = token
         self.instance_id = (self.home / "instance_id").read_text().strip()
         return self
 
