@@ -195,6 +195,15 @@ def test_a_send_to_an_unknown_target_is_refused_and_stores_nothing(mesh: dict[st
     assert_error(refused, 404, "unknown_instance")
     stranger = http.post("/messages/send/stranger", json={"message_type": "Query", "payload": {}})
     assert_error(stranger, 404, "unknown_instance")
+    impostor = {
+        "instance_id": registry.instance_id,
+        "hostname": "evil",
+        "port": 1,
+        "capabilities": [],
+        "agent_profiles": [],
+    }
+    assert_error(http.post("/registry/register", json=impostor), 409, "conflict")
+    assert_error(http.delete(f"/registry/deregister/{registry.instance_id}"), 409, "conflict")
     too_big = http.post(
         f"/messages/send/{a.instance_id}",
         json={"message_type": "Query", "payload": "x" * 70_000, "target_instance": b.instance_id},

@@ -10,6 +10,7 @@ from litestar import delete, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody
 
+from specai.errors import ConflictError
 from specai.mesh import MemberInfo, check_instance_id
 from specai.server.state import ServerState
 
@@ -59,6 +60,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
     @post("/registry/register", operation_id="MeshRegister", tags=["mesh"], status_code=200)
     async def register(data: JSONBody[RegisterIn]) -> dict[str, Any]:
         """Add (or refresh) a member; answers the leader and every member, this server included."""
+        _not_self(server, data.instance_id)
         info = MemberInfo(
             data.instance_id,
             data.hostname,
@@ -108,7 +110,8 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         status_code=204,
     )
     async def deregister(instance_id: FromPath[str]) -> None:
-        """Remove a member (404 if unknown)."""
+        """Remove a member (404 if unknown; 409 for this server itself, which keeps its rank)."""
+        _not_self(server, instance_id)
         await server.mesh().deregister(instance_id)
 
     @post("/messages/send/{source:str}", operation_id="MeshSend", tags=["mesh"], status_code=200)
@@ -140,3 +143,8 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         await server.messages().ack(instance_id, data.message_ids)
 
     return [register, members, heartbeat, deregister, send, inbox, ack]
+
+
+def _not_self(server: ServerState, instance_id: str) -> None:
+    if instance_id == server.instance_id:
+        raise ConflictError(f"'{instance_id}' is this server's own instance id; it manages its own entry")
