@@ -99,7 +99,7 @@ class ServerState:
         return self.runtime.sessions
 
     async def start(self) -> None:
-        """Open the database (migrating it) and give the agents their session store."""
+        """Open the database (migrating it), give the agents their sessions and graph, register in the mesh."""
         self.store = await Store.open(self.settings)
         self.runtime.sessions = SessionStore(self.store)
         self._graph = GraphStore(self.store)
@@ -145,14 +145,16 @@ class ServerState:
             self.fatal = exc
             if self.request_stop is not None:
                 self.request_stop()
+        except Exception:
+            log.exception("the mesh link failed; this server no longer heartbeats its peers")
 
     async def stop(self) -> None:
         """Stop background work, close provider connections and the database."""
+        if self._link is not None:  # it deregisters from its peers once `stopping` is set
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._link), 2)
         for task in (self._pruner, self._link):
             if task is not None:
-                if task is self._link:  # it deregisters from its peers when `stopping` is set
-                    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                        await asyncio.wait_for(asyncio.shield(task), 2)
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
