@@ -313,6 +313,17 @@ class _Write:
     session_id: str
     now: dt.datetime = field(default_factory=utcnow)
 
+    def new_entity(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """The columns of a new node or edge: `fields` plus a fresh uid, the session, version 1 and timestamps."""
+        return {
+            "uid": str(uuid.uuid4()),
+            "session_id": self.session_id,
+            **fields,
+            "version": 1,
+            "created_at": self.now,
+            "updated_at": self.now,
+        }
+
     async def log(self, kind: str, operation: str, entity: Node | Edge) -> None:
         await self.conn.execute(
             _LOG_CHANGE,
@@ -368,19 +379,8 @@ class GraphStore:
             return await self._insert_node(tx, kind, label, props or {})
 
     async def _insert_node(self, tx: _Write, kind: str, label: str, props: dict[str, Any]) -> Node:
-        uid = str(uuid.uuid4())
-        values: dict[str, Any] = {
-            "uid": uid,
-            "session_id": tx.session_id,
-            "node_type": kind,
-            "label": label,
-            "properties": props,
-            "version": 1,
-            "created_at": tx.now,
-            "updated_at": tx.now,
-        }
-        node_id = await tx.conn.scalar(_INSERT_NODE, values)
-        node = Node(id=int(node_id or 0), **values)
+        values = tx.new_entity({"node_type": kind, "label": label, "properties": props})
+        node = Node(id=int(await tx.conn.scalar(_INSERT_NODE, values) or 0), **values)
         await tx.log("node", "create", node)
         return node
 
@@ -457,27 +457,9 @@ class GraphStore:
             _check_version("node", current.id, current.version, expected_version)
             props = properties if properties is not None else current.properties
             if merge is not None:
-                props = {**current.properties, **merge}
-                props = {key: value for key, value in props.items() if value is not None}
-            changed = replace(
-                current,
-                label=current.label if label is None else label,
-                properties=props,
-                version=current.version + 1,
-                updated_at=tx.now,
-            )
-            await tx.conn.execute(
-                update(graph_nodes)
-                .where(graph_nodes.c.id == node_id)
-                .values(
-                    label=changed.label,
-                    properties=props,
-                    version=changed.version,
-                    updated_at=changed.updated_at,
-                )
-            )
-            await tx.log("node", "update", changed)
-            return changed
+                props = _merged(current.properties, merge)
+            new_label = current.label if label is None else label
+            return await self._rewrite_node(tx, current, current.node_type, new_label, props)
 
     async def delete_node(self, node_id: int) -> int:
         """Delete a node and every edge touching it in one transaction; returns how many edges went with it."""
@@ -526,21 +508,17 @@ class GraphStore:
         props: dict[str, Any] | None,
         weight: float,
     ) -> Edge:
-        values: dict[str, Any] = {
-            "uid": str(uuid.uuid4()),
-            "session_id": tx.session_id,
-            "source_id": source_id,
-            "target_id": target_id,
-            "edge_type": kind,
-            "predicate": predicate,
-            "properties": props,
-            "weight": weight,
-            "version": 1,
-            "created_at": tx.now,
-            "updated_at": tx.now,
-        }
-        edge_id = await tx.conn.scalar(_INSERT_EDGE, values)
-        edge = Edge(id=int(edge_id or 0), **values)
+        values = tx.new_entity(
+            {
+                "source_id": source_id,
+                "target_id": target_id,
+                "edge_type": kind,
+                "predicate": predicate,
+                "properties": props,
+                "weight": weight,
+            }
+        )
+        edge = Edge(id=int(await tx.conn.scalar(_INSERT_EDGE, values) or 0), **values)
         await tx.log("edge", "create", edge)
         return edge
 
@@ -589,7 +567,7 @@ class GraphStore:
             _check_version("edge", current.id, current.version, expected_version)
             props = current.properties
             if merge is not None:
-                props = {k: v for k, v in {**(current.properties or {}), **merge}.items() if v is not None}
+                props = _merged(current.properties or {}, merge)
             return await self._rewrite_edge(
                 tx,
                 current,
@@ -601,6 +579,7 @@ class GraphStore:
     async def _rewrite_edge(
         self, tx: _Write, current: Edge, predicate: str | None, props: dict[str, Any] | None, weight: float
     ) -> Edge:
+        """Store an edge's new predicate, properties and weight as its next version, and log the update."""
         changed = replace(
             current,
             predicate=predicate,
@@ -736,6 +715,7 @@ class GraphStore:
     async def _rewrite_node(
         self, tx: _Write, current: Node, kind: str, label: str, props: dict[str, Any]
     ) -> Node:
+        """Store a node's new type, label and properties as its next version, and log the update."""
         changed = replace(
             current,
             node_type=kind,
@@ -829,6 +809,11 @@ class GraphStore:
         return rows, None
 
 
+def _merged(properties: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """PATCH semantics: `changes` overwrite `properties`, and a key set to null is removed."""
+    return {key: value for key, value in {**properties, **changes}.items() if value is not None}
+
+
 def _check_plan(plan: GraphPlan) -> None:
     """A plan is built by code, not users: a bad one is a bug, reported before anything is written."""
     keys = [planned.key for planned in plan.nodes]
@@ -891,48 +876,15 @@ async def _pruned_through(conn: AsyncConnection) -> int:
 
 
 def _node(row: Row[Any]) -> Node:
-    return Node(
-        id=row.id,
-        uid=row.uid,
-        version=row.version,
-        session_id=row.session_id,
-        node_type=row.node_type,
-        label=row.label,
-        properties=row.properties,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return Node(**row._mapping)  # the table's columns are exactly the dataclass's fields
 
 
 def _edge(row: Row[Any]) -> Edge:
-    return Edge(
-        id=row.id,
-        uid=row.uid,
-        version=row.version,
-        session_id=row.session_id,
-        source_id=row.source_id,
-        target_id=row.target_id,
-        edge_type=row.edge_type,
-        predicate=row.predicate,
-        properties=row.properties,
-        weight=row.weight,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return Edge(**row._mapping)
 
 
 def _change(row: Row[Any]) -> Change:
-    return Change(
-        id=row.id,
-        session_id=row.session_id,
-        entity_type=row.entity_type,
-        entity_id=row.entity_id,
-        entity_uid=row.entity_uid,
-        operation=row.operation,
-        version=row.version,
-        data=row.data,
-        created_at=row.created_at,
-    )
+    return Change(**row._mapping)
 
 
 def _escape_like(words: str) -> str:
