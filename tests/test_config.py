@@ -458,3 +458,10 @@ def test_mesh_timings_must_be_at_least_one_second(
 ) -> None:
     with pytest.raises(ConfigError, match=f"\\[mesh\\] {key}: must be 1 or more"):
         load(f"[mesh]\n{key} = {value}\n", tmp_path, env, cwd)
+
+
+def test_mesh_advertise_url_must_be_https(tmp_path: Path, env: dict[str, str], cwd: Path) -> None:
+    with pytest.raises(ConfigError, match="advertise_url: must be an https:// URL"):
+        load('[mesh]\nadvertise_url = "http://10.0.0.7:3000"\n', tmp_path, env, cwd)
+    settings = load('[mesh]\nadvertise_url = "https://10.0.0.7:3000"\n', tmp_path, env, cwd)
+    assert settings.mesh.advertise_url == "https://10.0.0.7:3000"

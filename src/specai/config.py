@@ -242,6 +242,11 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("mesh", "heartbeat_interval_secs"): lambda v: None if v >= 1 else "must be 1 or more",
     ("mesh", "leader_timeout_secs"): lambda v: None if v >= 1 else "must be 1 or more",
     ("mesh", "max_payload_bytes"): _positive,
+    ("mesh", "advertise_url"): lambda v: (
+        None
+        if v is None or (v.startswith("https://") and len(v) > len("https://"))
+        else "must be an https:// URL (peers only speak TLS)"
+    ),
     ("mesh", "message_retention_secs"): _positive,
     ("graph", "stream_poll_secs"): _positive,
     ("agents", "max_tool_iterations"): lambda v: None if 0 <= v <= 50 else "must be from 0 to 50",
