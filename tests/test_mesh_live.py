@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from databases import ENGINES, pg_execute
 
 from conftest import PASSWORD
 from helpers import ServerProcess, assert_error, free_port, run_cli
@@ -86,20 +87,27 @@ class Node:
         return {m["instance_id"]: m["status"] for m in self.view()["instances"]}
 
 
-def make_node(root: Path, name: str) -> Node:
+def make_node(root: Path, name: str, database_url: str | None = None) -> Node:
     home = root / name
     home.mkdir(mode=0o700)
     result = run_cli(home, "auth", "add-user", "alice", "--password-stdin", input=PASSWORD + "\n")
     assert result.returncode == 0, result.stderr
-    (home / "spec-ai.config.toml").write_text(CONFIG)
+    database = f'\n[database]\nurl = "{database_url}"\n' if database_url else ""
+    (home / "spec-ai.config.toml").write_text(CONFIG + database)
     return Node(name, home, free_port())
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Node]]:
-    """A registry and two members that joined it with --join/--join-fingerprint."""
-    root = tmp_path_factory.mktemp("mesh")
-    registry = make_node(root, "registry").start()
+@pytest.fixture(scope="module", params=ENGINES)
+def mesh(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Node]]:
+    """A registry (its store on each engine in turn) and two members that joined it with --join."""
+    root = tmp_path_factory.mktemp(f"mesh-{request.param}")
+    url = None
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    registry = make_node(root, "registry", url).start()
     assert registry.process is not None
     join = ("--join", registry.process.url, "--join-fingerprint", registry.process.fingerprint)
     nodes = {"registry": registry}
