@@ -102,20 +102,9 @@ class SpecaiClient:
 
     def stream(self, message: str, **fields: Any) -> Iterator[dict[str, Any]]:
         """POST /stream: yield each StreamChunk as it arrives."""
-        try:
-            with connect_sse(
-                self.http, "POST", "/stream", json=_query_body(message, fields), headers=self._auth()
-            ) as source:
-                if source.response.status_code != 200:
-                    source.response.read()
-                    raise _remote_error(source.response)
-                for event in source.iter_sse():
-                    if event.data:
-                        yield json.loads(event.data)
-        except SSEError as exc:
-            raise ConnectionFailedError(f"the server did not answer with an event stream: {exc}") from None
-        except httpx.HTTPError as exc:
-            raise _transport_error(self.server, exc) from None
+        for event in self._events("POST", "/stream", json=_query_body(message, fields)):
+            if event.data:
+                yield json.loads(event.data)
 
     # -- knowledge graph ---------------------------------------------------------------------------------------
 
@@ -220,26 +209,11 @@ class SpecaiClient:
         `sse_keepalive_secs` (15 s by default), so only a dead connection stays silent for long. Transport
         failures raise ConnectionFailedError (TrustError for a changed certificate); error answers RemoteError.
         """
-        headers = self._auth()
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = str(last_event_id)
+        headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
         path = _with_query("/graph/stream", {"session_id": session_id, "since": since})
         timeout = httpx.Timeout(30.0, read=idle_timeout)
-        try:
-            with connect_sse(self.http, "GET", path, headers=headers, timeout=timeout) as source:
-                response = source.response
-                if response.status_code != 200:
-                    response.read()
-                    raise _remote_error(response)
-                content_type = response.headers.get("content-type", "").partition(";")[0]
-                if content_type.strip() != "text/event-stream":
-                    raise SSEError(f"expected text/event-stream, got {content_type!r}")
-                for event in source.iter_sse():
-                    yield _graph_event(event)
-        except SSEError as exc:
-            raise ConnectionFailedError(f"the server did not answer with an event stream: {exc}") from None
-        except httpx.HTTPError as exc:
-            raise _transport_error(self.server, exc) from None
+        for event in self._events("GET", path, headers=headers, timeout=timeout):
+            yield _graph_event(event)
 
     # -- mesh -------------------------------------------------------------------------------------------------
 
@@ -273,6 +247,24 @@ class SpecaiClient:
         self._call("POST", f"/messages/ack/{quote(instance_id, safe='')}", {"message_ids": list(message_ids)})
 
     # -- plumbing ----------------------------------------------------------------------------------------------
+
+    def _events(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **options: Any
+    ) -> Iterator[ServerSentEvent]:
+        """The server-sent events of one request; error answers raise RemoteError, transport failures
+        ConnectionFailedError (TrustError for a changed certificate)."""
+        try:
+            with connect_sse(
+                self.http, method, path, headers={**self._auth(), **(headers or {})}, **options
+            ) as source:
+                if source.response.status_code != 200:
+                    source.response.read()
+                    raise _remote_error(source.response)
+                yield from source.iter_sse()  # checks the content type is text/event-stream
+        except SSEError as exc:
+            raise ConnectionFailedError(f"the server did not answer with an event stream: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise _transport_error(self.server, exc) from None
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
