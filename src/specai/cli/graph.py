@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
 import shlex
@@ -20,6 +19,7 @@ from rich.text import Text
 
 from specai.cli._client import FingerprintOption, JsonOption, ServerOption, open_client
 from specai.cli._console import USAGE, err, fail, handle_errors, out, print_json, warn
+from specai.cli._format import clip, local_time
 from specai.config import DEFAULT_SERVER_URL
 from specai.errors import ConnectionFailedError, RemoteError
 
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 DEFAULT_SESSION = "default"
 BACKOFF_START = 0.5  # seconds before the first reconnection attempt; doubles up to BACKOFF_MAX
 BACKOFF_MAX = 5.0
-SUMMARY_WIDTH = 60
 
 app = typer.Typer(
     help="The knowledge graph on a server: nodes, edges, bootstrap, and a live feed of changes.",
@@ -103,9 +102,9 @@ def nodes(
             table.add_row(
                 str(node["id"]),
                 node["node_type"],
-                Text(_clip(node["label"])),
+                Text(clip(node["label"])),
                 Text(_summary(node.get("properties"))),
-                _when(node["updated_at"]),
+                local_time(node["updated_at"]),
             )
         out.print(table)
     _hint(next_cursor, ["nodes", *_session_args(session), *_opt("--type", node_type)], limit)
@@ -157,10 +156,10 @@ def edges(
                 str(edge["id"]),
                 edge["edge_type"],
                 f"{edge['source_id']} -> {edge['target_id']}",
-                Text(_clip(edge.get("predicate") or "")),
+                Text(clip(edge.get("predicate") or "")),
                 f"{edge['weight']:g}",
                 Text(_summary(edge.get("properties"))),
-                _when(edge["updated_at"]),
+                local_time(edge["updated_at"]),
             )
         out.print(table)
     filters = [*_opt("--type", edge_type), *_opt("--source", source), *_opt("--target", target)]
@@ -551,11 +550,6 @@ def _table(*columns: str) -> Table:
     return table
 
 
-def _clip(text: str, width: int = SUMMARY_WIDTH) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def _summary(properties: dict[str, Any] | None) -> str:
     if not properties:
         return ""
@@ -563,14 +557,4 @@ def _summary(properties: dict[str, Any] | None) -> str:
         f"{key}={value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}"
         for key, value in properties.items()
     ]
-    return _clip(", ".join(parts))
-
-
-def _when(timestamp: str) -> str:
-    try:
-        moment = dt.datetime.fromisoformat(timestamp)
-    except ValueError:
-        return timestamp
-    if moment.tzinfo is not None:
-        moment = moment.astimezone()
-    return moment.strftime("%Y-%m-%d %H:%M")
+    return clip(", ".join(parts))

@@ -12,10 +12,10 @@ from rich.text import Text
 
 from specai.cli._client import FingerprintOption, ServerOption, open_client
 from specai.cli._console import ERROR, USAGE, err, fail, handle_errors, out, print_json
+from specai.cli._format import clip, local_time, parse_time
 from specai.config import DEFAULT_SERVER_URL
 from specai.errors import RemoteError
 
-SUMMARY_WIDTH = 60
 ID_WIDTH = 48  # instance ids up to this long are never folded in the members table
 INBOX_PAGE = 1000  # the server lists at most this many messages per inbox
 CUSTOM_PREFIX = "custom:"
@@ -232,7 +232,7 @@ def inbox(
             str(message["message_id"]),
             Text(str(message.get("source_instance", ""))),
             Text(show_type(message.get("message_type"))),
-            _local(message.get("created_at")),
+            local_time(message.get("created_at"), seconds=True),
         ]
         if correlated:
             row.append(Text(str(message.get("correlation_id") or "")))
@@ -359,30 +359,12 @@ def show_type(kind: Any) -> str:
 
 
 def _summary(payload: Any) -> str:
-    text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    text = " ".join(text.split())
-    return text if len(text) <= SUMMARY_WIDTH else text[: SUMMARY_WIDTH - 1] + "…"
-
-
-def _parse_time(stamp: Any) -> dt.datetime | None:
-    if not isinstance(stamp, str):
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(stamp)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
-
-
-def _local(stamp: Any) -> str:
-    """A server timestamp in the local time zone, to the second."""
-    moment = _parse_time(stamp)
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else str(stamp or "")
+    return clip(payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False))
 
 
 def _ago(stamp: Any, now: dt.datetime) -> str:
     """`3 s ago`, `12 min ago` within the hour, else the local time."""
-    moment = _parse_time(stamp)
+    moment = parse_time(stamp)
     if moment is None:
         return str(stamp or "")
     age = now - moment
