@@ -38,6 +38,13 @@ class NotFoundError(SpecaiError):
     status = 404
 
 
+class ForbiddenError(SpecaiError):
+    """The caller may see the thing but not do this to it (role, scope or read-only share)."""
+
+    code = "forbidden"
+    status = 403
+
+
 class ConflictError(SpecaiError):
     """The thing already exists or changed underneath the caller."""
 

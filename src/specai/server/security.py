@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
+from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from specai import auth
+from specai.access import LOCAL, Principal
 from specai.errors import TokenError
 from specai.users import UserDirectory
 
@@ -66,3 +69,14 @@ def _bearer(scope: Scope) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise TokenError("malformed Authorization header: expected 'Bearer <token>'")
     return token.strip()
+
+
+def principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    """The account behind a request; the single local admin when auth is off."""
+    user = connection.scope.get("user")
+    return user if isinstance(user, Principal) else LOCAL
+
+
+def mesh_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Route guard: mesh and sync routes need a `mesh` or `admin` account with a token of that scope (else 403)."""
+    principal(connection).require("mesh", "the mesh routes")
