@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Connection,
@@ -236,6 +237,11 @@ def _v3_mesh_tables(md: MetaData) -> tuple[Table, Table, Table]:
         Column("registered_at", UTCDateTime, nullable=False),
         Column("last_heartbeat", UTCDateTime, nullable=False),
     )
+    return (members, *_v3_queue_tables(md))
+
+
+def _v3_queue_tables(md: MetaData) -> tuple[Table, Table]:
+    """The mesh message queue as schema version 3 defines it (frozen; unchanged since)."""
     mesh_messages = Table(
         "mesh_messages",
         md,
@@ -256,13 +262,79 @@ def _v3_mesh_tables(md: MetaData) -> tuple[Table, Table, Table]:
         Column("recipient", Text, primary_key=True),
         Index(None, "recipient", "message_id"),
     )
-    return members, mesh_messages, deliveries
+    return mesh_messages, deliveries
+
+
+def _v4_access_tables(md: MetaData) -> tuple[Table, Table, Table, Table]:
+    """Who owns what, as schema version 4 defines it (frozen): API keys, revoked tokens, graph owners and shares."""
+    api_keys = Table(
+        "api_keys",
+        md,
+        Column("id", Text, primary_key=True),
+        Column("owner_id", Text, nullable=False),
+        Column("owner_name", Text, nullable=False),
+        Column("name", Text, nullable=False),
+        Column("key_hash", Text, nullable=False),
+        Column("scope", Text, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("expires_at", UTCDateTime, nullable=True),
+        Column("revoked_at", UTCDateTime, nullable=True),
+        Index(None, "owner_id"),
+    )
+    revoked_tokens = Table(
+        "revoked_tokens",
+        md,
+        Column("jti", Text, primary_key=True),
+        Column("owner_id", Text, nullable=False),
+        Column("expires_at", UTCDateTime, nullable=False),
+        Index(None, "expires_at"),
+    )
+    graph_sessions = Table(
+        "graph_sessions",
+        md,
+        Column("session_id", Text, primary_key=True),
+        Column("owner_id", Text, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Index(None, "owner_id"),
+    )
+    graph_shares = Table(
+        "graph_shares",
+        md,
+        Column(
+            "session_id", Text, ForeignKey("graph_sessions.session_id", ondelete="CASCADE"), primary_key=True
+        ),
+        Column("user_id", Text, primary_key=True),
+        Column("user_name", Text, nullable=False),
+        Column("writable", Boolean, nullable=False),
+        Index(None, "user_id"),
+    )
+    return api_keys, revoked_tokens, graph_sessions, graph_shares
+
+
+def _v4_mesh_members(md: MetaData) -> Table:
+    """`mesh_members` since version 4: bound to the account (`owner_id`) that registered it; NULL = before v4."""
+    return Table(
+        "mesh_members",
+        md,
+        Column("instance_id", Text, primary_key=True),
+        Column("hostname", Text, nullable=False),
+        Column("port", Integer, nullable=False),
+        Column("base_url", Text, nullable=False),
+        Column("fingerprint", Text, nullable=True),
+        Column("capabilities", JSONText, nullable=False),
+        Column("agent_profiles", JSONText, nullable=False),
+        Column("registered_at", UTCDateTime, nullable=False),
+        Column("last_heartbeat", UTCDateTime, nullable=False),
+        Column("owner_id", Text, nullable=True),
+    )
 
 
 # The current schema; once a step alters one of these tables, define the new shape here separately.
 sessions, messages = _v1_session_tables(metadata)
 graph_nodes, graph_edges, graph_changelog, graph_changelog_state = _v2_graph_tables(metadata)
-mesh_members, mesh_messages, mesh_deliveries = _v3_mesh_tables(metadata)
+mesh_members = _v4_mesh_members(metadata)
+mesh_messages, mesh_deliveries = _v3_queue_tables(metadata)
+api_keys, revoked_tokens, graph_sessions, graph_shares = _v4_access_tables(metadata)
 
 
 # --- migrations -------------------------------------------------------------------------------------------------
@@ -295,11 +367,19 @@ def _v3_mesh(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v4_access(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    _v4_access_tables(md)
+    md.create_all(conn)
+    conn.exec_driver_sql("ALTER TABLE mesh_members ADD COLUMN owner_id TEXT")
+
+
 # Append new steps at the end; never edit or reorder a released step (upgrade tests rely on them).
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sessions and messages", _v1_sessions),
     Migration(2, "knowledge graph and its changelog", _v2_graph),
     Migration(3, "mesh members and message queue", _v3_mesh),
+    Migration(4, "access model: API keys, revoked tokens, graph owners and shares, mesh member owners", _v4_access),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
