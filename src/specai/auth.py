@@ -32,6 +32,8 @@ class TokenClaims:
     iat: int
     exp: int
     jti: str
+    uid: str  # the user's id: a later user of the same name has another one
+    gen: int  # the user's token generation when issued: raising it revokes this token
 
 
 def hash_password(password: str) -> str:
@@ -74,13 +76,24 @@ def legacy_hash(password: str, salt: bytes | None = None) -> str:
     return base64.urlsafe_b64encode(salt + digest).rstrip(b"=").decode()
 
 
+_CLAIMS = ("sub", "iat", "exp", "jti", "uid", "gen")
+
+
 def issue_token(
-    secret: str, subject: str, expiry_secs: int, now: int | None = None
+    secret: str,
+    subject: str,
+    expiry_secs: int,
+    now: int | None = None,
+    *,
+    user_id: str | None = None,
+    generation: int = 0,
 ) -> tuple[str, TokenClaims]:
-    """Sign a JWT for `subject` that expires `expiry_secs` from now."""
+    """Sign a JWT for `subject` (user id `user_id`, default the name) that expires `expiry_secs` from now."""
     iat = int(time.time()) if now is None else now
-    claims = TokenClaims(sub=subject, iat=iat, exp=iat + expiry_secs, jti=uuid.uuid4().hex)
-    payload = {"sub": claims.sub, "iat": claims.iat, "exp": claims.exp, "jti": claims.jti, "iss": ISSUER}
+    claims = TokenClaims(
+        sub=subject, iat=iat, exp=iat + expiry_secs, jti=uuid.uuid4().hex, uid=user_id or subject, gen=generation
+    )
+    payload = {name: getattr(claims, name) for name in _CLAIMS} | {"iss": ISSUER}
     return jwt.encode(payload, secret, algorithm=ALGORITHM), claims
 
 
@@ -92,13 +105,17 @@ def decode_token(secret: str, token: str) -> TokenClaims:
             secret,
             algorithms=[ALGORITHM],
             issuer=ISSUER,
-            options={"require": ["sub", "iat", "exp", "jti", "iss"]},
+            options={"require": [*_CLAIMS, "iss"]},
         )
     except jwt.ExpiredSignatureError:
         raise TokenError("token expired; run `specai login` again") from None
     except jwt.PyJWTError:
         raise TokenError("invalid token; run `specai login` again") from None
-    return TokenClaims(sub=payload["sub"], iat=payload["iat"], exp=payload["exp"], jti=payload["jti"])
+    if not all(isinstance(payload[name], str) for name in ("sub", "jti", "uid")) or not isinstance(
+        payload["gen"], int
+    ):
+        raise TokenError("invalid token; run `specai login` again")
+    return TokenClaims(**{name: payload[name] for name in _CLAIMS})
 
 
 def load_token_secret(settings: Settings) -> str:

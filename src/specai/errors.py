@@ -52,6 +52,12 @@ class ConflictError(SpecaiError):
     status = 409
 
 
+class QuotaExceededError(ConflictError):
+    """An account reached a configured limit (keys, members, queued messages, graph size)."""
+
+    code = "quota_exceeded"
+
+
 class UnprocessableError(SpecaiError):
     """The request is well-formed but a value is not acceptable (an unknown type, a weight out of range, ...)."""
 

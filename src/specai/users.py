@@ -1,4 +1,4 @@
-"""Users in the credentials file (`[{"username", "password_hash"}]`): read, add, change, remove, authenticate."""
+"""Users in the credentials file (`[{"username", "password_hash", "role"?, "id"?, "token_generation"?}]`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ import logging
 import os
 import re
 import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 from specai import auth
+from specai.access import ROLES, Role
 from specai.errors import ConflictError, CredentialsError, InvalidRequestError, NotFoundError
 from specai.files import ensure_private_dir, write_private_json
 
@@ -24,10 +28,22 @@ _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 
 @dataclass(frozen=True)
 class User:
-    """One entry of the credentials file."""
+    """One entry of the credentials file.
+
+    `id` is what owns data and what tokens name: new users get a fresh one, so a later user of the same name never
+    inherits anything; entries without one (the seed format) use their username. `token_generation` goes up to
+    revoke every token issued before.
+    """
 
     username: str
     password_hash: str
+    role: Role = "user"
+    id: str = ""
+    token_generation: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", self.username)
 
     @property
     def scheme(self) -> str:
@@ -73,26 +89,48 @@ def load_users(path: Path) -> list[User]:
         raise CredentialsError(
             f"credentials file {path} must hold a JSON list of {{username, password_hash}}"
         )
-    users: list[User] = []
-    seen: set[str] = set()
-    for index, entry in enumerate(data):
-        if (
-            not isinstance(entry, dict)
-            or not isinstance(entry.get("username"), str)
-            or not isinstance(entry.get("password_hash"), str)
-        ):
-            raise CredentialsError(
-                f"credentials file {path}: entry {index} needs string 'username' and 'password_hash'"
-            )
-        if not auth.is_valid_hash(entry["password_hash"]):
-            raise CredentialsError(
-                f"credentials file {path}: user '{entry['username']}' has an unrecognised hash"
-            )
-        if entry["username"] in seen:
-            raise CredentialsError(f"credentials file {path}: user '{entry['username']}' appears twice")
-        seen.add(entry["username"])
-        users.append(User(entry["username"], entry["password_hash"]))
+    users = [_parse_entry(path, index, entry) for index, entry in enumerate(data)]
+    for attribute in ("username", "id"):
+        counts = Counter(getattr(user, attribute) for user in users)
+        if dupes := sorted(value for value, count in counts.items() if count > 1):
+            raise CredentialsError(f"credentials file {path}: {attribute} '{dupes[0]}' appears twice")
+    if len(users) == 1 and not isinstance(data[0].get("role"), str):
+        users = [replace(users[0], role="admin")]  # a lone user of a seed-format file administers the server
     return users
+
+
+def _parse_entry(path: Path, index: int, entry: Any) -> User:
+    """One validated entry; the optional fields are checked as strictly as the required ones."""
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("username"), str)
+        or not isinstance(entry.get("password_hash"), str)
+    ):
+        raise CredentialsError(
+            f"credentials file {path}: entry {index} needs string 'username' and 'password_hash'"
+        )
+    name = entry["username"]
+    if not auth.is_valid_hash(entry["password_hash"]):
+        raise CredentialsError(f"credentials file {path}: user '{name}' has an unrecognised hash")
+    role = entry.get("role", "user")
+    if role not in ROLES:
+        raise CredentialsError(
+            f"credentials file {path}: user '{name}' has role {role!r}; use one of {', '.join(ROLES)}"
+        )
+    user_id = entry.get("id", name)
+    if not isinstance(user_id, str) or not _USERNAME.fullmatch(user_id):
+        raise CredentialsError(f"credentials file {path}: user '{name}' has an invalid id {user_id!r}")
+    generation = entry.get("token_generation", 0)
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        raise CredentialsError(f"credentials file {path}: user '{name}' has an invalid token_generation")
+    return User(name, entry["password_hash"], cast(Role, role), user_id, generation)
+
+
+def check_role(role: str) -> Role:
+    """Return the role when it is one of admin, user, mesh; else raise InvalidRequestError."""
+    if role not in ROLES:
+        raise InvalidRequestError(f"invalid role {role!r}: use one of {', '.join(ROLES)}")
+    return cast(Role, role)
 
 
 def get_user(path: Path, username: str) -> User:
@@ -107,8 +145,8 @@ def _find(users: list[User], username: str, path: Path) -> User:
     raise NotFoundError(f"no user '{username}' in {path}; see `specai auth list-users`")
 
 
-def add_user(path: Path, username: str, password: str) -> User:
-    """Add a user with an argon2id hash; refuse an existing name."""
+def add_user(path: Path, username: str, password: str, role: Role | None = None) -> User:
+    """Add a user with an argon2id hash and a fresh id; refuse an existing name. The first user is an admin."""
     check_username(username)
     check_password(password)
     with _locked(path):
@@ -117,15 +155,35 @@ def add_user(path: Path, username: str, password: str) -> User:
             raise ConflictError(
                 f"user '{username}' already exists in {path}; use `specai auth passwd {username}` to change the password"
             )
-        user = User(username, auth.hash_password(password))
+        chosen: Role = role or ("user" if users else "admin")
+        user = User(username, auth.hash_password(password), chosen, f"u-{uuid.uuid4().hex}")
         _save(path, [*users, user])
     return user
 
 
 def set_password(path: Path, username: str, password: str) -> User:
-    """Replace a user's password hash."""
+    """Replace a user's password hash and revoke every token issued before."""
     check_password(password)
-    return replace_hash(path, username, auth.hash_password(password))
+    hashed = auth.hash_password(password)
+    return _update(path, username, lambda u: replace(u, password_hash=hashed, token_generation=u.token_generation + 1))
+
+
+def set_role(path: Path, username: str, role: Role) -> User:
+    """Change a user's role; tokens issued before are revoked, so none keeps the old role's powers."""
+    return _update(path, username, lambda u: replace(u, role=role, token_generation=u.token_generation + 1))
+
+
+def revoke_tokens(path: Path, username: str) -> User:
+    """Revoke every token issued to the user so far (API keys are revoked one by one on the server)."""
+    return _update(path, username, lambda u: replace(u, token_generation=u.token_generation + 1))
+
+
+def _update(path: Path, username: str, change: Any) -> User:
+    with _locked(path):
+        users = load_users(path)
+        updated: User = change(_find(users, username, path))
+        _save(path, [updated if user.username == username else user for user in users])
+    return updated
 
 
 def replace_hash(path: Path, username: str, password_hash: str, *, expected: str | None = None) -> User:
@@ -135,7 +193,7 @@ def replace_hash(path: Path, username: str, password_hash: str, *, expected: str
         found = _find(users, username, path)
         if expected is not None and found.password_hash != expected:
             return found
-        updated = User(username, password_hash)
+        updated = replace(found, password_hash=password_hash)
         _save(path, [updated if user.username == username else user for user in users])
     return updated
 
@@ -154,7 +212,20 @@ def _dummy_hash() -> str:
 
 
 def _save(path: Path, users: list[User]) -> None:
-    write_private_json(path, [{"username": u.username, "password_hash": u.password_hash} for u in users])
+    """Write every field explicitly, so a role implied by the seed format survives adding a second user."""
+    write_private_json(
+        path,
+        [
+            {
+                "username": u.username,
+                "password_hash": u.password_hash,
+                "role": u.role,
+                "id": u.id,
+                "token_generation": u.token_generation,
+            }
+            for u in users
+        ],
+    )
 
 
 @contextlib.contextmanager
@@ -218,19 +289,28 @@ class UserDirectory:
 
     def exists(self, username: str) -> bool:
         """True when the user is (still) in the credentials file."""
-        self.refresh()
-        return username in self._users
+        return self.get(username) is not None
 
-    def authenticate(self, username: str, password: str) -> bool:
-        """Verify a password (slow: run it in a thread); upgrade legacy or weak hashes on success."""
+    def get(self, username: str) -> User | None:
+        """The user of that name as the file says now, or None."""
+        self.refresh()
+        return self._users.get(username)
+
+    def by_id(self, user_id: str) -> User | None:
+        """The user with that id (ids are never reused), or None."""
+        self.refresh()
+        return next((user for user in self._users.values() if user.id == user_id), None)
+
+    def authenticate(self, username: str, password: str) -> User | None:
+        """The user when the password is right (slow: run it in a thread); upgrades legacy or weak hashes."""
         self.refresh(force=True)
         user = self._users.get(username)
         if user is None:
             auth.verify_password(_dummy_hash(), password)  # same cost as a real check
-            return False
+            return None
         if not auth.verify_password(user.password_hash, password):
-            return False
+            return None
         if auth.needs_rehash(user.password_hash):
             with contextlib.suppress(CredentialsError, NotFoundError, OSError):
                 replace_hash(self.path, username, auth.hash_password(password), expected=user.password_hash)
-        return True
+        return user

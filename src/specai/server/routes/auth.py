@@ -25,15 +25,17 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         server.user_throttle.check(user_key)
         server.address_throttle.check(address)
         async with server.password_slots:
-            ok = await anyio.to_thread.run_sync(server.users.authenticate, data.username, data.password)
-        if not ok:
+            user = await anyio.to_thread.run_sync(server.users.authenticate, data.username, data.password)
+        if user is None:
             server.user_throttle.failed(user_key)
             server.address_throttle.failed(address)
             raise InvalidCredentialsError("invalid username or password")
         server.user_throttle.succeeded(user_key)
         server.address_throttle.succeeded(address)
         expiry = server.settings.auth.token_expiry_secs
-        token, _ = auth.issue_token(server.token_secret, data.username, expiry)
+        token, _ = auth.issue_token(
+            server.token_secret, user.username, expiry, user_id=user.id, generation=user.token_generation
+        )
         return TokenOut(token=token, token_type="Bearer", expires_in=expiry)
 
     @post("/auth/hash", operation_id="HashPassword", tags=["auth"], status_code=200)
