@@ -101,16 +101,19 @@ def test_is_valid_hash_rejects_unknown_formats() -> None:
 
 
 def test_issue_token_signs_hs256_with_the_contract_claims() -> None:
-    token, claims = auth.issue_token(SECRET, "alice", 3600)
+    token, claims = auth.issue_token(SECRET, "alice", 3600, user_id="u-1", generation=3)
     assert jwt.get_unverified_header(token)["alg"] == "HS256"
     payload = jwt.decode(token, SECRET, algorithms=["HS256"], issuer="specai")
-    assert set(payload) == {"sub", "iat", "exp", "jti", "iss"}
+    assert set(payload) == {"sub", "iat", "exp", "jti", "iss", "uid", "gen"}
     assert payload["sub"] == "alice"
+    assert (payload["uid"], payload["gen"]) == ("u-1", 3)
     assert payload["iss"] == "specai"
     assert payload["exp"] - payload["iat"] == 3600
     assert abs(payload["iat"] - time.time()) < 5
     assert uuid.UUID(hex=payload["jti"])
-    assert claims == auth.TokenClaims(sub="alice", iat=payload["iat"], exp=payload["exp"], jti=payload["jti"])
+    assert claims == auth.TokenClaims(
+        sub="alice", iat=payload["iat"], exp=payload["exp"], jti=payload["jti"], uid="u-1", gen=3
+    )
 
 
 def test_decode_token_returns_the_issued_claims() -> None:
@@ -170,10 +173,18 @@ def test_token_with_other_algorithm_is_rejected() -> None:
         auth.decode_token(long_secret, token)
 
 
-@pytest.mark.parametrize("drop", ["sub", "iat", "exp", "jti", "iss"])
+@pytest.mark.parametrize("drop", ["sub", "iat", "exp", "jti", "iss", "uid", "gen"])
 def test_token_missing_a_claim_is_rejected(drop: str) -> None:
     now = int(time.time())
-    claims = {"sub": "alice", "iat": now, "exp": now + 3600, "jti": "x", "iss": "specai"}
+    claims = {
+        "sub": "alice",
+        "iat": now,
+        "exp": now + 3600,
+        "jti": "x",
+        "iss": "specai",
+        "uid": "alice",
+        "gen": 0,
+    }
     del claims[drop]
     token = jwt.encode(claims, SECRET, algorithm="HS256")
     with pytest.raises(TokenError, match="invalid token"):
@@ -183,6 +194,22 @@ def test_token_missing_a_claim_is_rejected(drop: str) -> None:
 def test_token_from_another_issuer_is_rejected() -> None:
     now = int(time.time())
     claims = {"sub": "alice", "iat": now, "exp": now + 3600, "jti": "x", "iss": "someone-else"}
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    with pytest.raises(TokenError, match="invalid token"):
+        auth.decode_token(SECRET, token)
+
+
+def test_token_with_claims_of_the_wrong_type_is_rejected() -> None:
+    now = int(time.time())
+    claims = {
+        "sub": "alice",
+        "iat": now,
+        "exp": now + 3600,
+        "jti": "x",
+        "iss": "specai",
+        "uid": 7,
+        "gen": "0",
+    }
     token = jwt.encode(claims, SECRET, algorithm="HS256")
     with pytest.raises(TokenError, match="invalid token"):
         auth.decode_token(SECRET, token)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import stat
 from pathlib import Path
@@ -45,14 +46,23 @@ def leftover_temp_files(folder: Path) -> list[str]:
 # --- add / change / remove ------------------------------------------------------------------------------------
 
 
-def test_add_user_writes_private_file_in_seed_format(tmp_path: Path) -> None:
+def test_add_user_writes_private_file_in_seed_format_plus_role_id_and_generation(tmp_path: Path) -> None:
     path = tmp_path / "private" / "credentials.json"
     user = users.add_user(path, "alice", PASSWORD)
     assert mode(path) == 0o600
     assert mode(path.parent) == 0o700
     data = json.loads(path.read_text())
-    assert data == [{"username": "alice", "password_hash": user.password_hash}]
-    assert list(data[0]) == ["username", "password_hash"]
+    assert data == [
+        {
+            "username": "alice",
+            "password_hash": user.password_hash,
+            "role": "admin",
+            "id": user.id,
+            "token_generation": 0,
+        }
+    ]
+    assert re.fullmatch(r"u-[0-9a-f]{32}", user.id)
+    assert user.role == "admin"  # the first user administers the server
     assert user.username == "alice"
     assert user.password_hash.startswith("$argon2id$")
     assert user.scheme == "argon2id"
@@ -157,7 +167,8 @@ def test_load_users_accepts_legacy_hashes(tmp_path: Path) -> None:
     legacy = auth.legacy_hash("pw")
     write_entries(path, [("old", legacy)])
     (user,) = users.load_users(path)
-    assert user == users.User("old", legacy)
+    assert user == users.User("old", legacy, role="admin")  # a lone user without a role is the admin
+    assert user.id == "old"  # the seed format has no ids: the name is the id
     assert user.scheme == "pbkdf2-legacy"
 
 
@@ -202,7 +213,7 @@ def test_load_users_bad_file_is_a_credentials_error_naming_it(
 def test_load_users_rejects_duplicate_names(tmp_path: Path, argon_hash: str) -> None:
     path = tmp_path / "credentials.json"
     write_entries(path, [("alice", argon_hash), ("alice", argon_hash)])
-    with pytest.raises(CredentialsError, match="user 'alice' appears twice") as info:
+    with pytest.raises(CredentialsError, match="username 'alice' appears twice") as info:
         users.load_users(path)
     assert str(path) in info.value.message
 
@@ -259,9 +270,9 @@ def test_failed_write_during_add_leaves_the_old_file_intact(
 def test_authenticate_accepts_right_and_rejects_wrong_or_unknown(creds: Path, argon_hash: str) -> None:
     directory = UserDirectory(creds, recheck_secs=0)
     assert len(directory) == 2
-    assert directory.authenticate("alice", PASSWORD) is True
-    assert directory.authenticate("alice", "wrong") is False
-    assert directory.authenticate("mallory", PASSWORD) is False
+    assert directory.authenticate("alice", PASSWORD) is not None
+    assert directory.authenticate("alice", "wrong") is None
+    assert directory.authenticate("mallory", PASSWORD) is None
     assert users.get_user(creds, "alice").password_hash == argon_hash  # a current hash is not rewritten
 
 
@@ -271,15 +282,15 @@ def test_authenticate_upgrades_legacy_hash_on_success(tmp_path: Path) -> None:
     write_entries(path, [("old", legacy)])
     directory = UserDirectory(path)
 
-    assert directory.authenticate("old", "not it") is False
+    assert directory.authenticate("old", "not it") is None
     assert users.get_user(path, "old").password_hash == legacy  # a failed login changes nothing
 
-    assert directory.authenticate("old", "old secret") is True
+    assert directory.authenticate("old", "old secret") is not None
     upgraded = users.get_user(path, "old")
     assert upgraded.scheme == "argon2id"
     assert upgraded.password_hash.startswith("$argon2id$")
     assert mode(path) == 0o600
-    assert directory.authenticate("old", "old secret") is True  # the new hash works on the next login
+    assert directory.authenticate("old", "old secret") is not None  # the new hash works on the next login
 
 
 def test_authenticate_picks_up_users_added_after_construction(creds: Path, argon_hash: str) -> None:
@@ -287,7 +298,7 @@ def test_authenticate_picks_up_users_added_after_construction(creds: Path, argon
     assert directory.exists("carol") is False
     write_entries(creds, [("alice", argon_hash), ("bob", argon_hash), ("carol", argon_hash)])
     assert directory.exists("carol") is True
-    assert directory.authenticate("carol", PASSWORD) is True
+    assert directory.authenticate("carol", PASSWORD) is not None
     assert len(directory) == 3
 
 
@@ -310,7 +321,7 @@ def test_directory_fails_closed_when_file_is_deleted(creds: Path) -> None:
     directory = UserDirectory(creds, recheck_secs=0)
     creds.unlink()
     assert directory.exists("alice") is False
-    assert directory.authenticate("alice", "whatever") is False
+    assert directory.authenticate("alice", "whatever") is None
 
 
 def test_directory_on_missing_file_is_a_credentials_error(tmp_path: Path) -> None:
@@ -318,3 +329,101 @@ def test_directory_on_missing_file_is_a_credentials_error(tmp_path: Path) -> Non
     with pytest.raises(CredentialsError, match="does not exist") as info:
         UserDirectory(path)
     assert str(path) in info.value.message
+
+
+# --- roles, ids and token generations ----------------------------------------------------------------------
+
+
+def test_first_user_is_admin_later_ones_users_unless_a_role_is_given(tmp_path: Path) -> None:
+    path = tmp_path / "credentials.json"
+    assert users.add_user(path, "root", PASSWORD).role == "admin"
+    assert users.add_user(path, "alice", PASSWORD).role == "user"
+    assert users.add_user(path, "mesh", PASSWORD, role="mesh").role == "mesh"
+    assert [(u.username, u.role) for u in users.load_users(path)] == [
+        ("root", "admin"),
+        ("alice", "user"),
+        ("mesh", "mesh"),
+    ]
+
+
+def test_seed_file_with_one_user_keeps_it_admin_after_a_second_is_added(
+    tmp_path: Path, argon_hash: str
+) -> None:
+    path = tmp_path / "credentials.json"
+    write_entries(path, [("alice", argon_hash)])
+    users.add_user(path, "bob", PASSWORD)
+    loaded = {u.username: u for u in users.load_users(path)}
+    assert (loaded["alice"].role, loaded["alice"].id) == ("admin", "alice")  # written out explicitly
+    assert loaded["bob"].role == "user"
+
+
+def test_seed_file_with_two_users_and_no_roles_makes_both_users(creds: Path) -> None:
+    assert [u.role for u in users.load_users(creds)] == ["user", "user"]
+
+
+def test_a_new_user_of_a_removed_name_gets_a_new_id(tmp_path: Path) -> None:
+    path = tmp_path / "credentials.json"
+    users.add_user(path, "admin", PASSWORD)
+    first = users.add_user(path, "frank", PASSWORD)
+    users.remove_user(path, "frank")
+    second = users.add_user(path, "frank", PASSWORD)
+    assert first.id != second.id
+
+
+def test_passwd_set_role_and_revoke_raise_the_token_generation(tmp_path: Path) -> None:
+    path = tmp_path / "credentials.json"
+    users.add_user(path, "admin", PASSWORD)
+    alice = users.add_user(path, "alice", PASSWORD)
+    assert users.set_password(path, "alice", "new one").token_generation == 1
+    assert users.revoke_tokens(path, "alice").token_generation == 2
+    changed = users.set_role(path, "alice", "mesh")
+    assert (changed.role, changed.token_generation, changed.id) == ("mesh", 3, alice.id)
+    with pytest.raises(NotFoundError):
+        users.revoke_tokens(path, "nobody")
+
+
+def test_check_role_refuses_unknown_roles() -> None:
+    assert users.check_role("mesh") == "mesh"
+    with pytest.raises(InvalidRequestError, match="admin, user, mesh"):
+        users.check_role("root")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("role", "root", "has role 'root'"),
+        ("role", 3, "has role 3"),
+        ("id", "", "invalid id"),
+        ("id", 5, "invalid id"),
+        ("token_generation", -1, "invalid token_generation"),
+        ("token_generation", "1", "invalid token_generation"),
+        ("token_generation", True, "invalid token_generation"),
+    ],
+)
+def test_load_users_rejects_bad_optional_fields(
+    tmp_path: Path, argon_hash: str, field: str, value: object, message: str
+) -> None:
+    path = tmp_path / "credentials.json"
+    path.write_text(json.dumps([{"username": "alice", "password_hash": argon_hash, field: value}]))
+    with pytest.raises(CredentialsError, match=message):
+        users.load_users(path)
+
+
+def test_load_users_rejects_duplicate_ids(tmp_path: Path, argon_hash: str) -> None:
+    path = tmp_path / "credentials.json"
+    entries = [{"username": n, "password_hash": argon_hash, "id": "same"} for n in ("a", "b")]
+    path.write_text(json.dumps(entries))
+    with pytest.raises(CredentialsError, match="id 'same' appears twice"):
+        users.load_users(path)
+
+
+def test_directory_finds_users_by_name_and_id(tmp_path: Path) -> None:
+    path = tmp_path / "credentials.json"
+    users.add_user(path, "admin", PASSWORD)
+    alice = users.add_user(path, "alice", PASSWORD)
+    directory = UserDirectory(path)
+    assert directory.get("alice") == alice
+    assert directory.by_id(alice.id) == alice
+    assert directory.by_id("alice") is None  # the name is not the id of a user added by the CLI
+    users.remove_user(path, "alice")
+    assert directory.by_id(alice.id) is None

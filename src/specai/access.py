@@ -39,7 +39,9 @@ class Principal:
             raise ForbiddenError(f"{what} needs a token with scope '{scope}' (this one has '{self.scope}')")
 
 
-LOCAL = Principal(user_id="local", name="local", role="admin", scope="admin")  # auth disabled: the one local user
+LOCAL = Principal(
+    user_id="local", name="local", role="admin", scope="admin"
+)  # auth disabled: the one local user
 
 
 def max_scope(role: Role) -> Scope:

@@ -91,7 +91,12 @@ def issue_token(
     """Sign a JWT for `subject` (user id `user_id`, default the name) that expires `expiry_secs` from now."""
     iat = int(time.time()) if now is None else now
     claims = TokenClaims(
-        sub=subject, iat=iat, exp=iat + expiry_secs, jti=uuid.uuid4().hex, uid=user_id or subject, gen=generation
+        sub=subject,
+        iat=iat,
+        exp=iat + expiry_secs,
+        jti=uuid.uuid4().hex,
+        uid=user_id or subject,
+        gen=generation,
     )
     payload = {name: getattr(claims, name) for name in _CLAIMS} | {"iss": ISSUER}
     return jwt.encode(payload, secret, algorithm=ALGORITHM), claims

@@ -96,6 +96,22 @@ class SpecaiClient:
         self.token = body["token"]
         return body
 
+    def logout(self) -> None:
+        """Revoke the token this client carries, on the server."""
+        self._call("POST", "/auth/logout")
+
+    def create_key(self, name: str, scope: str, expires_days: int | None) -> dict[str, Any]:
+        """A new API key (its `key` is shown only in this answer)."""
+        return self._call("POST", "/auth/keys", {"name": name, "scope": scope, "expires_days": expires_days})
+
+    def keys(self) -> dict[str, Any]:
+        """`{keys:[...]}`: the caller's API keys (an admin's: everyone's)."""
+        return self._call("GET", "/auth/keys")
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        """Revoke an API key; returns its record."""
+        return self._call("DELETE", f"/auth/keys/{quote(key_id, safe='')}")
+
     def query(self, message: str, **fields: Any) -> dict[str, Any]:
         """POST /query: the whole answer at once."""
         return self._call("POST", "/query", _query_body(message, fields))

@@ -165,7 +165,9 @@ def set_password(path: Path, username: str, password: str) -> User:
     """Replace a user's password hash and revoke every token issued before."""
     check_password(password)
     hashed = auth.hash_password(password)
-    return _update(path, username, lambda u: replace(u, password_hash=hashed, token_generation=u.token_generation + 1))
+    return _update(
+        path, username, lambda u: replace(u, password_hash=hashed, token_generation=u.token_generation + 1)
+    )
 
 
 def set_role(path: Path, username: str, role: Role) -> User:
@@ -254,7 +256,7 @@ class UserDirectory:
         self.problem: str | None = None
         self._checked = 0.0
         self._stamp: tuple[int, int, int] | None = None
-        self._users = {user.username: user for user in load_users(path)}
+        self._load(load_users(path))
         self._stamp = self._stat()
         self._checked = time.monotonic()
 
@@ -275,14 +277,18 @@ class UserDirectory:
         if stamp is not None and stamp == self._stamp:
             return
         try:
-            self._users = {user.username: user for user in load_users(self.path)}
+            self._load(load_users(self.path))
             self.problem = None
         except CredentialsError as exc:
-            self._users = {}
+            self._load([])
             if exc.message != self.problem:
                 log.error("%s; nobody can log in until it is fixed", exc.message)
             self.problem = exc.message
         self._stamp = stamp
+
+    def _load(self, users: list[User]) -> None:
+        self._users = {user.username: user for user in users}
+        self._ids = {user.id: user for user in users}
 
     def __len__(self) -> int:
         return len(self._users)
@@ -299,7 +305,7 @@ class UserDirectory:
     def by_id(self, user_id: str) -> User | None:
         """The user with that id (ids are never reused), or None."""
         self.refresh()
-        return next((user for user in self._users.values() if user.id == user_id), None)
+        return self._ids.get(user_id)
 
     def authenticate(self, username: str, password: str) -> User | None:
         """The user when the password is right (slow: run it in a thread); upgrades legacy or weak hashes."""

@@ -14,7 +14,7 @@ from specai.cli._client import FingerprintOption, JsonOption, ServerOption, open
 from specai.cli._console import USAGE, err, fail, handle_errors, out, print_json
 from specai.cli._render import StreamRenderer
 from specai.config import DEFAULT_SERVER_URL, home_dir
-from specai.errors import RemoteError
+from specai.errors import RemoteError, SpecaiError
 from specai.trust import LastSessions, SavedTokens, parse_server
 
 
@@ -51,18 +51,38 @@ def login(
 
 
 @handle_errors
-def logout(server: ServerOption = DEFAULT_SERVER_URL) -> None:
-    """Forget the saved token for a server (the pin stays).
+def logout(server: ServerOption = DEFAULT_SERVER_URL, fingerprint: FingerprintOption = None) -> None:
+    """Revoke the saved token on the server, then forget it (the pin stays).
+
+    When the server cannot be reached the token is still forgotten here, but it stays valid on the server until
+    it expires: the command says so and exits 1.
 
     Example:
 
       specai logout --server https://127.0.0.1:3000
     """
     origin = parse_server(server).origin
-    if SavedTokens(home_dir()).remove(origin):
-        out.print(f"logged out of {origin}")
-    else:
+    saved = SavedTokens(home_dir())
+    entry = saved.get(origin)
+    if not isinstance(entry, dict) or not entry.get("token"):
         out.print(f"not logged in to {origin}")
+        return
+    problem = None
+    try:
+        with open_client(server, fingerprint, use_saved_token=False) as client:
+            client.token = entry["token"]  # the saved one, even when SPECAI_TOKEN is set
+            client.logout()
+    except RemoteError as exc:
+        if exc.http_status != 401:  # 401: the server no longer honours it anyway
+            problem = exc.message
+    except SpecaiError as exc:
+        problem = exc.message
+    saved.remove(origin)
+    if problem is not None:
+        fail(
+            f"forgot the token, but could not revoke it on {origin}: {problem}; it stays valid until it expires"
+        )
+    out.print(f"logged out of {origin} (token revoked)")
 
 
 @handle_errors

@@ -13,7 +13,7 @@ from specai import __version__, auth
 from specai.config import Settings
 from specai.errors import CredentialsError
 from specai.server.errors import EXCEPTION_HANDLERS
-from specai.server.routes import agents, graph, health, mesh, openai, sessions
+from specai.server.routes import agents, graph, health, mesh, openai, sessions, tokens
 from specai.server.routes import auth as auth_routes
 from specai.server.security import BearerAuthMiddleware, TokenVerifier
 from specai.server.state import ServerState
@@ -28,7 +28,8 @@ def create_app(
 
     With `join_url`, the server joins that mesh registry once it answers (pinned to `join_fingerprint`).
     """
-    users = None
+    users: UserDirectory | None = None
+    verifier: TokenVerifier | None = None
     if settings.auth.enabled:
         users = UserDirectory(settings.credentials_file)
         if not len(users):
@@ -42,7 +43,8 @@ def create_app(
     middleware: list[Any] = []
     openapi = OpenAPIConfig(title="specai", version=__version__, path="/schema")
     if users is not None:
-        middleware.append(BearerAuthMiddleware(TokenVerifier(secret, users)))
+        verifier = TokenVerifier(secret, users, state.keys, state.revocations)
+        middleware.append(BearerAuthMiddleware(verifier))
         openapi.components = Components(
             security_schemes={
                 "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
@@ -56,6 +58,7 @@ def create_app(
         route_handlers=[
             *health.routes(state),
             *auth_routes.routes(state),
+            *tokens.routes(state, verifier),
             *agents.routes(state),
             *sessions.routes(state),
             *openai.routes(state),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -12,35 +13,83 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from specai import auth
-from specai.access import LOCAL, Principal
-from specai.errors import TokenError
+from specai.access import LOCAL, SCOPES, Principal, max_scope
+from specai.errors import ForbiddenError, TokenError
+from specai.store import utcnow
+from specai.tokens import ApiKey, ApiKeyStore, RevocationList, is_api_key
 from specai.users import UserDirectory
 
 _CACHE_SIZE = 4096
+_READ_METHODS = ("GET", "HEAD")
+LOGOUT_PATH = "/auth/logout"  # any token may revoke itself
 
 
 class TokenVerifier:
-    """Verify JWTs once (PyJWT), then trust the cached claims until `exp`; the user must still exist."""
+    """Verify JWTs once (PyJWT) and API keys once (database), then trust the cached result until it expires.
 
-    def __init__(self, secret: str, users: UserDirectory) -> None:
+    Every request still checks, in memory, that the user exists with the same id, that its token generation has
+    not moved on (`auth passwd`, `auth revoke`, `auth set-role`) and that the token id was not revoked (logout).
+    """
+
+    def __init__(
+        self,
+        secret: str,
+        users: UserDirectory,
+        keys: Callable[[], ApiKeyStore],
+        revocations: Callable[[], RevocationList],
+    ) -> None:
         self.secret = secret
         self.users = users
-        self._cache: dict[str, auth.TokenClaims] = {}
+        self.keys = keys
+        self.revocations = revocations
+        self._claims: dict[str, auth.TokenClaims] = {}
+        self._keys: dict[str, ApiKey] = {}
 
-    def subject(self, token: str) -> str:
-        """The username a valid token speaks for; raises TokenError otherwise."""
-        claims = self._cache.get(token)
+    async def principal(self, token: str) -> Principal:
+        """The account a valid token speaks for; raises TokenError otherwise."""
+        if is_api_key(token):
+            return await self._key_principal(token)
+        claims = self._claims.get(token)
         if claims is None:
             claims = auth.decode_token(self.secret, token)
-            if len(self._cache) >= _CACHE_SIZE:
-                del self._cache[next(iter(self._cache))]  # oldest first
-            self._cache[token] = claims
+            _remember(self._claims, token, claims)
         if claims.exp < time.time():
-            self._cache.pop(token, None)
+            self._claims.pop(token, None)
             raise TokenError("token expired; run `specai login` again")
-        if not self.users.exists(claims.sub):
+        user = self.users.get(claims.sub)
+        if user is None or user.id != claims.uid:
             raise TokenError(f"user '{claims.sub}' no longer exists; run `specai login` again")
-        return claims.sub
+        if user.token_generation != claims.gen or self.revocations().is_revoked(claims.jti):
+            raise TokenError("token revoked; run `specai login` again")
+        return Principal(user.id, user.username, user.role, max_scope(user.role))
+
+    async def _key_principal(self, token: str) -> Principal:
+        key = self._keys.get(token)
+        if key is None:
+            key = await self.keys().verify(token)
+            if key is None:
+                raise TokenError("invalid, expired or revoked API key")
+            _remember(self._keys, token, key)
+        elif not key.usable(utcnow()):
+            self._keys.pop(token, None)
+            raise TokenError("invalid, expired or revoked API key")
+        user = self.users.by_id(key.owner_id)
+        if user is None:
+            raise TokenError(f"the account of key '{key.name}' no longer exists")
+        widest = max_scope(user.role)
+        scope = key.scope if SCOPES.index(key.scope) <= SCOPES.index(widest) else widest
+        return Principal(user.id, user.username, user.role, scope)
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop a revoked key from the cache at once."""
+        for token in [t for t, key in self._keys.items() if key.id == key_id]:
+            del self._keys[token]
+
+
+def _remember(cache: dict[str, Any], token: str, value: Any) -> None:
+    if len(cache) >= _CACHE_SIZE:
+        del cache[next(iter(cache))]  # oldest first
+    cache[token] = value
 
 
 class BearerAuthMiddleware(ASGIMiddleware):
@@ -54,12 +103,18 @@ class BearerAuthMiddleware(ASGIMiddleware):
         self.verifier = verifier
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if scope.get("method") != "OPTIONS":  # CORS preflight carries no credentials
-            scope["user"] = self.verifier.subject(_bearer(scope))
+        method = scope.get("method")
+        if method != "OPTIONS":  # CORS preflight carries no credentials
+            who = await self.verifier.principal(bearer(scope))
+            if not who.allows("write") and method not in _READ_METHODS and scope["path"] != LOGOUT_PATH:
+                raise ForbiddenError(
+                    f"{method} {scope['path']} needs a key with scope 'write' (this one is read-only)"
+                )
+            scope["user"] = who
         await next_app(scope, receive, send)
 
 
-def _bearer(scope: Scope) -> str:
+def bearer(scope: Scope) -> str:
     header: Any = next((value for name, value in scope["headers"] if name == b"authorization"), None)
     if header is None:
         raise TokenError(

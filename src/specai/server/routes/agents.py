@@ -11,11 +11,12 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from specai.agents import LOCAL_OWNER, AgentEvent, AgentRuntime, QueryInput, Run
+from specai.agents import AgentEvent, AgentRuntime, QueryInput, Run
 from specai.errors import ExecutionError, InvalidRequestError
 from specai.server.schemas import AgentListOut, AgentOut, QueryIn, QueryOut, ResponseMetadata
 from specai.server.sse import KEEPALIVE, relay
 from specai.server.state import ServerState
+from specai.server.security import principal
 
 SHUTTING_DOWN = AgentEvent("error", {"message": "server is shutting down", "code": "shutting_down"})
 
@@ -76,8 +77,8 @@ def agent_list(runtime: AgentRuntime) -> AgentListOut:
 
 
 def owner(request: Request) -> str:
-    """The authenticated username, or the single local owner when auth is off."""
-    return str(request.scope.get("user") or LOCAL_OWNER)
+    """The authenticated user's id (never reused), or the single local owner when auth is off."""
+    return principal(request).user_id
 
 
 async def finish(run: Run) -> tuple[str, dict[str, Any]]:
