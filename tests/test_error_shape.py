@@ -13,7 +13,7 @@ from specai import auth
 from specai.config import load_settings
 from specai.server.app import create_app
 from specai.tls import ensure_server_cert, read_cert
-from specai.users import add_user
+from specai.users import add_user, get_user
 
 SECRET = "s" * 40
 
@@ -32,9 +32,10 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def headers() -> dict[str, str]:
+def headers(tmp_path: Path) -> dict[str, str]:
     """A valid bearer header for alice."""
-    token, _ = auth.issue_token(SECRET, "alice", 60)
+    alice = get_user(tmp_path / "credentials.json", "alice")
+    token, _ = auth.issue_token(SECRET, "alice", 60, user_id=alice.id)
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -46,7 +46,9 @@ def login(client: TestClient, name: str, password: str = PASSWORD) -> dict[str, 
 
 
 def make_key(client: TestClient, headers: dict[str, str], scope: str, **fields: object) -> dict[str, object]:
-    response = client.post("/auth/keys", json={"name": f"{scope} key", "scope": scope, **fields}, headers=headers)
+    response = client.post(
+        "/auth/keys", json={"name": f"{scope} key", "scope": scope, **fields}, headers=headers
+    )
     assert response.status_code == 201, response.text
     return dict(response.json())
 
@@ -150,7 +152,9 @@ def test_a_key_is_never_wider_than_its_account_or_the_token_that_made_it(client:
         assert_error(response, 403, "forbidden")
     root = login(client, "root")
     write_key = make_key(client, root, "write")
-    response = client.post("/auth/keys", json={"name": "x", "scope": "admin"}, headers=bearer(write_key["key"]))
+    response = client.post(
+        "/auth/keys", json={"name": "x", "scope": "admin"}, headers=bearer(write_key["key"])
+    )
     assert_error(response, 403, "forbidden")
     assert make_key(client, login(client, "relay"), "mesh")["scope"] == "mesh"
 

@@ -52,4 +52,6 @@ def max_scope(role: Role) -> Scope:
 def check_scope_for_role(scope: Scope, role: Role) -> None:
     """Refuse a key wider than its account (a `user` cannot mint a `mesh` or `admin` key)."""
     if _LEVEL[scope] > _LEVEL[max_scope(role)]:
-        raise ForbiddenError(f"a '{role}' account cannot hold a '{scope}' key (at most '{max_scope(role)}')")
+        raise ForbiddenError(
+            f"an account of role '{role}' cannot hold keys of scope '{scope}' (at most '{max_scope(role)}')"
+        )

@@ -11,6 +11,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody
 
 from specai import auth
+from specai.access import check_scope_for_role
 from specai.errors import AuthDisabledError
 from specai.server.security import TokenVerifier, bearer, principal
 from specai.server.state import ServerState
@@ -57,7 +58,8 @@ def routes(server: ServerState, verifier: TokenVerifier | None) -> list[HTTPRout
         enabled()
         name, scope, days = check_key_request(data.name, data.scope, data.expires_days)
         who = principal(request)
-        who.require(scope, f"a '{scope}' key")  # a key never widens the token that made it
+        check_scope_for_role(scope, who.role)
+        who.require(scope, f"creating a key of scope '{scope}'")  # a key never widens the token that made it
         key, secret = await server.keys().create(who, name, scope, days)
         return {**key.as_dict(), "key": secret}
 
