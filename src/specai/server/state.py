@@ -102,7 +102,8 @@ class ServerState:
         """Open the database (migrating it), give the agents their sessions and graph, register in the mesh."""
         self.store = await Store.open(self.settings)
         self.runtime.sessions = SessionStore(self.store)
-        self._graph = GraphStore(self.store)
+        quota = self.settings.graph.max_nodes_per_account
+        self._graph = GraphStore(self.store, max_nodes_per_account=quota)
         self.runtime.graph = self._graph
         mesh = self.settings.mesh
         self._mesh = MeshRegistry(self.store, self.instance_id, mesh.leader_timeout_secs)
