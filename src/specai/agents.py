@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from specai.access import LOCAL, Principal
 from specai.config import AgentSettings, Settings
 from specai.errors import (
     AgentNotFoundError,
@@ -211,8 +212,13 @@ class AgentRuntime:
                 f"agent '{agent_id}' not found; available: {', '.join(self.agents)}"
             ) from None
 
-    async def prepare(self, query: QueryInput, owner: str = LOCAL_OWNER) -> Run:
-        """Validate a query, check session ownership and load its history; raises before anything is streamed."""
+    async def prepare(
+        self, query: QueryInput, owner: str = LOCAL_OWNER, principal: Principal | None = None
+    ) -> Run:
+        """Validate a query, check session ownership and load its history; raises before anything is streamed.
+
+        The run's graph tools act as `principal` (by default the owner as an ordinary user; LOCAL when auth is off).
+        """
         agent = self._check(query)
         session_id = query.session_id or str(uuid.uuid4())
         history: Sequence[StoredMessage] = ()
@@ -227,7 +233,9 @@ class AgentRuntime:
         messages = [ChatMessage("system", agent.description)] if agent.description else []
         messages += [_from_stored(m) for m in history]
         messages.append(ChatMessage("user", query.message))
-        context = ToolContext(session_id, self.graph)
+        if principal is None:
+            principal = LOCAL if owner == LOCAL.user_id else Principal(owner, owner, "user", "write")
+        context = ToolContext(session_id, self.graph, principal)
         return Run(agent, session_id, owner, messages, self._options(agent, query), self.sessions, context)
 
     def prepare_stateless(

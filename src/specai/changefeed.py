@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
 BATCH = 500
@@ -98,7 +98,7 @@ class ChangeFeed(Generic[C]):
         self.notifier = notifier
         self._readers: dict[str, _SessionReader[C]] = {}
 
-    async def follow(self, session_id: str, after: int, poll_secs: float) -> AsyncIterator[C]:
+    async def follow(self, session_id: str, after: int, poll_secs: float) -> AsyncGenerator[C, None]:
         """Yield the session's changes with an id above `after`, forever.
 
         The watcher joins the shared reader first and then catches up from the database, so every change is

@@ -55,11 +55,12 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class GraphSettings:
-    """`[graph]`: knowledge-graph changelog retention, change-stream polling and the bootstrap root."""
+    """`[graph]`: changelog retention, change-stream polling, the bootstrap root and the per-account node quota."""
 
     changelog_retention_days: int = 30
     stream_poll_secs: float = 1.0
     bootstrap_root: Path | None = None
+    max_nodes_per_account: int = 100_000  # over the sessions an account owns; 0 = unlimited
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,7 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("model", "request_timeout_secs"): _positive,
     ("server", "sse_keepalive_secs"): _positive,
     ("graph", "changelog_retention_days"): _non_negative,
+    ("graph", "max_nodes_per_account"): _non_negative,
     ("mesh", "heartbeat_interval_secs"): lambda v: None if v >= 1 else "must be 1 or more",
     ("mesh", "leader_timeout_secs"): lambda v: None if v >= 1 else "must be 1 or more",
     ("mesh", "max_payload_bytes"): _positive,

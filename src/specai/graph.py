@@ -6,7 +6,7 @@ import datetime as dt
 import math
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Row, Select, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from specai.access import Principal
 from specai.changefeed import ChangeFeed, ChangeNotifier
 from specai.errors import (
     InvalidNodeTypeError,
@@ -22,6 +23,7 @@ from specai.errors import (
     UnprocessableError,
     VersionConflictError,
 )
+from specai.graph_access import Grant, GraphAccess, Level, SessionEntry, ShareEntry
 from specai.sessions import check_session_id
 from specai.store import (
     Store,
@@ -311,6 +313,7 @@ class _Write:
 
     conn: AsyncConnection
     session_id: str
+    owner_id: str | None = None
     now: dt.datetime = field(default_factory=utcnow)
 
     def new_entity(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -343,18 +346,28 @@ class _Write:
 class GraphStore:
     """Graph reads and writes; every write and its changelog rows commit in one transaction."""
 
-    def __init__(self, store: Store, notifier: ChangeNotifier | None = None) -> None:
+    def __init__(
+        self, store: Store, notifier: ChangeNotifier | None = None, *, max_nodes_per_account: int = 0
+    ) -> None:
         self.store = store
         self.notifier = notifier or ChangeNotifier()
+        self.access = GraphAccess(max_nodes_per_account)
         self._feed: ChangeFeed[Change] = ChangeFeed(self.changes, self.latest_change_id, self.notifier)
 
     @asynccontextmanager
-    async def _write(self, session_id: str) -> AsyncIterator[_Write]:
-        """A write transaction for one session; its watchers are woken after it commits.
+    async def _write(
+        self,
+        session_id: str,
+        who: Principal | None = None,
+        *,
+        claim: bool = False,
+        missing_error: NotFoundError | None = None,
+    ) -> AsyncIterator[_Write]:
+        """A write transaction for one session, as `who` (None: trusted code); watchers are woken after commit.
 
         On PostgreSQL a per-session lock, held until commit, makes changelog ids of a session commit in
         increasing order, so a watcher's `id > cursor` never skips a row committed late.
-        (SQLite already has one writer at a time.)
+        (SQLite already has one writer at a time.) With `claim`, a session nobody owns becomes `who`'s.
         """
         async with self.store.transaction() as conn:
             if conn.dialect.name == "postgresql":
@@ -362,20 +375,93 @@ class GraphStore:
                     text("SELECT pg_advisory_xact_lock(:key, hashtext(:session))"),
                     {"key": _SESSION_LOCK, "session": session_id},
                 )
-            yield _Write(conn, session_id)
+            if who is None:
+                owner_id = await self.access.owner(conn, session_id)
+            else:
+                grant = await self.access.require(
+                    conn, session_id, who, "write", claim=claim, missing_error=missing_error
+                )
+                owner_id = grant.owner_id
+            yield _Write(conn, session_id, owner_id)
         self.notifier.notify(session_id)
+
+    async def _check(
+        self,
+        conn: AsyncConnection,
+        session_id: str,
+        who: Principal | None,
+        need: Level,
+        missing_error: NotFoundError,
+    ) -> None:
+        """For an entity found by id: 404 (`missing_error`) unless `who` may see its session, 403 if read-only."""
+        if who is not None:
+            await self.access.require(conn, session_id, who, need, missing_error=missing_error)
+
+    async def _listable(self, session_id: str, who: Principal | None, *, claim: bool = False) -> bool:
+        """True when `who` may read the session; False when nobody owns it yet (it reads as empty); else 404."""
+        if who is None:
+            return True
+        grant = await (self.claim(session_id, who) if claim else self.grant(session_id, who))
+        if grant.unclaimed and grant.level == "none":
+            return False
+        grant.check(who, "read")
+        return True
+
+    # --- access ------------------------------------------------------------------------------------------------
+
+    async def grant(self, session_id: str, who: Principal) -> Grant:
+        """What `who` may do to the session now."""
+        async with self.store.connect() as conn:
+            return await self.access.grant(conn, session_id, who)
+
+    async def claim(self, session_id: str, who: Principal) -> Grant:
+        """`who`'s access to the session, making them its owner if nobody is yet."""
+        if not self.access.needs_claim(session_id):
+            return await self.grant(session_id, who)
+        async with self.store.transaction() as conn:
+            return await self.access.claim(conn, session_id, who)
+
+    async def share(
+        self, session_id: str, who: Principal, user_id: str, user_name: str, *, writable: bool
+    ) -> ShareEntry:
+        """Share a session `who` owns (or any, for an admin) with a user, read-only or read-write."""
+        async with self.store.transaction() as conn:
+            return await self.access.share(
+                conn, check_session_id(session_id), who, user_id, user_name, writable
+            )
+
+    async def unshare(self, session_id: str, who: Principal, user_id: str, user_name: str) -> None:
+        """Stop sharing a session with a user; their open change streams end at the next change."""
+        async with self.store.transaction() as conn:
+            await self.access.unshare(conn, check_session_id(session_id), who, user_id, user_name)
+
+    async def shares(self, session_id: str, who: Principal) -> tuple[str, list[ShareEntry]]:
+        """A session's owner id and who it is shared with."""
+        async with self.store.connect() as conn:
+            return await self.access.shares(conn, check_session_id(session_id), who)
+
+    async def sessions(self, who: Principal) -> list[SessionEntry]:
+        """The sessions `who` owns or that are shared with them."""
+        async with self.store.connect() as conn:
+            return await self.access.sessions(conn, who)
 
     # --- nodes -------------------------------------------------------------------------------------------------
 
     async def create_node(
-        self, session_id: str, node_type: str, label: str, properties: dict[str, Any] | None = None
+        self,
+        session_id: str,
+        node_type: str,
+        label: str,
+        properties: dict[str, Any] | None = None,
+        who: Principal | None = None,
     ) -> Node:
-        """Add a node (properties default to `{}`)."""
+        """Add a node (properties default to `{}`); claims the session for `who` if nobody owns it yet."""
         session_id = check_session_id(session_id)
         kind = check_node_type(node_type)
         label = check_label(label)
         props = check_properties({} if properties is None else properties)
-        async with self._write(session_id) as tx:
+        async with self._write(session_id, who, claim=True) as tx:
+            await self.access.check_quota(tx.conn, tx.owner_id, 1)
             return await self._insert_node(tx, kind, label, props or {})
 
     async def _insert_node(self, tx: _Write, kind: str, label: str, props: dict[str, Any]) -> Node:
@@ -384,10 +470,12 @@ class GraphStore:
         await tx.log("node", "create", node)
         return node
 
-    async def get_node(self, node_id: int) -> Node:
-        """One node, or NotFoundError."""
+    async def get_node(self, node_id: int, who: Principal | None = None) -> Node:
+        """One node, or NotFoundError (also when `who` may not see its session)."""
         async with self.store.connect() as conn:
-            return await _node_or_404(conn, node_id)
+            node = await _node_or_404(conn, node_id)
+            await self._check(conn, node.session_id, who, "read", _missing("node", node_id))
+            return node
 
     async def list_nodes(
         self,
@@ -395,9 +483,12 @@ class GraphStore:
         node_type: str | None = None,
         limit: int = DEFAULT_LIMIT,
         cursor: str | None = None,
+        who: Principal | None = None,
     ) -> Page[Node]:
         """A session's nodes, newest first, optionally of one type."""
         check_session_id(session_id)
+        if not await self._listable(session_id, who):
+            return Page([], None)
         query = select(graph_nodes).where(graph_nodes.c.session_id == session_id)
         if node_type is not None:
             query = query.where(graph_nodes.c.node_type == check_node_type(node_type))
@@ -405,10 +496,19 @@ class GraphStore:
         return Page([_node(row) for row in rows], next_cursor)
 
     async def search_nodes(
-        self, session_id: str, words: str, node_type: str | None = None, limit: int = 20
+        self,
+        session_id: str,
+        words: str,
+        node_type: str | None = None,
+        limit: int = 20,
+        who: Principal | None = None,
+        *,
+        claim: bool = False,
     ) -> list[Node]:
         """Nodes whose label or properties contain `words` (case-insensitive), newest first."""
         check_session_id(session_id)
+        if not await self._listable(session_id, who, claim=claim):
+            return []
         query = select(graph_nodes).where(graph_nodes.c.session_id == session_id)
         if node_type is not None:
             query = query.where(graph_nodes.c.node_type == check_node_type(node_type))
@@ -424,11 +524,11 @@ class GraphStore:
         return [_node(row) for row in rows]
 
     async def replace_properties(
-        self, node_id: int, properties: Any, expected_version: int | None = None
+        self, node_id: int, properties: Any, expected_version: int | None = None, who: Principal | None = None
     ) -> Node:
         """PUT: replace a node's properties wholesale; VersionConflictError if `expected_version` is stale."""
         props = check_properties(properties)
-        return await self._update_node(node_id, expected_version, properties=props)
+        return await self._update_node(node_id, expected_version, who, properties=props)
 
     async def patch_node(
         self,
@@ -436,23 +536,25 @@ class GraphStore:
         label: str | None = None,
         properties: Any = None,
         expected_version: int | None = None,
+        who: Principal | None = None,
     ) -> Node:
         """PATCH: change the label and/or merge properties (a key set to null is removed)."""
         new_label = None if label is None else check_label(label)
         merge = None if properties is None else check_properties(properties)
-        return await self._update_node(node_id, expected_version, label=new_label, merge=merge)
+        return await self._update_node(node_id, expected_version, who, label=new_label, merge=merge)
 
     async def _update_node(
         self,
         node_id: int,
         expected_version: int | None,
+        who: Principal | None,
         *,
         label: str | None = None,
         properties: dict[str, Any] | None = None,
         merge: dict[str, Any] | None = None,
     ) -> Node:
         session_id = await self._session_of(graph_nodes, node_id, "node")
-        async with self._write(session_id) as tx:
+        async with self._write(session_id, who, missing_error=_missing("node", node_id)) as tx:
             current = await _node_or_404(tx.conn, node_id)
             _check_version("node", current.id, current.version, expected_version)
             props = properties if properties is not None else current.properties
@@ -461,10 +563,10 @@ class GraphStore:
             new_label = current.label if label is None else label
             return await self._rewrite_node(tx, current, current.node_type, new_label, props)
 
-    async def delete_node(self, node_id: int) -> int:
+    async def delete_node(self, node_id: int, who: Principal | None = None) -> int:
         """Delete a node and every edge touching it in one transaction; returns how many edges went with it."""
         session_id = await self._session_of(graph_nodes, node_id, "node")
-        async with self._write(session_id) as tx:
+        async with self._write(session_id, who, missing_error=_missing("node", node_id)) as tx:
             return await self._remove_node(tx, await _node_or_404(tx.conn, node_id))
 
     # --- edges -------------------------------------------------------------------------------------------------
@@ -478,6 +580,7 @@ class GraphStore:
         predicate: str | None = None,
         properties: Any = None,
         weight: Any = 1.0,
+        who: Principal | None = None,
     ) -> Edge:
         """Add an edge; both endpoints must exist (404) and belong to `session_id` (422)."""
         session_id = check_session_id(session_id)
@@ -486,17 +589,23 @@ class GraphStore:
         checked_weight = check_weight(weight)
         if predicate is not None:
             check_text(predicate, "predicate")
-        async with self._write(session_id) as tx:
+        async with self._write(session_id, who, claim=True) as tx:
             for end, node_id in (("source", source_id), ("target", target_id)):
-                found = await _find(tx.conn, graph_nodes.c.session_id, node_id)
-                if found is None:
-                    raise NotFoundError(f"{end} node {node_id} not found", details={end + "_id": node_id})
-                if found != session_id:
-                    raise UnprocessableError(
-                        f"{end} node {node_id} belongs to another session; "
-                        "an edge must join two nodes of its own session"
-                    )
+                await self._check_end(tx, end, node_id, who)
             return await self._insert_edge(tx, source_id, target_id, kind, predicate, props, checked_weight)
+
+    async def _check_end(self, tx: _Write, end: str, node_id: int, who: Principal | None) -> None:
+        """An edge's end must be a node of its session: 404 if missing (or invisible to `who`), 422 elsewhere."""
+        gone = NotFoundError(f"{end} node {node_id} not found", details={end + "_id": node_id})
+        found = await _find(tx.conn, graph_nodes.c.session_id, node_id)
+        if found is None:
+            raise gone
+        if found != tx.session_id:
+            if who is not None:
+                await self.access.require(tx.conn, str(found), who, "read", missing_error=gone)
+            raise UnprocessableError(
+                f"{end} node {node_id} belongs to another session; an edge must join two nodes of its own session"
+            )
 
     async def _insert_edge(
         self,
@@ -522,10 +631,12 @@ class GraphStore:
         await tx.log("edge", "create", edge)
         return edge
 
-    async def get_edge(self, edge_id: int) -> Edge:
-        """One edge, or NotFoundError."""
+    async def get_edge(self, edge_id: int, who: Principal | None = None) -> Edge:
+        """One edge, or NotFoundError (also when `who` may not see its session)."""
         async with self.store.connect() as conn:
-            return await _edge_or_404(conn, edge_id)
+            edge = await _edge_or_404(conn, edge_id)
+            await self._check(conn, edge.session_id, who, "read", _missing("edge", edge_id))
+            return edge
 
     async def list_edges(
         self,
@@ -535,9 +646,12 @@ class GraphStore:
         edge_type: str | None = None,
         limit: int = DEFAULT_LIMIT,
         cursor: str | None = None,
+        who: Principal | None = None,
     ) -> Page[Edge]:
         """A session's edges, newest first, filtered by any of source, target and type."""
         check_session_id(session_id)
+        if not await self._listable(session_id, who):
+            return Page([], None)
         query = select(graph_edges).where(graph_edges.c.session_id == session_id)
         if source_id is not None:
             query = query.where(graph_edges.c.source_id == check_id(source_id, "source_id"))
@@ -555,6 +669,7 @@ class GraphStore:
         properties: Any = None,
         weight: Any = None,
         expected_version: int | None = None,
+        who: Principal | None = None,
     ) -> Edge:
         """PATCH: change predicate and/or weight, merge properties (a key set to null is removed)."""
         if predicate is not None:
@@ -562,7 +677,7 @@ class GraphStore:
         merge = None if properties is None else check_properties(properties)
         new_weight = None if weight is None else check_weight(weight)
         session_id = await self._session_of(graph_edges, edge_id, "edge")
-        async with self._write(session_id) as tx:
+        async with self._write(session_id, who, missing_error=_missing("edge", edge_id)) as tx:
             current = await _edge_or_404(tx.conn, edge_id)
             _check_version("edge", current.id, current.version, expected_version)
             props = current.properties
@@ -602,10 +717,10 @@ class GraphStore:
         await tx.log("edge", "update", changed)
         return changed
 
-    async def delete_edge(self, edge_id: int) -> None:
+    async def delete_edge(self, edge_id: int, who: Principal | None = None) -> None:
         """Delete one edge, or NotFoundError."""
         session_id = await self._session_of(graph_edges, edge_id, "edge")
-        async with self._write(session_id) as tx:
+        async with self._write(session_id, who, missing_error=_missing("edge", edge_id)) as tx:
             edge = await _edge_or_404(tx.conn, edge_id)
             await tx.conn.execute(delete(graph_edges).where(graph_edges.c.id == edge_id))
             await tx.log("edge", "delete", edge)
@@ -655,7 +770,7 @@ class GraphStore:
             )
             return int(result.rowcount or 0)
 
-    def follow(self, session_id: str, after: int, poll_secs: float) -> AsyncIterator[Change]:
+    def follow(self, session_id: str, after: int, poll_secs: float) -> AsyncGenerator[Change, None]:
         """Every change of the session after `after`, forever: at once after a local commit, else by polling.
 
         Polling every `poll_secs` only matters for writes from other processes sharing the database.
@@ -664,7 +779,7 @@ class GraphStore:
 
     # --- generated graphs (bootstrap) ----------------------------------------------------------------------------
 
-    async def apply_plan(self, session_id: str, plan: GraphPlan) -> PlanResult:
+    async def apply_plan(self, session_id: str, plan: GraphPlan, who: Principal | None = None) -> PlanResult:
         """Make the session's nodes from `plan.source` match the plan, in one transaction.
 
         Nodes are matched by `properties.bootstrap_key`: matching ones are updated when they differ, missing ones
@@ -679,7 +794,7 @@ class GraphStore:
             "edges_created": 0,
             "edges_removed": 0,
         }
-        async with self._write(session_id) as tx:
+        async with self._write(session_id, who, claim=True) as tx:
             rows = (
                 await tx.conn.execute(select(graph_nodes).where(graph_nodes.c.session_id == session_id))
             ).all()
@@ -688,6 +803,8 @@ class GraphStore:
                 for node in map(_node, rows)
                 if node.properties.get("bootstrap_source") == plan.source
             }
+            adding = sum(1 for planned in plan.nodes if planned.key not in existing)
+            await self.access.check_quota(tx.conn, tx.owner_id, adding)
             ids: dict[str, int] = {}
             for planned in plan.nodes:
                 props = {**planned.properties, "bootstrap_source": plan.source, "bootstrap_key": planned.key}
@@ -792,7 +909,7 @@ class GraphStore:
         async with self.store.connect() as conn:
             found = await _find(conn, table.c.session_id, entity_id)
         if found is None:
-            raise NotFoundError(f"{kind} {entity_id} not found")
+            raise _missing(kind, entity_id)
         return str(found)
 
     async def _page(
@@ -807,6 +924,11 @@ class GraphStore:
         if len(rows) > limit:
             return rows[:limit], str(rows[limit - 1].id)
         return rows, None
+
+
+def _missing(kind: str, entity_id: int) -> NotFoundError:
+    """A node or edge that does not exist, or that the caller may not see: one message for both."""
+    return NotFoundError(f"{kind} {entity_id} not found")
 
 
 def _merged(properties: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -857,14 +979,14 @@ async def _row(conn: AsyncConnection, table: Any, entity_id: int) -> Row[Any] | 
 async def _node_or_404(conn: AsyncConnection, node_id: int) -> Node:
     row = await _row(conn, graph_nodes, node_id)
     if row is None:
-        raise NotFoundError(f"node {node_id} not found")
+        raise _missing("node", node_id)
     return _node(row)
 
 
 async def _edge_or_404(conn: AsyncConnection, edge_id: int) -> Edge:
     row = await _row(conn, graph_edges, edge_id)
     if row is None:
-        raise NotFoundError(f"edge {edge_id} not found")
+        raise _missing("edge", edge_id)
     return _edge(row)
 
 

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from specai.access import Principal
 from specai.errors import SpecaiError
 from specai.graph import EDGE_TYPES, NODE_TYPES, GraphStore
+from specai.graph_access import SessionNotFoundError
 from specai.providers.base import ToolSpec
 
 _MAX_EXPRESSION = 200
@@ -28,10 +30,14 @@ class ToolFailure(Exception):
 
 @dataclass(frozen=True)
 class ToolContext:
-    """What a tool may reach beyond its arguments: the run's session and the graph it may read and write."""
+    """What a tool may reach beyond its arguments: the run's session, the graph, and who the run acts for.
+
+    Graph tools act as `principal` on the session's graph, under the same access rule as the HTTP routes.
+    """
 
     session_id: str | None = None
     graph: GraphStore | None = None
+    principal: Principal | None = None
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,9 @@ class Tool:
 
     def usable(self, context: ToolContext) -> bool:
         """False for graph tools in runs without a stored session (the stateless OpenAI-compatible API)."""
-        return not self.needs_graph or (context.graph is not None and context.session_id is not None)
+        return not self.needs_graph or (
+            context.graph is not None and context.session_id is not None and context.principal is not None
+        )
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,12 @@ async def _current_time(arguments: dict[str, Any], _: ToolContext) -> str:
 
 
 _MAX_SEARCH = 20
+_NO_GRAPH = "this conversation has no knowledge graph you may use"  # access denied: nothing more is said
+
+
+def _failure(exc: SpecaiError) -> ToolFailure:
+    """The model reads validation messages; a denied access says nothing about what is there."""
+    return ToolFailure(_NO_GRAPH if isinstance(exc, SessionNotFoundError) else exc.message)
 
 
 async def _graph_search(arguments: dict[str, Any], context: ToolContext) -> str:
@@ -168,11 +182,14 @@ async def _graph_search(arguments: dict[str, Any], context: ToolContext) -> str:
         raise ToolFailure("argument 'query' must be a string")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_SEARCH:
         raise ToolFailure(f"argument 'limit' must be a whole number from 1 to {_MAX_SEARCH}")
+    who = context.principal
     try:
-        nodes = await context.graph.search_nodes(context.session_id, words, arguments.get("node_type"), limit)
+        nodes = await context.graph.search_nodes(
+            context.session_id, words, arguments.get("node_type"), limit, who, claim=True
+        )
         found = []
         for node in nodes:
-            edges = await context.graph.list_edges(context.session_id, source_id=node.id, limit=10)
+            edges = await context.graph.list_edges(context.session_id, source_id=node.id, limit=10, who=who)
             found.append(
                 {
                     "id": node.id,
@@ -186,7 +203,7 @@ async def _graph_search(arguments: dict[str, Any], context: ToolContext) -> str:
                 }
             )
     except SpecaiError as exc:
-        raise ToolFailure(exc.message) from None
+        raise _failure(exc) from None
     return json.dumps({"nodes": found, "count": len(found)})
 
 
@@ -201,6 +218,7 @@ async def _graph_add(arguments: dict[str, Any], context: ToolContext) -> str:
             arguments.get("node_type", "entity"),
             arguments.get("label", ""),
             arguments.get("properties"),
+            context.principal,
         )
         result: dict[str, Any] = {"node": {"id": node.id, "node_type": node.node_type, "label": node.label}}
         if link_to is not None:
@@ -210,10 +228,11 @@ async def _graph_add(arguments: dict[str, Any], context: ToolContext) -> str:
                 link_to,
                 arguments.get("edge_type") or "RELATES_TO",
                 arguments.get("predicate"),
+                who=context.principal,
             )
             result["edge"] = {"id": edge.id, "edge_type": edge.edge_type, "target_id": edge.target_id}
     except SpecaiError as exc:
-        raise ToolFailure(exc.message) from None
+        raise _failure(exc) from None
     return json.dumps(result)
 
 

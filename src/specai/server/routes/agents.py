@@ -14,9 +14,9 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from specai.agents import AgentEvent, AgentRuntime, QueryInput, Run
 from specai.errors import ExecutionError, InvalidRequestError
 from specai.server.schemas import AgentListOut, AgentOut, QueryIn, QueryOut, ResponseMetadata
+from specai.server.security import principal
 from specai.server.sse import KEEPALIVE, relay
 from specai.server.state import ServerState
-from specai.server.security import principal
 
 SHUTTING_DOWN = AgentEvent("error", {"message": "server is shutting down", "code": "shutting_down"})
 
@@ -105,7 +105,7 @@ async def _prepare(runtime: AgentRuntime, data: QueryIn, request: Request) -> Ru
         temperature=data.temperature,
         max_tokens=data.max_tokens,
     )
-    return await runtime.prepare(query, owner(request))
+    return await runtime.prepare(query, owner(request), principal(request))
 
 
 async def _sse(

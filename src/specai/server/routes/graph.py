@@ -1,10 +1,15 @@
-"""The knowledge graph over HTTP: `/graph/nodes`, `/graph/edges`, the `/graph/stream` change feed and `/bootstrap`."""
+"""The knowledge graph over HTTP: `/graph/nodes`, `/graph/edges`, the `/graph/stream` change feed and `/bootstrap`.
+
+Every route acts as the caller's principal: a session they may not see answers 404 like a missing one, a
+read-only share answers 403 to writes (the rule is in specai.graph_access; sharing routes are in graph_shares).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,8 +20,12 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from specai import bootstrap
-from specai.errors import InvalidRequestError
+from specai.access import Principal
+from specai.errors import InvalidRequestError, NotFoundError
 from specai.graph import DEFAULT_LIMIT, MAX_LIMIT, Change, GraphStore, Page
+from specai.graph_access import missing
+from specai.server.routes import graph_shares
+from specai.server.security import principal
 from specai.server.sse import KEEPALIVE, relay
 from specai.server.state import ServerState
 from specai.sessions import check_session_id
@@ -91,42 +100,58 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
 
     @get("/graph/nodes", operation_id="ListGraphNodes", tags=["graph"])
     async def list_nodes(
-        session_id: SessionId, node_type: NodeType = None, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+        request: Request,
+        session_id: SessionId,
+        node_type: NodeType = None,
+        limit: Limit = DEFAULT_LIMIT,
+        cursor: Cursor = None,
     ) -> dict[str, Any]:
-        """A session's nodes, newest first, optionally of one type; `next_cursor` pages on."""
-        return _page("nodes", await graph().list_nodes(session_id, node_type, limit, cursor))
+        """A session's nodes, newest first, optionally of one type; `next_cursor` pages on (404 if not yours)."""
+        page = await graph().list_nodes(session_id, node_type, limit, cursor, principal(request))
+        return _page("nodes", page)
 
     @post("/graph/nodes", operation_id="CreateGraphNode", tags=["graph"], status_code=201)
-    async def create_node(data: JSONBody[NodeIn]) -> dict[str, Any]:
-        """Add a node (422 for an unknown node_type or non-object properties)."""
-        node = await graph().create_node(data.session_id, data.node_type, data.label, data.properties)
+    async def create_node(request: Request, data: JSONBody[NodeIn]) -> dict[str, Any]:
+        """Add a node; the first write to a session makes the caller its owner (422 for a bad type/properties)."""
+        node = await graph().create_node(
+            data.session_id, data.node_type, data.label, data.properties, principal(request)
+        )
         return node.as_dict()
 
     @get("/graph/nodes/{node_id:int}", operation_id="GetGraphNode", tags=["graph"])
-    async def get_node(node_id: FromPath[int]) -> dict[str, Any]:
+    async def get_node(request: Request, node_id: FromPath[int]) -> dict[str, Any]:
         """One node."""
-        return (await graph().get_node(node_id)).as_dict()
+        return (await graph().get_node(node_id, principal(request))).as_dict()
 
     @put("/graph/nodes/{node_id:int}", operation_id="ReplaceGraphNodeProperties", tags=["graph"])
-    async def replace_node(node_id: FromPath[int], data: JSONBody[NodePropertiesIn]) -> dict[str, Any]:
+    async def replace_node(
+        request: Request, node_id: FromPath[int], data: JSONBody[NodePropertiesIn]
+    ) -> dict[str, Any]:
         """Replace a node's properties; with `version`, 409 if it changed since (no lost updates)."""
-        return (await graph().replace_properties(node_id, data.properties, data.version)).as_dict()
+        node = await graph().replace_properties(node_id, data.properties, data.version, principal(request))
+        return node.as_dict()
 
     @patch("/graph/nodes/{node_id:int}", operation_id="PatchGraphNode", tags=["graph"])
-    async def patch_node(node_id: FromPath[int], data: JSONBody[NodePatchIn]) -> dict[str, Any]:
+    async def patch_node(
+        request: Request, node_id: FromPath[int], data: JSONBody[NodePatchIn]
+    ) -> dict[str, Any]:
         """Change the label and/or merge properties; with `version`, 409 if it changed since."""
         if data.label is None and data.properties is None:
             raise InvalidRequestError("nothing to change: give label and/or properties")
-        return (await graph().patch_node(node_id, data.label, data.properties, data.version)).as_dict()
+        node = await graph().patch_node(
+            node_id, data.label, data.properties, data.version, principal(request)
+        )
+        return node.as_dict()
 
     @delete("/graph/nodes/{node_id:int}", operation_id="DeleteGraphNode", tags=["graph"], status_code=200)
-    async def delete_node(node_id: FromPath[int]) -> dict[str, Any]:
+    async def delete_node(request: Request, node_id: FromPath[int]) -> dict[str, Any]:
         """Delete a node and its edges in one transaction; says how many edges went with it."""
-        edges = await graph().delete_node(node_id)
+        edges = await graph().delete_node(node_id, principal(request))
         return {"deleted": "node", "id": node_id, "edges_deleted": edges}
 
     @get("/graph/edges", operation_id="ListGraphEdges", tags=["graph"])
     async def list_edges(
+        request: Request,
         session_id: SessionId,
         source_id: NodeId = None,
         target_id: NodeId = None,
@@ -135,11 +160,13 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         cursor: Cursor = None,
     ) -> dict[str, Any]:
         """A session's edges, newest first, filtered by source, target and/or type."""
-        page = await graph().list_edges(session_id, source_id, target_id, edge_type, limit, cursor)
+        page = await graph().list_edges(
+            session_id, source_id, target_id, edge_type, limit, cursor, principal(request)
+        )
         return _page("edges", page)
 
     @post("/graph/edges", operation_id="CreateGraphEdge", tags=["graph"], status_code=201)
-    async def create_edge(data: JSONBody[EdgeIn]) -> dict[str, Any]:
+    async def create_edge(request: Request, data: JSONBody[EdgeIn]) -> dict[str, Any]:
         """Add an edge between two nodes of the session (404 for a missing node, 422 across sessions)."""
         edge = await graph().create_edge(
             data.session_id,
@@ -149,26 +176,31 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
             data.predicate,
             data.properties,
             data.weight,
+            principal(request),
         )
         return edge.as_dict()
 
     @get("/graph/edges/{edge_id:int}", operation_id="GetGraphEdge", tags=["graph"])
-    async def get_edge(edge_id: FromPath[int]) -> dict[str, Any]:
+    async def get_edge(request: Request, edge_id: FromPath[int]) -> dict[str, Any]:
         """One edge."""
-        return (await graph().get_edge(edge_id)).as_dict()
+        return (await graph().get_edge(edge_id, principal(request))).as_dict()
 
     @patch("/graph/edges/{edge_id:int}", operation_id="PatchGraphEdge", tags=["graph"])
-    async def patch_edge(edge_id: FromPath[int], data: JSONBody[EdgePatchIn]) -> dict[str, Any]:
+    async def patch_edge(
+        request: Request, edge_id: FromPath[int], data: JSONBody[EdgePatchIn]
+    ) -> dict[str, Any]:
         """Change predicate and/or weight, merge properties; with `version`, 409 if it changed since."""
         if data.predicate is None and data.properties is None and data.weight is None:
             raise InvalidRequestError("nothing to change: give predicate, weight and/or properties")
-        edge = await graph().patch_edge(edge_id, data.predicate, data.properties, data.weight, data.version)
+        edge = await graph().patch_edge(
+            edge_id, data.predicate, data.properties, data.weight, data.version, principal(request)
+        )
         return edge.as_dict()
 
     @delete("/graph/edges/{edge_id:int}", operation_id="DeleteGraphEdge", tags=["graph"], status_code=200)
-    async def delete_edge(edge_id: FromPath[int]) -> dict[str, Any]:
+    async def delete_edge(request: Request, edge_id: FromPath[int]) -> dict[str, Any]:
         """Delete one edge."""
-        await graph().delete_edge(edge_id)
+        await graph().delete_edge(edge_id, principal(request))
         return {"deleted": "edge", "id": edge_id}
 
     @get("/graph/stream", operation_id="StreamGraphChanges", tags=["graph"])
@@ -177,11 +209,17 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         session_id: SessionId,
         since: Annotated[str | None, QueryParameter(description="changelog id to resume after")] = None,
     ) -> ServerSentEvent:
-        """Follow a session's changes as SSE; each event's `id` is its changelog id (resume with Last-Event-ID)."""
+        """Follow a session's changes as SSE; each event's `id` is its changelog id (resume with Last-Event-ID).
+
+        Opening it claims a session nobody owns yet; a watcher whose share is removed gets an `error` event
+        (code `not_found`) at the next change, and the stream ends.
+        """
         check_session_id(session_id)
         header = request.headers.get("last-event-id")
         requested = _change_id(header, "Last-Event-ID") if header else _change_id(since, "since")
-        store = graph()
+        store, who = graph(), principal(request)
+        grant = await store.claim(session_id, who)
+        grant.check(who, "read")
         latest = await store.latest_change_id()
         cursor, notice = requested, None
         if requested is None:
@@ -194,7 +232,10 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
                 _reset("cursor_ahead", f"this server's newest change is {latest}", latest),
             )
         assert cursor is not None
-        changes = store.follow(session_id, cursor, server.settings.graph.stream_poll_secs)
+        follow = store.follow(session_id, cursor, server.settings.graph.stream_poll_secs)
+        changes: AsyncIterator[Any] = follow
+        if grant.owner_id != who.user_id and not who.is_admin:  # a share can be taken back: check each change
+            changes = _while_visible(follow, lambda: _can_read(store, session_id, who), missing(session_id))
         keepalive = server.settings.server.sse_keepalive_secs
         # Says where the stream starts; its `id:` lets a client that sees no change before a drop resume from here.
         opening = ServerSentEventMessage(
@@ -204,12 +245,16 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         return ServerSentEvent(_sse(changes, server.stopping, keepalive, first))
 
     @post("/bootstrap", operation_id="Bootstrap", tags=["graph"], status_code=201)
-    async def run_bootstrap(data: JSONBody[BootstrapIn | None] = None) -> Response[dict[str, Any]]:
+    async def run_bootstrap(
+        request: Request, data: JSONBody[BootstrapIn | None] = None
+    ) -> Response[dict[str, Any]]:
         """Index the configured repository into a session's graph; a re-run updates it instead of duplicating."""
         session_id = check_session_id((data or BootstrapIn()).session_id)
+        who = principal(request)
+        (await graph().claim(session_id, who)).check(who, "write")  # before the (slow) scan
         root = server.settings.graph.bootstrap_root or Path.cwd()
         plan = await asyncio.to_thread(bootstrap.scan_repository, root)
-        result = await graph().apply_plan(session_id, plan)
+        result = await graph().apply_plan(session_id, plan, who)
         return Response(result.as_dict(), status_code=201 if result.nodes_created else 200)
 
     return [
@@ -226,6 +271,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         delete_edge,
         stream,
         run_bootstrap,
+        *graph_shares.routes(server),
     ]
 
 
@@ -245,13 +291,30 @@ def _change_id(value: str | None, name: str) -> int | None:
     return int(value)
 
 
+async def _can_read(store: GraphStore, session_id: str, who: Principal) -> bool:
+    return (await store.grant(session_id, who)).level != "none"
+
+
+async def _while_visible(
+    changes: AsyncGenerator[Change, None], visible: Callable[[], Awaitable[bool]], gone: NotFoundError
+) -> AsyncGenerator[Change | ServerSentEventMessage, None]:
+    """The changes, until the watcher may no longer read the session: then an `error` event, and the end."""
+    async with contextlib.aclosing(changes):
+        async for change in changes:
+            if not await visible():
+                body = {"error": gone.message, "code": gone.code}
+                yield ServerSentEventMessage(event="error", data=json.dumps(body))
+                return
+            yield change
+
+
 def _reset(code: str, message: str, resume_after: int) -> ServerSentEventMessage:
     body = {"code": code, "message": f"{message}; continuing after change {resume_after}"}
     return ServerSentEventMessage(event="reset", data=json.dumps({**body, "resume_after": resume_after}))
 
 
 async def _sse(
-    changes: AsyncIterator[Change],
+    changes: AsyncIterator[Any],
     stopping: asyncio.Event,
     keepalive: float,
     first: list[ServerSentEventMessage],
@@ -265,5 +328,8 @@ async def _sse(
             yield ServerSentEventMessage(
                 event="error", data=json.dumps({"error": "server is shutting down", "code": "shutting_down"})
             )
+        elif isinstance(item, ServerSentEventMessage):  # the last word: access was taken back
+            yield item
+            return
         else:
             yield ServerSentEventMessage(data=json.dumps(item.as_dict()), id=str(item.id))

@@ -1,0 +1,85 @@
+"""Graph sessions and their shares over HTTP: `/graph/sessions` and `/graph/sessions/{session_id}/shares`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, delete, get, post
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath, JSONBody
+
+from specai.errors import NotFoundError
+from specai.graph import GraphStore
+from specai.graph_access import ShareEntry
+from specai.server.security import principal
+from specai.server.state import ServerState
+
+
+class ShareIn(msgspec.Struct):
+    """`POST /graph/sessions/{session_id}/shares`: who to share with, and whether they may only read."""
+
+    username: str
+    read_only: bool = False
+
+
+def routes(server: ServerState) -> list[HTTPRouteHandler]:
+    """The session and sharing routes, bound to this server's state."""
+
+    def graph() -> GraphStore:
+        return server.graph()
+
+    def user(name: str) -> tuple[str, str]:
+        """(user id, name) of an account of this server, or 404 like any unknown thing."""
+        found = server.users.get(name) if server.users is not None else None
+        if found is None:
+            raise NotFoundError(f"no user '{name}'")
+        return found.id, found.username
+
+    def name_of(user_id: str) -> str:
+        found = server.users.by_id(user_id) if server.users is not None else None
+        return found.username if found is not None else user_id
+
+    @get("/graph/sessions", operation_id="ListGraphSessions", tags=["graph"])
+    async def list_sessions(request: Request) -> dict[str, Any]:
+        """The graph sessions the caller owns or that are shared with them, with their owner and the access."""
+        entries = await graph().sessions(principal(request))
+        return {
+            "sessions": [
+                {"session_id": e.session_id, "owner": name_of(e.owner_id), "access": e.access}
+                for e in entries
+            ]
+        }
+
+    @get("/graph/sessions/{session_id:str}/shares", operation_id="ListGraphShares", tags=["graph"])
+    async def list_shares(request: Request, session_id: FromPath[str]) -> dict[str, Any]:
+        """Who a session is shared with (its owner or an admin only)."""
+        owner_id, shares = await graph().shares(session_id, principal(request))
+        return {"session_id": session_id, "owner": name_of(owner_id), "shares": [_share(s) for s in shares]}
+
+    @post("/graph/sessions/{session_id:str}/shares", operation_id="ShareGraphSession", tags=["graph"])
+    async def share(request: Request, session_id: FromPath[str], data: JSONBody[ShareIn]) -> dict[str, Any]:
+        """Share a session with a user, read-write or `read_only`; sharing again changes the access."""
+        user_id, name = user(data.username)
+        entry = await graph().share(
+            session_id, principal(request), user_id, name, writable=not data.read_only
+        )
+        return {"session_id": session_id, **_share(entry)}
+
+    @delete(
+        "/graph/sessions/{session_id:str}/shares/{username:str}",
+        operation_id="UnshareGraphSession",
+        tags=["graph"],
+        status_code=200,
+    )
+    async def unshare(request: Request, session_id: FromPath[str], username: FromPath[str]) -> dict[str, Any]:
+        """Stop sharing a session with a user; their open change streams end at the next change."""
+        user_id, name = user(username)
+        await graph().unshare(session_id, principal(request), user_id, name)
+        return {"session_id": session_id, "unshared": name}
+
+    return [list_sessions, list_shares, share, unshare]
+
+
+def _share(entry: ShareEntry) -> dict[str, Any]:
+    return {"username": entry.user_name, "access": "write" if entry.writable else "read"}
