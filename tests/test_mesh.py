@@ -10,24 +10,25 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
+from specai.access import Principal
 from specai.errors import (
     CorruptFileError,
+    ForbiddenError,
     InvalidRequestError,
     PayloadTooLargeError,
+    QuotaExceededError,
     UnknownInstanceError,
     UnprocessableError,
 )
-from specai.mesh import (
-    MemberInfo,
-    MeshRegistry,
-    MessageQueue,
-    elect,
-    load_instance_id,
-    parse_message_type,
-)
+from specai.mesh import MemberInfo, MeshRegistry, elect, load_instance_id
+from specai.mesh_queue import MAX_ACK, MessageQueue, parse_cursor, parse_message_type
+from specai.peer_token import peer_principal
 from specai.store import Store, mesh_deliveries, mesh_members, mesh_messages, utcnow
 
 pytestmark = pytest.mark.anyio
+ALICE = Principal("u-alice", "alice", "mesh", "mesh")  # a mesh account
+BOB = Principal("u-bob", "bob", "mesh", "mesh")  # another mesh account: a rogue one
+ADMIN = Principal("u-root", "root", "admin", "admin")
 
 
 def info(instance_id: str, port: int = 4000) -> MemberInfo:
@@ -97,18 +98,18 @@ async def test_ties_are_broken_by_instance_id() -> None:
 
 async def test_heartbeat_from_an_unknown_member_says_to_register(registry: MeshRegistry) -> None:
     with pytest.raises(UnknownInstanceError) as caught:
-        await registry.heartbeat("ghost")
+        await registry.heartbeat("ghost", ALICE)
     assert caught.value.status == 404 and "register" in caught.value.details["hint"]
-    await registry.register(info("ghost"))
-    await registry.heartbeat("ghost")
+    await registry.register(info("ghost"), ALICE)
+    await registry.heartbeat("ghost", ALICE)
 
 
 async def test_deregister_and_evict(registry: MeshRegistry, store: Store) -> None:
-    await registry.register(info("a"))
-    await registry.register(info("b"))
-    await registry.deregister("a")
+    await registry.register(info("a"), ALICE)
+    await registry.register(info("b"), ALICE)
+    await registry.deregister("a", ALICE)
     with pytest.raises(UnknownInstanceError):
-        await registry.deregister("a")
+        await registry.deregister("a", ALICE)
     await age(store, "b", 120)
     await age(store, "self", 120)
     assert await registry.evict(dt.timedelta(seconds=60)) == ["b"]  # never this server itself
@@ -169,9 +170,9 @@ async def test_a_broadcast_reaches_every_member_but_its_sender(
         await registry.register(info(name))
     message, recipients = await queue.send("a", None, "notification", {"hello": 1})
     assert recipients == ["b", "self"] and message.message_type == "Notification"
-    assert await queue.inbox("a") == []
-    assert [m.message_id for m in await queue.inbox("b")] == [message.message_id]
-    assert (await queue.inbox("self"))[0].as_dict()["payload"] == {"hello": 1}
+    assert (await queue.inbox("a")).messages == []
+    assert [m.message_id for m in (await queue.inbox("b")).messages] == [message.message_id]
+    assert (await queue.inbox("self")).messages[0].as_dict()["payload"] == {"hello": 1}
 
 
 async def test_an_ack_removes_the_message_for_that_recipient_only(
@@ -181,7 +182,7 @@ async def test_an_ack_removes_the_message_for_that_recipient_only(
         await registry.register(info(name))
     message, _ = await queue.send("self", None, "Query", {"q": "?"})
     assert await queue.ack("a", [message.message_id]) == 1
-    assert await queue.inbox("a") == [] and len(await queue.inbox("b")) == 1
+    assert (await queue.inbox("a")).messages == [] and len((await queue.inbox("b")).messages) == 1
     assert await queue.ack("a", [message.message_id]) == 0  # idempotent
     await queue.ack("b", [message.message_id, "unknown-id"])
     async with store.connect() as conn:
@@ -217,7 +218,7 @@ async def test_messages_survive_a_reopen_and_expire(
     sent = [(await queue.send("self", "a", "Query", {"n": i}))[0] for i in range(3)]
     reopened = await Store.open(db_settings)  # type: ignore[arg-type]
     try:
-        assert [m.message_id for m in await MessageQueue(reopened, 1024).inbox("a")] == [
+        assert [m.message_id for m in (await MessageQueue(reopened, 1024).inbox("a")).messages] == [
             m.message_id for m in sent
         ]
     finally:
@@ -229,16 +230,16 @@ async def test_messages_survive_a_reopen_and_expire(
             .values(created_at=utcnow() - dt.timedelta(days=30))
         )
     assert await queue.prune(dt.timedelta(days=7)) == 1
-    assert [m.message_id for m in await queue.inbox("a")] == [m.message_id for m in sent[1:]]
+    assert [m.message_id for m in (await queue.inbox("a")).messages] == [m.message_id for m in sent[1:]]
 
 
 async def test_concurrent_sends_and_acks_lose_nothing(registry: MeshRegistry, queue: MessageQueue) -> None:
     await registry.register(info("a"))
     sent = await asyncio.gather(*(queue.send("self", "a", "Notification", {"i": i}) for i in range(30)))
-    inbox = await queue.inbox("a")
+    inbox = (await queue.inbox("a")).messages
     assert sorted(m.message_id for m in inbox) == sorted(m.message_id for m, _ in sent)
     await asyncio.gather(*(queue.ack("a", [m.message_id]) for m in inbox))
-    assert await queue.inbox("a") == [] and await queue.pending() == 0
+    assert (await queue.inbox("a")).messages == [] and await queue.pending() == 0
 
 
 @pytest.mark.parametrize(
@@ -272,15 +273,30 @@ async def test_a_broadcast_with_no_other_member_stores_nothing(
 
 
 async def test_upgrading_a_version_2_database_keeps_its_graph(db_settings: object) -> None:
-    from specai.graph import GraphStore
-    from specai.store import SCHEMA_VERSION
+    from specai.store import SCHEMA_VERSION, graph_nodes
 
     old = await Store.open(db_settings, migrate=False)  # type: ignore[arg-type]
     try:
         assert await old.migrate(target=2) == 2
-        node = await GraphStore(old).create_node("kept", "entity", "before the mesh")
-        assert await old.migrate() == SCHEMA_VERSION == 3
-        assert (await GraphStore(old).get_node(node.id)).label == "before the mesh"
+        now = utcnow()
+        async with old.transaction() as conn:  # a node as a version-2 server wrote it
+            await conn.execute(
+                graph_nodes.insert().values(
+                    uid="n-1",
+                    session_id="kept",
+                    node_type="entity",
+                    label="before the mesh",
+                    properties={},
+                    version=1,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        assert await old.migrate() == SCHEMA_VERSION
+        async with old.connect() as conn:
+            assert await conn.scalar(select(graph_nodes.c.label).where(graph_nodes.c.uid == "n-1")) == (
+                "before the mesh"
+            )
         registry = MeshRegistry(old, "self", 15)
         await registry.register(info("self"))
         assert [m.instance_id for m in (await registry.view()).members] == ["self"]

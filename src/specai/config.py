@@ -75,6 +75,10 @@ class MeshSettings:
     advertise_url: str | None = None
     max_payload_bytes: int = 65_536
     message_retention_secs: int = 604_800
+    trusted_fingerprints: tuple[str, ...] = ()  # peers that may receive the mesh password (besides the join pin)
+    max_members_per_account: int = 16
+    max_queued_messages: int = 10_000  # per recipient
+    max_inbox_bytes: int = 1_048_576  # of payloads per inbox page
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,9 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
         else "must be an https:// URL (peers only speak TLS)"
     ),
     ("mesh", "message_retention_secs"): _positive,
+    ("mesh", "max_members_per_account"): _positive,
+    ("mesh", "max_queued_messages"): _positive,
+    ("mesh", "max_inbox_bytes"): _positive,
     ("graph", "stream_poll_secs"): _positive,
     ("agents", "max_tool_iterations"): lambda v: None if 0 <= v <= 50 else "must be from 0 to 50",
     ("agents", "model_provider"): _provider,

@@ -1,9 +1,8 @@
-"""The mesh: a persistent registry of specai servers with a deterministic leader, and a per-recipient message queue."""
+"""The mesh registry: persisted members bound to the account that registered them, ranked by the registry."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import socket
 import uuid
@@ -12,37 +11,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, delete, exists, func, insert, select, update
+from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from specai.access import Principal
 from specai.errors import (
+    ConflictError,
     CorruptFileError,
+    ForbiddenError,
     InvalidRequestError,
-    PayloadTooLargeError,
+    QuotaExceededError,
     UnknownInstanceError,
-    UnprocessableError,
 )
 from specai.files import write_private
-from specai.store import Store, mesh_deliveries, mesh_members, mesh_messages, utcnow
+from specai.peer_token import PEER_PREFIX, bound_instance
+from specai.store import Store, insert_ignore, mesh_members, utcnow
 
 INSTANCE_ID_FILE = "instance_id"
 MAX_INSTANCE_ID = 128
-INBOX_LIMIT = 1000
-MESSAGE_TYPES = (
-    "Query",
-    "Response",
-    "Notification",
-    "TaskDelegation",
-    "TaskResult",
-    "GraphSync",
-    "CapabilityUpdate",
-    "CapabilityQuery",
-    "LearningShare",
-    "ProposalSubmit",
-    "ProposalVote",
-    "WorkflowAssignment",
-    "WorkflowStageResult",
-)
-_BY_SNAKE = {re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower(): name for name in MESSAGE_TYPES}
+MAX_FIELD = 2048  # hostname, base_url, fingerprint, capability and profile names
+MAX_LIST = 256  # capabilities, agent profiles
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 
 
@@ -75,31 +63,19 @@ def check_instance_id(value: Any, name: str = "instance_id") -> str:
     return value
 
 
-def parse_message_type(value: Any) -> str | dict[str, str]:
-    """The wire form of a message type: a PascalCase name (snake_case accepted) or `{"Custom": "name"}`."""
-    if isinstance(value, str):
-        name = value if value in MESSAGE_TYPES else _BY_SNAKE.get(value)
-        if name is not None:
-            return name
-    if (
-        isinstance(value, dict)
-        and set(value) == {"Custom"}
-        and isinstance(value["Custom"], str)
-        and value["Custom"]
-    ):
-        return {"Custom": value["Custom"]}
-    if (
-        isinstance(value, dict)
-        and set(value) == {"custom"}
-        and isinstance(value["custom"], str)
-        and value["custom"]
-    ):
-        return {"Custom": value["custom"]}
-    raise UnprocessableError(
-        f"message_type {value!r} is not one of {', '.join(MESSAGE_TYPES)} (or snake_case), "
-        'nor {"Custom": "name"}',
-        details={"valid": list(MESSAGE_TYPES)},
-    )
+def _text(value: Any, name: str, *, empty: bool = False) -> str:
+    """A printable string of at most MAX_FIELD characters (PostgreSQL cannot store NUL: refused up front)."""
+    if not isinstance(value, str) or len(value) > MAX_FIELD or (not value and not empty):
+        raise InvalidRequestError(f"{name} must be a string of 1 to {MAX_FIELD} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidRequestError(f"{name} must not contain control characters (NUL, newlines, ...)")
+    return value
+
+
+def _names(values: Sequence[Any], name: str) -> list[str]:
+    if len(values) > MAX_LIST:
+        raise InvalidRequestError(f"{name} may list at most {MAX_LIST} names")
+    return sorted({_text(v, name) for v in values})
 
 
 # --- registry ----------------------------------------------------------------------------------------------------
@@ -107,7 +83,7 @@ def parse_message_type(value: Any) -> str | dict[str, str]:
 
 @dataclass(frozen=True)
 class MemberInfo:
-    """What an instance says about itself when it registers."""
+    """What an instance says about itself when it registers (never its rank: the registry assigns that)."""
 
     instance_id: str
     hostname: str
@@ -116,6 +92,24 @@ class MemberInfo:
     agent_profiles: Sequence[str] = ()
     base_url: str | None = None
     fingerprint: str | None = None
+
+    def values(self) -> dict[str, Any]:
+        """The validated columns it sets; only https:// base URLs (the server contacts nothing else)."""
+        check_instance_id(self.instance_id)
+        hostname = _text(self.hostname, "hostname")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise InvalidRequestError("port must be from 1 to 65535")
+        base_url = _text(self.base_url or f"https://{hostname}:{self.port}", "base_url").rstrip("/")
+        if not base_url.startswith("https://") or len(base_url) <= len("https://"):
+            raise InvalidRequestError("base_url must be an https:// URL (TLS is mandatory)")
+        return {
+            "hostname": hostname,
+            "port": self.port,
+            "base_url": base_url,
+            "fingerprint": None if self.fingerprint is None else _text(self.fingerprint, "fingerprint"),
+            "capabilities": _names(self.capabilities, "capabilities"),
+            "agent_profiles": _names(self.agent_profiles, "agent_profiles"),
+        }
 
 
 @dataclass(frozen=True)
@@ -164,61 +158,119 @@ def elect(members: Sequence[Member]) -> str | None:
     return min(live, key=lambda m: (m.registered_at, m.instance_id)).instance_id if live else None
 
 
-class MeshRegistry:
-    """Members persisted in the store; liveness is judged from the heartbeats this server received."""
+def authorize(actor: Principal, instance_id: str, owner: str | None, *, claimable: bool = False) -> None:
+    """An account acts only for the instance ids it registered, a peer token only for its own; admins for any."""
+    if actor.is_admin:
+        return
+    bound = bound_instance(actor)
+    if bound is not None and bound != instance_id:
+        raise ForbiddenError(f"this peer token acts only for instance '{bound}', not '{instance_id}'")
+    if owner == actor.user_id or (owner is None and claimable):
+        return
+    raise ForbiddenError(
+        f"instance '{instance_id}' belongs to another account; only that account (or an admin) may act for it"
+    )
 
-    def __init__(self, store: Store, self_id: str, leader_timeout: float) -> None:
+
+class MeshRegistry:
+    """Members persisted in the store, each bound to the account that first registered it; liveness is judged
+    from the heartbeats this server received, ranks from the registration time this registry (or the one this
+    server joined) assigned."""
+
+    def __init__(
+        self, store: Store, self_id: str, leader_timeout: float, max_members_per_account: int = 16
+    ) -> None:
         self.store = store
         self.self_id = self_id
         self.leader_timeout = dt.timedelta(seconds=leader_timeout)
+        self.max_members_per_account = max_members_per_account
 
-    async def register(self, info: MemberInfo, registered_at: dt.datetime | None = None) -> Member:
-        """Add or refresh a member; a known member keeps its original registration time (and so its rank)."""
-        check_instance_id(info.instance_id)
-        if not isinstance(info.port, int) or not 1 <= info.port <= 65535:
-            raise InvalidRequestError("port must be from 1 to 65535")
-        now = utcnow()
-        base_url = (info.base_url or f"https://{info.hostname}:{info.port}").rstrip("/")
-        if not base_url.startswith("https://"):
-            raise InvalidRequestError("base_url must be an https:// URL (TLS is mandatory)")
-        values = {
-            "hostname": info.hostname,
-            "port": info.port,
-            "base_url": base_url,
-            "fingerprint": info.fingerprint,
-            "capabilities": sorted(set(info.capabilities)),
-            "agent_profiles": sorted(set(info.agent_profiles)),
-            "last_heartbeat": now,
-        }
+    async def register(self, info: MemberInfo, actor: Principal | None = None) -> Member:
+        """Add or refresh a member for `actor` (None: this server itself); a known member keeps its rank, and only
+        its own account may change it. A member with no owner (registered before owners existed) is claimed."""
+        values = {**info.values(), "last_heartbeat": utcnow()}
+        owner = PEER_PREFIX + self.self_id if actor is None else actor.user_id
         async with self.store.transaction() as conn:
-            found = await conn.scalar(
-                select(mesh_members.c.registered_at).where(mesh_members.c.instance_id == info.instance_id)
-            )
-            if found is None:
-                stamp = min(registered_at, now) if registered_at is not None else now
+            row = (
                 await conn.execute(
-                    insert(mesh_members).values(instance_id=info.instance_id, registered_at=stamp, **values)
+                    select(mesh_members.c.owner_id).where(mesh_members.c.instance_id == info.instance_id)
                 )
-            else:
-                await conn.execute(
+            ).first()
+            if actor is not None:
+                authorize(actor, info.instance_id, None if row is None else row.owner_id, claimable=True)
+            if row is None or row.owner_id is None:
+                if actor is not None:
+                    await self._check_quota(conn, actor)
+                values["owner_id"] = owner
+            if row is None:
+                result = await conn.execute(
+                    insert_ignore(conn, mesh_members, "instance_id").values(
+                        instance_id=info.instance_id, registered_at=values["last_heartbeat"], **values
+                    )
+                )
+            else:  # unchanged owner: a concurrent claim of the same id loses the race instead of sharing it
+                was = mesh_members.c.owner_id
+                result = await conn.execute(
                     update(mesh_members)
-                    .where(mesh_members.c.instance_id == info.instance_id)
+                    .where(
+                        mesh_members.c.instance_id == info.instance_id,
+                        was.is_(None) if row.owner_id is None else was == row.owner_id,
+                    )
                     .values(**values)
                 )
+            if not result.rowcount:
+                raise ConflictError(f"instance '{info.instance_id}' was registered concurrently; try again")
         return await self.member(info.instance_id)
 
-    async def heartbeat(self, instance_id: str) -> None:
-        """Record that `instance_id` is alive; UnknownInstanceError when it is not registered (it should re-register)."""
+    async def _check_quota(self, conn: AsyncConnection, actor: Principal) -> None:
+        if actor.is_admin:
+            return
+        count = await conn.scalar(
+            select(func.count()).select_from(mesh_members).where(mesh_members.c.owner_id == actor.user_id)
+        )
+        if int(count or 0) >= self.max_members_per_account:
+            raise QuotaExceededError(
+                f"this account already registered {count} members, the most allowed "
+                "([mesh] max_members_per_account); deregister one first",
+                details={"limit": self.max_members_per_account},
+            )
+
+    async def authorize(self, instance_id: str, actor: Principal, *, allow_absent: bool = False) -> bool:
+        """Raise unless `actor` may act for `instance_id` (403), or it is unknown (404; admins may name a departed
+        member when `allow_absent`). Returns whether it is a member."""
+        async with self.store.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(mesh_members.c.owner_id).where(mesh_members.c.instance_id == instance_id)
+                )
+            ).first()
+        if row is None:
+            if allow_absent and actor.is_admin:
+                return False
+            raise UnknownInstanceError(f"instance '{instance_id}' is not registered here")
+        authorize(actor, instance_id, row.owner_id)
+        return True
+
+    async def heartbeat(self, instance_id: str, actor: Principal) -> None:
+        """Record that `instance_id` is alive; UnknownInstanceError when it is not registered (it should re-register),
+        ForbiddenError when another account owns it."""
         async with self.store.transaction() as conn:
-            result = await conn.execute(
+            row = (
+                await conn.execute(
+                    select(mesh_members.c.owner_id).where(mesh_members.c.instance_id == instance_id)
+                )
+            ).first()
+            if row is None or (row.owner_id is None and not actor.is_admin):
+                raise UnknownInstanceError(
+                    f"instance '{instance_id}' is not registered here"
+                    + ("" if row is None else " by any account"),
+                    details={"hint": "register again with POST /registry/register"},
+                )
+            authorize(actor, instance_id, row.owner_id)
+            await conn.execute(
                 update(mesh_members)
                 .where(mesh_members.c.instance_id == instance_id)
                 .values(last_heartbeat=utcnow())
-            )
-        if not result.rowcount:
-            raise UnknownInstanceError(
-                f"instance '{instance_id}' is not registered here",
-                details={"hint": "register again with POST /registry/register"},
             )
 
     async def touch(self, instance_id: str) -> None:
@@ -231,40 +283,45 @@ class MeshRegistry:
             )
 
     async def learn(self, peers: Sequence[dict[str, Any]]) -> None:
-        """Adopt the registry's member list: new members are added, and every registration time follows the
-        registry's (it decides the ranks); liveness stays what this server itself observed."""
+        """Adopt the member list of the registry this server joined (call it with nothing else): new members are
+        added, every rank follows the registry's, and each member is bound to its own peer identity (it acts here
+        with a peer token); liveness stays what this server itself observed."""
         now = utcnow()
         async with self.store.transaction() as conn:
             for peer in peers:
                 try:
-                    instance_id = check_instance_id(peer["instance_id"])
-                    registered_at = min(dt.datetime.fromisoformat(peer["created_at"]), now)
-                    heard = min(dt.datetime.fromisoformat(peer["last_heartbeat"]), now)
+                    info = MemberInfo(
+                        peer["instance_id"],
+                        peer["hostname"],
+                        peer["port"],
+                        list(peer.get("capabilities") or []),
+                        list(peer.get("agent_profiles") or []),
+                        peer["base_url"],
+                        peer.get("fingerprint"),
+                    )
                     values = {
-                        "hostname": str(peer["hostname"]),
-                        "port": int(peer["port"]),
-                        "base_url": str(peer["base_url"]),
-                        "fingerprint": peer.get("fingerprint"),
-                        "capabilities": list(peer.get("capabilities") or []),
-                        "agent_profiles": list(peer.get("agent_profiles") or []),
-                        "registered_at": registered_at,
+                        **info.values(),
+                        "registered_at": min(dt.datetime.fromisoformat(peer["created_at"]), now),
+                        "owner_id": PEER_PREFIX + info.instance_id,
                     }
+                    heard = min(dt.datetime.fromisoformat(peer["last_heartbeat"]), now)
                 except (KeyError, TypeError, ValueError, InvalidRequestError):
                     continue  # a malformed entry is skipped, not fatal
-                found = await conn.scalar(
-                    select(mesh_members.c.instance_id).where(mesh_members.c.instance_id == instance_id)
+                await conn.execute(
+                    insert_ignore(conn, mesh_members, "instance_id").values(
+                        instance_id=info.instance_id, last_heartbeat=heard, **values
+                    )
                 )
-                if found is None:
-                    await conn.execute(
-                        insert(mesh_members).values(instance_id=instance_id, last_heartbeat=heard, **values)
-                    )
-                else:
-                    await conn.execute(
-                        update(mesh_members).where(mesh_members.c.instance_id == instance_id).values(**values)
-                    )
+                await conn.execute(
+                    update(mesh_members)
+                    .where(mesh_members.c.instance_id == info.instance_id)
+                    .values(**values)
+                )
 
-    async def deregister(self, instance_id: str) -> None:
-        """Remove a member (its undelivered messages stay until acknowledged or expired); 404 if unknown."""
+    async def deregister(self, instance_id: str, actor: Principal) -> None:
+        """Remove a member (its undelivered messages stay until acknowledged or expired); 404 if unknown, 403 when
+        another account owns it."""
+        await self.authorize(instance_id, actor)
         async with self.store.transaction() as conn:
             result = await conn.execute(delete(mesh_members).where(mesh_members.c.instance_id == instance_id))
         if not result.rowcount:
@@ -321,138 +378,3 @@ class MeshRegistry:
             last_heartbeat=row.last_heartbeat,
             live=live,
         )
-
-
-# --- messages ----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AgentMessage:
-    """A queued message, in the original's shape."""
-
-    message_id: str
-    source_instance: str
-    target_instance: str | None
-    message_type: str | dict[str, str]
-    payload: Any
-    correlation_id: str | None
-    created_at: dt.datetime
-
-    def as_dict(self) -> dict[str, Any]:
-        """`{message_id, source_instance, target_instance, message_type, payload, correlation_id, created_at}`."""
-        return {**self.__dict__, "created_at": self.created_at.isoformat()}
-
-
-class MessageQueue:
-    """Durable messages with delivery state per recipient: one member's ack removes a message only for it."""
-
-    def __init__(self, store: Store, max_payload_bytes: int) -> None:
-        self.store = store
-        self.max_payload_bytes = max_payload_bytes
-
-    async def send(
-        self,
-        source: str,
-        target: str | None,
-        message_type: Any,
-        payload: Any,
-        correlation_id: str | None = None,
-    ) -> tuple[AgentMessage, list[str]]:
-        """Queue a message for `target`, or for every member but the source; nothing is stored on any error."""
-        kind = parse_message_type(message_type)
-        size = len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
-        if size > self.max_payload_bytes:
-            raise PayloadTooLargeError(
-                f"payload is {size} bytes; the limit is {self.max_payload_bytes} ([mesh] max_payload_bytes)"
-            )
-        if correlation_id is not None and (not isinstance(correlation_id, str) or len(correlation_id) > 256):
-            raise InvalidRequestError("correlation_id must be a string of at most 256 characters")
-        message = AgentMessage(str(uuid.uuid4()), source, target, kind, payload, correlation_id, utcnow())
-        async with self.store.transaction() as conn:
-            known = set((await conn.scalars(select(mesh_members.c.instance_id))).all())
-            if source not in known:
-                raise UnknownInstanceError(
-                    f"source instance '{source}' is not registered here; only members may send",
-                    details={"hint": "register with POST /registry/register first"},
-                )
-            if target is not None and target not in known:
-                raise UnknownInstanceError(
-                    f"target instance '{target}' not found; nothing was queued",
-                    details={"target_instance": target},
-                )
-            recipients = [target] if target is not None else sorted(known - {source})
-            if not recipients:  # a broadcast from the only member: nobody could ever acknowledge it
-                return message, recipients
-            row_id = await conn.scalar(
-                insert(mesh_messages)
-                .values(
-                    message_id=message.message_id,
-                    source_instance=source,
-                    target_instance=target,
-                    message_type=kind,
-                    payload=payload,
-                    correlation_id=correlation_id,
-                    created_at=message.created_at,
-                )
-                .returning(mesh_messages.c.id)
-            )
-            await conn.execute(
-                insert(mesh_deliveries), [{"message_id": row_id, "recipient": r} for r in recipients]
-            )
-        return message, recipients
-
-    async def inbox(self, recipient: str, limit: int = INBOX_LIMIT) -> list[AgentMessage]:
-        """Messages not yet acknowledged by `recipient`, oldest first."""
-        query = (
-            select(mesh_messages)
-            .join(mesh_deliveries, mesh_deliveries.c.message_id == mesh_messages.c.id)
-            .where(mesh_deliveries.c.recipient == recipient)
-            .order_by(mesh_messages.c.id)
-            .limit(limit)
-        )
-        async with self.store.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [
-            AgentMessage(
-                r.message_id,
-                r.source_instance,
-                r.target_instance,
-                r.message_type,
-                r.payload,
-                r.correlation_id,
-                r.created_at,
-            )
-            for r in rows
-        ]
-
-    async def ack(self, recipient: str, message_ids: Sequence[str]) -> int:
-        """Mark messages delivered to `recipient` only; a message goes once every recipient has it. Returns count."""
-        if not message_ids:
-            return 0
-        async with self.store.transaction() as conn:
-            ids = select(mesh_messages.c.id).where(mesh_messages.c.message_id.in_(list(message_ids)))
-            result = await conn.execute(
-                delete(mesh_deliveries).where(
-                    mesh_deliveries.c.recipient == recipient, mesh_deliveries.c.message_id.in_(ids)
-                )
-            )
-            await conn.execute(
-                delete(mesh_messages).where(
-                    mesh_messages.c.message_id.in_(list(message_ids)),
-                    ~exists().where(mesh_deliveries.c.message_id == mesh_messages.c.id),
-                )
-            )
-        return int(result.rowcount or 0)
-
-    async def pending(self) -> int:
-        """Deliveries not yet acknowledged, across all recipients."""
-        async with self.store.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(mesh_deliveries)) or 0)
-
-    async def prune(self, older_than: dt.timedelta) -> int:
-        """Drop messages older than `older_than`, delivered or not; returns how many."""
-        async with self.store.transaction() as conn:
-            result = await conn.execute(
-                delete(mesh_messages).where(mesh_messages.c.created_at < utcnow() - older_than)
-            )
-        return int(result.rowcount or 0)

@@ -44,7 +44,7 @@ def create_app(
     openapi = OpenAPIConfig(title="specai", version=__version__, path="/schema")
     if users is not None:
         verifier = TokenVerifier(secret, users, state.keys, state.revocations)
-        middleware.append(BearerAuthMiddleware(verifier))
+        middleware.append(BearerAuthMiddleware(verifier, peers=state.peer))
         openapi.components = Components(
             security_schemes={
                 "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")

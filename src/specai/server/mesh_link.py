@@ -2,6 +2,9 @@
 
 A member heartbeats the registry *and* every other member it learned of, and counts a peer alive when it answers
 or heartbeats; so when the registry goes away, the survivors still see each other and agree on the next leader.
+Each peer has its own loop with its own timeout, so a silent or fake member delays nobody but itself. The mesh
+password goes only to the registry (pinned by the operator) and to peers in `[mesh] trusted_fingerprints`; every
+other member is called with a short-lived peer token the registry signs for that one call path.
 """
 
 from __future__ import annotations
@@ -10,114 +13,36 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from specai.config import Settings, resolve_secret
-from specai.errors import AuthError, ConnectionFailedError, SpecaiError, TrustError
-from specai.fingerprint import fingerprint_der
-from specai.mesh import MemberInfo, MeshRegistry
-from specai.tls import fetch_peer_cert, pinned_ssl_context
-from specai.trust import KnownServers, ServerAddress, parse_server, verify_identity
+from specai.config import Settings
+from specai.errors import AuthError, ConnectionFailedError, SpecaiError, TlsError, TrustError
+from specai.fingerprint import normalize_fingerprint
+from specai.mesh import Member, MemberInfo, MeshRegistry
+from specai.server.mesh_peer import REQUEST_TIMEOUT, Credentials, Peer, error_text, mesh_credentials
+from specai.trust import KnownServers, parse_server
+
+__all__ = ["Credentials", "MeshLink", "mesh_credentials"]
 
 log = logging.getLogger("specai.mesh")
-JOIN_TOKEN_ENV = "SPECAI_JOIN_TOKEN"
-REQUEST_TIMEOUT = 5.0
 LEAVE_TIMEOUT = 1.0
 EVICT_AFTER_TIMEOUTS = (
     4  # a member silent for this many leader timeouts is removed (it re-registers by itself)
 )
+TOKEN_RENEW_SECS = 45  # renew a peer token in the background once it has less than this left
 
 
-@dataclass(frozen=True)
-class Credentials:
-    """How this server logs in to its peers: a user of theirs, or a ready token."""
-
-    username: str | None = None
-    password: str | None = None
-    token: str | None = None
-
-
-def mesh_credentials(settings: Settings, env: Mapping[str, str] = os.environ) -> Credentials:
-    """`[mesh] username` + `password_source`, else `SPECAI_JOIN_TOKEN`, else none (peers without auth)."""
-    mesh = settings.mesh
-    if mesh.username and mesh.password_source:
-        return Credentials(mesh.username, resolve_secret(mesh.password_source, "[mesh] password_source", env))
-    if mesh.username or mesh.password_source:
-        raise AuthError("[mesh] needs both username and password_source (or set SPECAI_JOIN_TOKEN)")
-    return Credentials(token=env.get(JOIN_TOKEN_ENV) or None)
-
-
-class Peer:
-    """A pinned, authenticated connection to one specai server."""
-
-    def __init__(self, address: ServerAddress, credentials: Credentials, fingerprint: str | None) -> None:
-        self.address = address
-        self.credentials = credentials
-        self.fingerprint = fingerprint  # expected; None only after `open` checked it another way
-        self._http: httpx.AsyncClient | None = None
-        self._token = credentials.token
-
-    async def open(self, known: KnownServers | None = None) -> str:
-        """Fetch the certificate (sending nothing), check it against the pin, connect; returns its fingerprint."""
-        try:
-            der = await asyncio.to_thread(fetch_peer_cert, self.address.host, self.address.port, timeout=5.0)
-        except OSError as exc:
-            raise ConnectionFailedError(
-                f"cannot reach {self.address.origin}: {exc.strerror or exc}"
-            ) from None
-        presented = fingerprint_der(der)
-        if known is not None:
-            verify_identity(self.address, presented, known, expected=self.fingerprint)
-        elif presented != self.fingerprint:
-            raise TrustError(
-                f"{self.address.origin} presents certificate {presented}, not the pinned {self.fingerprint}",
-                fingerprint=presented,
-            )
-        self._http = httpx.AsyncClient(
-            base_url=self.address.origin, verify=pinned_ssl_context(der), timeout=REQUEST_TIMEOUT
-        )
-        return presented
-
-    async def call(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        """One request; logs in first when it has a password, and once more when the token was refused."""
-        if self._http is None:
-            await self.open()
-        assert self._http is not None
-        for attempt in range(2):
-            if self._token is None and self.credentials.password is not None:
-                await self._login()
-            headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
-            response = await self._http.request(method, path, json=body, headers=headers)
-            if response.status_code != 401 or attempt or self.credentials.password is None:
-                return response
-            self._token = None
-        raise AssertionError("unreachable")
-
-    async def _login(self) -> None:
-        assert self._http is not None
-        body = {"username": self.credentials.username, "password": self.credentials.password}
-        response = await self._http.post("/auth/token", json=body)
-        if response.status_code == 200:
-            self._token = response.json()["token"]
-        elif response.status_code != 503:  # 503 auth_disabled: no token needed
-            raise AuthError(
-                f"{self.address.origin} refused the mesh login of '{self.credentials.username}' "
-                f"({_error_text(response)}); check [mesh] username and password_source"
-            )
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
+class NoPeerToken(ConnectionFailedError):
+    """The registry gave no peer token (it is down, or refused)."""
 
 
 class MeshLink:
     """A member joins the registry, heartbeats every peer until the server stops, then leaves; a registry (no
-    `join_url`) only keeps its own entry fresh and evicts members that went silent."""
+    `join_url`) only keeps its own entry fresh and evicts members that went silent (it contacts no member)."""
 
     def __init__(
         self,
@@ -128,24 +53,30 @@ class MeshLink:
         join_fingerprint: str | None,
         credentials: Credentials,
         announce: Callable[[str], None] = print,
+        on_join: Callable[[bytes, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.announce = announce
+        self.on_join = on_join
         self.failing: set[str] = set()  # peers whose last heartbeat failed: warn once, then on recovery
         self.registry = registry
         self.me = me
         self.join = parse_server(join_url) if join_url else None
         self.join_fingerprint = join_fingerprint
         self.credentials = credentials
+        self.trusted = frozenset(normalize_fingerprint(f) for f in settings.mesh.trusted_fingerprints)
         self.peers: dict[str, Peer] = {}
+        self.loops: dict[str, asyncio.Task[None]] = {}
         self.registry_id: str | None = None
+        self._tokens: dict[str, tuple[str, float]] = {}  # audience -> (peer token, expiry)
+        self._renewing: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         """Join the registry; trust and login failures raise (the server must not run half-joined)."""
         assert self.join is not None
-        peer = Peer(self.join, self.credentials, self.join_fingerprint)
+        peer = Peer(self.join, self.join_fingerprint, credentials=self.credentials)
         try:
-            await peer.open(KnownServers(self.settings.home))
+            await peer.open(KnownServers(self.settings.home), self.trusted)
         except TrustError as exc:
             if self.join_fingerprint is not None or exc.fingerprint is None:
                 raise
@@ -158,13 +89,15 @@ class MeshLink:
         listing = await peer.call("GET", "/registry/agents")
         self.registry_id = str(listing.json()["self_id"]) if listing.status_code == 200 else self.join.origin
         self.peers[self.registry_id] = peer
+        if self.on_join is not None and peer.der is not None:
+            self.on_join(peer.der, self.registry_id)  # from now on, accept the peer tokens it signs
         await self.registry.learn(body.get("peers", []))
         self.announce(
             f"joined the mesh at {self.join.origin} as {self.me.instance_id} (leader {body.get('leader_id')})"
         )
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Join, heartbeat every `heartbeat_interval_secs` until `stopping`, then deregister from every peer.
+        """Join, keep one heartbeat loop per peer until `stopping`, then deregister from every peer.
 
         An unreachable registry is retried; a refused certificate or login raises (TrustError, AuthError).
         """
@@ -179,40 +112,72 @@ class MeshLink:
                     log.warning(
                         "cannot join the mesh at %s yet: %s; retrying", self.join.origin, _reason(exc)
                     )
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(interval):
-                            await stopping.wait()
+                    await _wait(stopping, interval)
             while not stopping.is_set():
-                await self.beat()
+                await self.sync(stopping)
                 if asyncio.get_running_loop().time() - started > evict_after:
                     await self.registry.evict(dt.timedelta(seconds=evict_after))
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(interval):
-                        await stopping.wait()
+                await _wait(stopping, interval)
         finally:
+            for task in [*self.loops.values(), *self._renewing.values()]:
+                task.cancel()
+            await asyncio.gather(*self.loops.values(), *self._renewing.values(), return_exceptions=True)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(LEAVE_TIMEOUT):
                     await self.leave()
             for peer in self.peers.values():
                 await peer.aclose()
 
-    async def beat(self) -> None:
-        """Touch our own entry and (as a member) heartbeat every peer at once."""
+    async def sync(self, stopping: asyncio.Event) -> None:
+        """Touch our own entry and (as a member) keep one heartbeat loop per member the registry listed."""
         await self.registry.touch(self.me.instance_id)
         if self.join is None:
             return
         view = await self.registry.view()
-        for member in view.members:
-            if member.instance_id != self.me.instance_id and member.instance_id not in self.peers:
-                if member.fingerprint and member.base_url.startswith("https://"):
-                    address = parse_server(member.base_url)
-                    self.peers[member.instance_id] = Peer(address, self.credentials, member.fingerprint)
-        known = {m.instance_id for m in view.members}
-        for gone in [i for i in self.peers if i not in known and i != self.registry_id]:
-            await self.peers.pop(gone).aclose()
-        await asyncio.gather(
-            *(self._beat(instance_id, peer) for instance_id, peer in list(self.peers.items()))
-        )
+        wanted = {
+            m.instance_id: m
+            for m in view.members
+            if m.instance_id not in (self.me.instance_id, self.registry_id)
+        }
+        for instance_id in [i for i in self.peers if i != self.registry_id]:
+            peer, member = self.peers[instance_id], wanted.get(instance_id)
+            if member is None or _target(member) != (peer.address, peer.fingerprint):
+                await self._drop(instance_id)
+        for instance_id, member in wanted.items():
+            if instance_id not in self.peers and (new := self._member_peer(member)) is not None:
+                self.peers[instance_id] = new
+        for instance_id, known in self.peers.items():
+            if instance_id not in self.loops or self.loops[instance_id].done():
+                self.loops[instance_id] = asyncio.create_task(self._loop(instance_id, known, stopping))
+
+    def _member_peer(self, member: Member) -> Peer | None:
+        """A member is contacted at its registered https base URL, pinned to its registered fingerprint, with a
+        peer token (the password only when an operator listed that fingerprint in trusted_fingerprints)."""
+        target = _target(member)
+        if target is None:
+            return None
+        address, fingerprint = target
+        if fingerprint in self.trusted:
+            return Peer(address, fingerprint, credentials=self.credentials)
+        return Peer(address, fingerprint, tokens=lambda refresh: self._token(member.instance_id, refresh))
+
+    async def _drop(self, instance_id: str) -> None:
+        task = self.loops.pop(instance_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.peers.pop(instance_id).aclose()
+
+    async def _loop(self, instance_id: str, peer: Peer, stopping: asyncio.Event) -> None:
+        """Heartbeat one peer every interval, each attempt bounded by its own timeout."""
+        while not stopping.is_set():
+            try:
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    await self._beat(instance_id, peer)
+            except TimeoutError:
+                self._failed(instance_id, peer, f"no answer within {REQUEST_TIMEOUT:g} s")
+            await _wait(stopping, self.settings.mesh.heartbeat_interval_secs)
 
     async def _beat(self, instance_id: str, peer: Peer) -> None:
         try:
@@ -225,25 +190,68 @@ class MeshLink:
             elif response.status_code == 200:
                 body = response.json()
             else:
-                self._failed(instance_id, peer, _error_text(response))
+                self._failed(instance_id, peer, error_text(response))
                 return
-            await self.registry.touch(instance_id)
-            if instance_id == self.registry_id:
+            if instance_id == self.registry_id:  # ranks come from the registry only, never from other peers
                 await self.registry.learn(body.get("peers", []))
-            if instance_id in self.failing:
-                self.failing.discard(instance_id)
-                log.warning("heartbeats to %s work again", peer.address.origin)
+            await self._heard(instance_id, peer)
+        except NoPeerToken as exc:  # the registry is gone: a credential-free probe still tells it is alive
+            await self._probe(instance_id, peer, _reason(exc))
         except (httpx.HTTPError, SpecaiError, ValueError) as exc:
             self._failed(instance_id, peer, _reason(exc))
+
+    async def _probe(self, instance_id: str, peer: Peer, why: str) -> None:
+        try:
+            alive = await peer.probe()
+        except (httpx.HTTPError, SpecaiError) as exc:
+            alive, why = False, f"{why}; {_reason(exc)}"
+        if alive:
+            await self._heard(instance_id, peer)
+        else:
+            self._failed(instance_id, peer, why)
+
+    async def _heard(self, instance_id: str, peer: Peer) -> None:
+        await self.registry.touch(instance_id)
+        if instance_id in self.failing:
+            self.failing.discard(instance_id)
+            log.warning("heartbeats to %s work again", peer.address.origin)
 
     def _failed(self, instance_id: str, peer: Peer, reason: str) -> None:
         if instance_id not in self.failing:
             self.failing.add(instance_id)
             log.warning("heartbeat to %s failed: %s; retrying every heartbeat", peer.address.origin, reason)
 
+    async def _token(self, audience: str, refresh: bool) -> str:
+        """A peer token for calling `audience`: cached, renewed in the background before it runs out."""
+        cached = self._tokens.get(audience)
+        left = cached[1] - time.time() if cached else 0.0
+        if cached is None or refresh or left < 5:
+            return await self._fetch_token(audience)
+        if left < TOKEN_RENEW_SECS and (audience not in self._renewing or self._renewing[audience].done()):
+            self._renewing[audience] = asyncio.create_task(self._renew(audience))
+        return cached[0]
+
+    async def _renew(self, audience: str) -> None:
+        with contextlib.suppress(SpecaiError, httpx.HTTPError, ValueError, KeyError, TypeError):
+            await self._fetch_token(audience)
+
+    async def _fetch_token(self, audience: str) -> str:
+        registry = self.peers.get(self.registry_id or "")
+        if registry is None:
+            raise NoPeerToken("not joined to a registry")
+        body = {"source": self.me.instance_id, "audience": audience}
+        try:
+            response = await registry.call("POST", "/registry/peer-token", body)
+        except (httpx.HTTPError, SpecaiError) as exc:
+            raise NoPeerToken(f"the registry gave no peer token: {_reason(exc)}") from None
+        if response.status_code != 200:
+            raise NoPeerToken(f"the registry gave no peer token: {error_text(response)}")
+        answer = response.json()
+        self._tokens[audience] = (str(answer["token"]), float(answer["expires_at"]))
+        return str(answer["token"])
+
     async def _register(self, peer: Peer) -> dict[str, Any]:
-        own = await self.registry.member(self.me.instance_id)
-        body = {
+        body = {  # no rank: the registry assigns it, and other peers learn it from the registry
             "instance_id": self.me.instance_id,
             "hostname": self.me.hostname,
             "port": self.me.port,
@@ -252,16 +260,14 @@ class MeshLink:
             "base_url": self.me.base_url,
             "fingerprint": self.me.fingerprint,
         }
-        if peer.address != self.join:  # only the registry decides ranks; other peers learn ours
-            body["registered_at"] = own.registered_at.isoformat()
         response = await peer.call("POST", "/registry/register", body)
         if response.status_code in (401, 403):
             raise AuthError(
-                f"{peer.address.origin} refused to register this server ({_error_text(response)}); "
-                "set [mesh] username and password_source, or SPECAI_JOIN_TOKEN"
+                f"{peer.address.origin} refused to register this server ({error_text(response)}); "
+                "set [mesh] username and password_source (an account with the mesh role), or SPECAI_JOIN_TOKEN"
             )
         if response.status_code != 200:
-            raise ConnectionFailedError(f"{peer.address.origin} refused to register: {_error_text(response)}")
+            raise ConnectionFailedError(f"{peer.address.origin} refused to register: {error_text(response)}")
         result: dict[str, Any] = response.json()
         return result
 
@@ -275,11 +281,20 @@ class MeshLink:
         await asyncio.gather(*(bye(peer) for peer in self.peers.values()))
 
 
-def _error_text(response: httpx.Response) -> str:
+def _target(member: Member) -> tuple[Any, str] | None:
+    """Where a member may be contacted: its https base URL's host and port, and its normalized fingerprint."""
+    if not member.fingerprint or not member.base_url.startswith("https://"):
+        return None
     try:
-        return str(response.json()["error"])
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code}"
+        return parse_server(member.base_url), normalize_fingerprint(member.fingerprint)
+    except (SpecaiError, TlsError):
+        return None
+
+
+async def _wait(stopping: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stopping.wait()
 
 
 def _reason(exc: BaseException) -> str:

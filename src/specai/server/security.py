@@ -15,6 +15,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from specai import auth
 from specai.access import LOCAL, SCOPES, Principal, max_scope
 from specai.errors import ForbiddenError, TokenError
+from specai.peer_token import looks_like_peer_token
 from specai.store import utcnow
 from specai.tokens import ApiKey, ApiKeyStore, RevocationList, is_api_key
 from specai.users import UserDirectory
@@ -22,6 +23,7 @@ from specai.users import UserDirectory
 _CACHE_SIZE = 4096
 _READ_METHODS = ("GET", "HEAD")
 LOGOUT_PATH = "/auth/logout"  # any token may revoke itself
+MESH_PATHS = ("/registry/", "/messages/")  # where peer tokens are accepted
 
 
 class TokenVerifier:
@@ -99,19 +101,31 @@ class BearerAuthMiddleware(ASGIMiddleware):
     exclude_path_pattern = ("^/schema(/|$)",)
     exclude_opt_key = "exclude_from_auth"
 
-    def __init__(self, verifier: TokenVerifier) -> None:
+    def __init__(self, verifier: TokenVerifier, peers: Callable[[str], Principal] | None = None) -> None:
         self.verifier = verifier
+        self.peers = peers  # verifies mesh peer tokens (signed by the registry this server joined)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         method = scope.get("method")
         if method != "OPTIONS":  # CORS preflight carries no credentials
-            who = await self.verifier.principal(bearer(scope))
+            token = bearer(scope)
+            if self.peers is not None and looks_like_peer_token(token):
+                who = self._peer(token, scope["path"])
+            else:
+                who = await self.verifier.principal(token)
             if not who.allows("write") and method not in _READ_METHODS and scope["path"] != LOGOUT_PATH:
                 raise ForbiddenError(
                     f"{method} {scope['path']} needs a key with scope 'write' (this one is read-only)"
                 )
             scope["user"] = who
         await next_app(scope, receive, send)
+
+    def _peer(self, token: str, path: str) -> Principal:
+        """A peer token acts for one member instance, on the mesh routes only."""
+        assert self.peers is not None
+        if not path.startswith(MESH_PATHS):
+            raise TokenError("a mesh peer token is accepted on /registry/* and /messages/* only")
+        return self.peers(token)
 
 
 def bearer(scope: Scope) -> str:

@@ -11,17 +11,22 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from specai.access import Principal
 from specai.agents import AgentRuntime
 from specai.config import Settings
-from specai.errors import SpecaiError
+from specai.errors import SpecaiError, TokenError
 from specai.graph import GraphStore
-from specai.mesh import MemberInfo, MeshRegistry, MessageQueue, load_instance_id
+from specai.mesh import MemberInfo, MeshRegistry, load_instance_id
+from specai.mesh_queue import MessageQueue
+from specai.peer_token import PeerTokenVerifier, load_signing_key, peer_principal
+from specai.peer_token import issue as issue_peer_token
 from specai.server.mesh_link import Credentials, MeshLink, mesh_credentials
 from specai.sessions import SessionStore
 from specai.store import Store
 from specai.throttle import LoginThrottle
-from specai.tls import CertInfo
+from specai.tls import CertInfo, ensure_server_cert
 from specai.users import UserDirectory
 
 _ADDRESS_LIMIT = 10
@@ -57,12 +62,30 @@ class ServerState:
     _messages: MessageQueue | None = None
     _pruner: asyncio.Task[None] | None = None
     _link: asyncio.Task[None] | None = None
+    _peer_tokens: PeerTokenVerifier | None = None  # set once joined: checks tokens the registry signed
+    _signing_key: Any = None  # this server's TLS key, loaded when it first issues a peer token
 
     def mesh(self) -> MeshRegistry:
         """The mesh registry (open between start-up and shutdown)."""
         if self._mesh is None:
             raise RuntimeError("the store is not open yet")
         return self._mesh
+
+    def issue_peer_token(self, source: str, audience: str) -> tuple[str, int]:
+        """Sign a peer token (with this server's TLS key) letting member `source` call member `audience`."""
+        if self._signing_key is None:
+            self._signing_key = load_signing_key(ensure_server_cert(self.settings).key, self.cert.pem)
+        return issue_peer_token(self._signing_key, self.instance_id, source, audience)
+
+    def trust_registry(self, registry_cert_der: bytes, registry_id: str) -> None:
+        """Accept peer tokens signed by the registry this server joined (its pinned certificate)."""
+        self._peer_tokens = PeerTokenVerifier(registry_cert_der, registry_id, self.instance_id)
+
+    def peer(self, token: str) -> Principal:
+        """The principal of a peer token: the member it names, for mesh routes only; TokenError if invalid."""
+        if self._peer_tokens is None:
+            raise TokenError("this server accepts no peer tokens (it joined no registry)")
+        return peer_principal(self._peer_tokens.verify(token).sub)
 
     def messages(self) -> MessageQueue:
         """The mesh message queue (open between start-up and shutdown)."""
@@ -106,8 +129,12 @@ class ServerState:
         self._graph = GraphStore(self.store, max_nodes_per_account=quota)
         self.runtime.graph = self._graph
         mesh = self.settings.mesh
-        self._mesh = MeshRegistry(self.store, self.instance_id, mesh.leader_timeout_secs)
-        self._messages = MessageQueue(self.store, mesh.max_payload_bytes)
+        self._mesh = MeshRegistry(
+            self.store, self.instance_id, mesh.leader_timeout_secs, mesh.max_members_per_account
+        )
+        self._messages = MessageQueue(
+            self.store, mesh.max_payload_bytes, mesh.max_queued_messages, mesh.max_inbox_bytes
+        )
         await self._mesh.register(self.self_info())  # keeps its first registration time: its rank as leader
         self._pruner = asyncio.create_task(self._prune())
 
@@ -136,6 +163,7 @@ class ServerState:
             self.join_fingerprint,
             mesh_credentials(self.settings) if self.join_url else Credentials(),
             self.announce,
+            self.trust_registry,
         )
         self._link = asyncio.create_task(self._run_link(link))
 

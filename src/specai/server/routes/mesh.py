@@ -1,22 +1,29 @@
-"""The mesh over HTTP: `/registry/*` (members, heartbeats, leader) and `/messages/*` (the per-recipient queue)."""
+"""The mesh over HTTP: `/registry/*` (members, heartbeats, leader, peer tokens) and `/messages/*` (the queue).
+
+Every route needs a `mesh` or `admin` account (403 for `user`), and an account acts only for the instance ids it
+registered (403 otherwise); a peer token acts only for the instance it names.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from litestar import delete, get, post
+from litestar import Request, delete, get, post
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from specai.errors import ConflictError
+from specai.errors import ConflictError, ForbiddenError, InvalidRequestError
 from specai.mesh import MemberInfo, check_instance_id
+from specai.mesh_queue import INBOX_MAX_PAGE, INBOX_PAGE, parse_cursor
+from specai.peer_token import bound_instance
+from specai.server.security import mesh_only, principal
 from specai.server.state import ServerState
 
 
 class RegisterIn(msgspec.Struct):
-    """`POST /registry/register`: the original's fields, plus where and how to reach the instance."""
+    """`POST /registry/register`: the original's fields, plus where and how to reach the instance. A client's
+    `registered_at` is ignored: the registry assigns ranks."""
 
     instance_id: str
     hostname: str
@@ -25,7 +32,6 @@ class RegisterIn(msgspec.Struct):
     agent_profiles: list[str]
     base_url: str | None = None
     fingerprint: str | None = None
-    registered_at: dt.datetime | None = None
 
 
 class HeartbeatIn(msgspec.Struct):
@@ -33,6 +39,13 @@ class HeartbeatIn(msgspec.Struct):
 
     status: str = "healthy"
     metrics: dict[str, Any] | None = None
+
+
+class PeerTokenIn(msgspec.Struct):
+    """`POST /registry/peer-token`: let member `source` (the caller's) call member `audience` for a minute or two."""
+
+    source: str
+    audience: str
 
 
 class SendIn(msgspec.Struct):
@@ -45,21 +58,23 @@ class SendIn(msgspec.Struct):
 
 
 class AckIn(msgspec.Struct):
-    """`POST /messages/ack/{instance_id}`."""
+    """`POST /messages/ack/{instance_id}` (at most 1000 ids)."""
 
     message_ids: list[str]
 
 
 def routes(server: ServerState) -> list[HTTPRouteHandler]:
-    """The registry and message routes, bound to this server's state."""
+    """The registry and message routes, bound to this server's state; all behind the `mesh_only` guard."""
 
     async def peers() -> dict[str, Any]:
         view = await server.mesh().view()
         return {"leader_id": view.leader_id, "peers": [m.as_dict(view.leader_id) for m in view.members]}
 
-    @post("/registry/register", operation_id="MeshRegister", tags=["mesh"], status_code=200)
-    async def register(data: JSONBody[RegisterIn]) -> dict[str, Any]:
-        """Add (or refresh) a member; answers the leader and every member, this server included."""
+    @post(
+        "/registry/register", operation_id="MeshRegister", tags=["mesh"], status_code=200, guards=[mesh_only]
+    )
+    async def register(request: Request, data: JSONBody[RegisterIn]) -> dict[str, Any]:
+        """Add (or refresh) a member owned by the caller's account; answers the leader and every member."""
         _not_self(server, data.instance_id)
         info = MemberInfo(
             data.instance_id,
@@ -70,10 +85,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
             data.base_url,
             data.fingerprint,
         )
-        stamp = data.registered_at
-        if stamp is not None:
-            stamp = (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
-        await server.mesh().register(info, stamp)
+        await server.mesh().register(info, principal(request))
         listing = await peers()
         return {
             "success": True,
@@ -82,7 +94,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
             **listing,
         }
 
-    @get("/registry/agents", operation_id="MeshMembers", tags=["mesh"])
+    @get("/registry/agents", operation_id="MeshMembers", tags=["mesh"], guards=[mesh_only])
     async def members() -> dict[str, Any]:
         """Every member with its status (`live`/`stale`), the leader, and this server's own id."""
         listing = await peers()
@@ -93,13 +105,18 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         }
 
     @post(
-        "/registry/heartbeat/{instance_id:str}", operation_id="MeshHeartbeat", tags=["mesh"], status_code=200
+        "/registry/heartbeat/{instance_id:str}",
+        operation_id="MeshHeartbeat",
+        tags=["mesh"],
+        status_code=200,
+        guards=[mesh_only],
     )
     async def heartbeat(
-        instance_id: FromPath[str], data: JSONBody[HeartbeatIn | None] = None
+        request: Request, instance_id: FromPath[str], data: JSONBody[HeartbeatIn | None] = None
     ) -> dict[str, Any]:
         """Record a member as alive; 404 `unknown_instance` (with a hint) tells it to register again."""
-        await server.mesh().heartbeat(instance_id)
+        check_instance_id(instance_id)
+        await server.mesh().heartbeat(instance_id, principal(request))
         listing = await peers()
         return {"acknowledged": True, "should_sync": False, **listing}
 
@@ -108,15 +125,50 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         operation_id="MeshDeregister",
         tags=["mesh"],
         status_code=204,
+        guards=[mesh_only],
     )
-    async def deregister(instance_id: FromPath[str]) -> None:
-        """Remove a member (404 if unknown; 409 for this server itself, which keeps its rank)."""
+    async def deregister(request: Request, instance_id: FromPath[str]) -> None:
+        """Remove a member (404 if unknown; 403 for another account's; 409 for this server itself)."""
+        check_instance_id(instance_id)
         _not_self(server, instance_id)
-        await server.mesh().deregister(instance_id)
+        await server.mesh().deregister(instance_id, principal(request))
 
-    @post("/messages/send/{source:str}", operation_id="MeshSend", tags=["mesh"], status_code=200)
-    async def send(source: FromPath[str], data: JSONBody[SendIn]) -> dict[str, Any]:
-        """Queue a message; the source and the target must be members (404), nothing is stored on any error."""
+    @post(
+        "/registry/peer-token",
+        operation_id="MeshPeerToken",
+        tags=["mesh"],
+        status_code=200,
+        guards=[mesh_only],
+    )
+    async def peer_token(request: Request, data: JSONBody[PeerTokenIn]) -> dict[str, Any]:
+        """A short-lived token (signed with this server's TLS key) with which member `source`, owned by the
+        caller, may call member `audience` on its mesh routes; members never send each other passwords."""
+        who = principal(request)
+        if bound_instance(who) is not None:
+            raise ForbiddenError("a peer token cannot obtain further peer tokens; use the registry account")
+        check_instance_id(data.source, "source")
+        check_instance_id(data.audience, "audience")
+        if data.source == data.audience:
+            raise InvalidRequestError("audience must be another member than source")
+        await server.mesh().authorize(data.source, who)
+        await server.mesh().member(data.audience)  # 404 for a non-member
+        token, expires = server.issue_peer_token(data.source, data.audience)
+        return {"token": token, "expires_at": expires, "issuer": server.instance_id}
+
+    @post(
+        "/messages/send/{source:str}",
+        operation_id="MeshSend",
+        tags=["mesh"],
+        status_code=200,
+        guards=[mesh_only],
+    )
+    async def send(request: Request, source: FromPath[str], data: JSONBody[SendIn]) -> dict[str, Any]:
+        """Queue a message as `source` (the caller's member); source and target must be members (404), nothing is
+        stored on any error; 409 `quota_exceeded` when a recipient's inbox is full."""
+        check_instance_id(source, "source")
+        await server.mesh().authorize(source, principal(request))
+        if data.target_instance is not None:
+            check_instance_id(data.target_instance, "target_instance")
         message, recipients = await server.messages().send(
             source, data.target_instance, data.message_type, data.payload, data.correlation_id
         )
@@ -125,24 +177,38 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         )  # a broadcast with no other member stores nothing
         return {"message_id": message.message_id, "status": status, "delivered_to": recipients}
 
-    @get("/messages/{instance_id:str}", operation_id="MeshInbox", tags=["mesh"])
-    async def inbox(instance_id: FromPath[str]) -> dict[str, Any]:
-        """Messages not yet acknowledged by this recipient, oldest first."""
+    @get("/messages/{instance_id:str}", operation_id="MeshInbox", tags=["mesh"], guards=[mesh_only])
+    async def inbox(
+        request: Request,
+        instance_id: FromPath[str],
+        limit: Annotated[int, QueryParameter(ge=1, le=INBOX_MAX_PAGE)] = INBOX_PAGE,
+        after: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
+        """One page of the messages not yet acknowledged by this recipient, oldest first: at most `limit` and
+        `[mesh] max_inbox_bytes` of payloads; `more` says others wait (read them with `after=<cursor>`)."""
         check_instance_id(instance_id)
-        found = await server.messages().inbox(instance_id)
-        if not found:
+        member = await server.mesh().authorize(instance_id, principal(request), allow_absent=True)
+        page = await server.messages().inbox(instance_id, limit, parse_cursor(after))
+        if not page.messages and not member:
             await server.mesh().member(
                 instance_id
             )  # 404 for a name that is no member and has nothing waiting
-        return {"messages": [m.as_dict() for m in found]}
+        return {"messages": [m.as_dict() for m in page.messages], "more": page.more, "cursor": page.cursor}
 
-    @post("/messages/ack/{instance_id:str}", operation_id="MeshAck", tags=["mesh"], status_code=204)
-    async def ack(instance_id: FromPath[str], data: JSONBody[AckIn]) -> None:
+    @post(
+        "/messages/ack/{instance_id:str}",
+        operation_id="MeshAck",
+        tags=["mesh"],
+        status_code=204,
+        guards=[mesh_only],
+    )
+    async def ack(request: Request, instance_id: FromPath[str], data: JSONBody[AckIn]) -> None:
         """Acknowledge messages for this recipient only (others still receive them)."""
         check_instance_id(instance_id)
+        await server.mesh().authorize(instance_id, principal(request), allow_absent=True)
         await server.messages().ack(instance_id, data.message_ids)
 
-    return [register, members, heartbeat, deregister, send, inbox, ack]
+    return [register, members, heartbeat, deregister, peer_token, send, inbox, ack]
 
 
 def _not_self(server: ServerState, instance_id: str) -> None:
