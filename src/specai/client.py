@@ -231,6 +231,24 @@ class SpecaiClient:
         for event in self._events("GET", path, headers=headers, timeout=timeout):
             yield _graph_event(event)
 
+    def graph_sessions(self) -> dict[str, Any]:
+        """GET /graph/sessions: `{sessions: [{session_id, owner, access}]}` the caller owns or is shared."""
+        return self._call("GET", "/graph/sessions")
+
+    def graph_shares(self, session_id: str) -> dict[str, Any]:
+        """GET /graph/sessions/{id}/shares: `{session_id, owner, shares: [{username, access}]}`."""
+        return self._call("GET", f"/graph/sessions/{quote(session_id, safe='')}/shares")
+
+    def share_graph(self, session_id: str, username: str, *, read_only: bool = False) -> dict[str, Any]:
+        """POST /graph/sessions/{id}/shares: `{session_id, username, access}`."""
+        body = {"username": username, "read_only": read_only}
+        return self._call("POST", f"/graph/sessions/{quote(session_id, safe='')}/shares", body)
+
+    def unshare_graph(self, session_id: str, username: str) -> dict[str, Any]:
+        """DELETE /graph/sessions/{id}/shares/{username}: `{session_id, unshared}`."""
+        path = f"/graph/sessions/{quote(session_id, safe='')}/shares/{quote(username, safe='')}"
+        return self._call("DELETE", path)
+
     # -- mesh -------------------------------------------------------------------------------------------------
 
     def mesh_members(self) -> dict[str, Any]:

@@ -31,6 +31,8 @@ class ServerSettings:
     tls_validity_days: int = 365
     max_body_bytes: int = 1_048_576
     sse_keepalive_secs: float = 15.0
+    idle_timeout_secs: float = 10.0
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,8 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("auth", "token_expiry_secs"): _positive,
     ("auth", "max_failed_logins"): lambda v: None if 1 <= v <= 10 else "must be from 1 to 10",
     ("auth", "lockout_secs"): _positive,
+    ("server", "idle_timeout_secs"): lambda v: None if 0.5 <= v <= 3600 else "must be from 0.5 to 3600",
+    ("server", "max_connections"): lambda v: None if 16 <= v <= 65536 else "must be from 16 to 65536",
     ("model", "provider"): _provider,
     ("model", "temperature"): _temperature,
     ("model", "max_tokens"): _optional_positive,
