@@ -1,0 +1,362 @@
+"""Graph ownership against a real `specai server` (auth on, TLS) on SQLite and PostgreSQL, as a second user would
+probe it: bob gets 404 on every read, write, stream, bootstrap and agent-tool access to alice's graph session, 200
+after `specai graph share`, 403 on writes after `--read-only`, and a watcher loses the feed when unshared."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+from databases import ENGINES, pg_execute
+
+from conftest import PASSWORD
+from helpers import ServerProcess, assert_error, cli_env, parse_sse, run_cli
+
+pytestmark = pytest.mark.live
+
+AGENT = """
+[agents.scribe]
+model_provider = "mock"
+mock_script = [
+  { tool_call = { name = "graph_search", arguments = { query = "" } } },
+  { tool_call = { name = "graph_add", arguments = { node_type = "fact", label = "injected by the agent" } } },
+  { text = "done" },
+]
+"""
+
+
+@dataclass
+class Live:
+    """A server with users root (admin), alice and bob; an HTTP client and a logged-in CLI home per user."""
+
+    server: ServerProcess
+    http: dict[str, httpx.Client]
+    homes: dict[str, Path]
+
+    def cli(self, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """`specai ARGS` as `user` (their own home, token saved there by `specai login`)."""
+        return run_cli(
+            self.homes[user], *args, SPECAI_SERVER=self.server.url, SPECAI_FINGERPRINT=self.server.fingerprint
+        )
+
+
+def add_user(home: Path, name: str, role: str) -> None:
+    result = run_cli(
+        home, "auth", "add-user", name, "--role", role, "--password-stdin", input=PASSWORD + "\n"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    base = tmp_path_factory.mktemp(f"graph-access-{request.param}")
+    home = base / "server"
+    home.mkdir(mode=0o700)
+    repo = base / "repo"
+    repo.mkdir()
+    (repo / "pyproject.toml").write_text('[project]\nname = "tiny"\nversion = "0.1"\n')
+    (repo / "main.py").write_text("print('hi')\n")
+    for name, role in (("root", "admin"), ("alice", "user"), ("bob", "user")):
+        add_user(home, name, role)
+    database = ""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        database = f'[database]\nurl = "{url}"\n'
+    (home / "spec-ai.config.toml").write_text(
+        f"[auth]\nenabled = true\n[server]\nsse_keepalive_secs = 1\n{database}"
+        f'[graph]\nbootstrap_root = "{repo}"\n{AGENT}'
+    )
+    server = ServerProcess(home).start()
+    http: dict[str, httpx.Client] = {}
+    homes: dict[str, Path] = {}
+    try:
+        for name in ("root", "alice", "bob"):
+            homes[name] = base / f"cli-{name}"
+            homes[name].mkdir(mode=0o700)
+            login = run_cli(
+                homes[name],
+                "login",
+                "--server",
+                server.url,
+                "--username",
+                name,
+                "--password-stdin",
+                "--fingerprint",
+                server.fingerprint,
+                input=PASSWORD + "\n",
+            )
+            assert login.returncode == 0, login.stderr
+            saved = json.loads((homes[name] / "tokens.json").read_text())
+            http[name] = server.client(next(iter(saved.values()))["token"])
+        yield Live(server, http, homes)
+    finally:
+        for client in http.values():
+            client.close()
+        server.stop()
+
+
+def make_graph(live: Live, session: str) -> tuple[int, int, int]:
+    """Alice's nodes and edge in `session`: (node, other node, edge)."""
+    ids = []
+    for label in ("alice's secret", "second"):
+        made = live.http["alice"].post(
+            "/graph/nodes", json={"session_id": session, "node_type": "fact", "label": label}
+        )
+        assert made.status_code == 201, made.text
+        ids.append(made.json()["id"])
+    body = {"session_id": session, "source_id": ids[0], "target_id": ids[1], "edge_type": "RELATES_TO"}
+    edge = live.http["alice"].post("/graph/edges", json=body)
+    assert edge.status_code == 201, edge.text
+    return ids[0], ids[1], edge.json()["id"]
+
+
+def every_write(session: str, node: int, other: int, edge: int) -> list[tuple[str, str, Any]]:
+    new_edge = {"session_id": session, "source_id": other, "target_id": node, "edge_type": "PART_OF"}
+    return [
+        ("POST", "/graph/nodes", {"session_id": session, "node_type": "fact", "label": "bob was here"}),
+        ("PUT", f"/graph/nodes/{node}", {"properties": {"by": "bob"}}),
+        ("PATCH", f"/graph/nodes/{node}", {"label": "bob was here"}),
+        ("POST", "/graph/edges", new_edge),
+        ("PATCH", f"/graph/edges/{edge}", {"weight": 0.1}),
+        ("POST", "/bootstrap", {"session_id": session}),
+        ("DELETE", f"/graph/edges/{edge}", None),
+        ("DELETE", f"/graph/nodes/{other}", None),
+    ]
+
+
+def every_read(session: str, node: int, edge: int) -> list[tuple[str, dict[str, str]]]:
+    return [
+        ("/graph/nodes", {"session_id": session}),
+        ("/graph/edges", {"session_id": session}),
+        (f"/graph/nodes/{node}", {}),
+        (f"/graph/edges/{edge}", {}),
+    ]
+
+
+def labels(live: Live, session: str) -> list[str]:
+    listed = live.http["alice"].get("/graph/nodes", params={"session_id": session}).json()["nodes"]
+    return [n["label"] for n in listed]
+
+
+def stream_status(client: httpx.Client, session: str) -> int:
+    with client.stream("GET", "/graph/stream", params={"session_id": session}) as response:
+        return response.status_code
+
+
+def failed_cli(result: subprocess.CompletedProcess[str], message: str) -> None:
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.strip() == f"error: {message}", result.stderr
+    assert "alice's secret" not in result.stdout + result.stderr
+
+
+# --- a second user -------------------------------------------------------------------------------------------
+
+
+def test_bob_gets_404_on_everything_of_alices_until_she_shares_and_403_on_writes_when_read_only(
+    live: Live,
+) -> None:
+    session = "alice-notes"
+    node, other, edge = make_graph(live, session)
+    bob = live.http["bob"]
+    before = labels(live, session)
+    for path, params in every_read(session, node, edge):
+        assert_error(bob.get(path, params=params), 404, "not_found")
+    for method, path, body in every_write(session, node, other, edge):
+        assert_error(bob.request(method, path, json=body), 404, "not_found")
+    assert stream_status(bob, session) == 404
+    assert labels(live, session) == before
+    # the real CLI says exactly what it says for things that do not exist
+    failed_cli(
+        live.cli("bob", "graph", "nodes", "--session", session), f"graph session '{session}' not found"
+    )
+    failed_cli(live.cli("bob", "graph", "show", "node", str(node)), f"node {node} not found")
+    failed_cli(
+        live.cli("bob", "graph", "bootstrap", "--session", session), f"graph session '{session}' not found"
+    )
+    failed_cli(
+        live.cli("bob", "graph", "watch", "--session", session), f"graph session '{session}' not found"
+    )
+    failed_cli(live.cli("bob", "graph", "share", session, "bob"), f"graph session '{session}' not found")
+    assert json.loads(live.cli("bob", "graph", "sessions", "--json").stdout) == {"sessions": []}
+
+    shared = live.cli("alice", "graph", "share", session, "bob")
+    assert shared.returncode == 0, shared.stderr
+    assert shared.stdout.strip() == f"shared graph session {session} with bob (read-write)"
+    for path, params in every_read(session, node, edge):
+        assert bob.get(path, params=params).status_code == 200, path
+    assert stream_status(bob, session) == 200
+    assert json.loads(live.cli("bob", "graph", "sessions", "--json").stdout) == {
+        "sessions": [{"session_id": session, "owner": "alice", "access": "write"}]
+    }
+    shown = live.cli("bob", "graph", "nodes", "--session", session, "--json")
+    assert [n["label"] for n in json.loads(shown.stdout)["nodes"]] == ["second", "alice's secret"]
+    assert bob.patch(f"/graph/nodes/{node}", json={"label": "edited by bob"}).status_code == 200
+
+    read_only = live.cli("alice", "graph", "share", session, "bob", "--read-only")
+    assert read_only.stdout.strip() == f"shared graph session {session} with bob (read-only)"
+    before = labels(live, session)
+    for method, path, body in every_write(session, node, other, edge):
+        assert_error(bob.request(method, path, json=body), 403, "forbidden")
+    for path, params in every_read(session, node, edge):
+        assert bob.get(path, params=params).status_code == 200, path
+    refused = live.cli("bob", "graph", "add-node", "--session", session, "--type", "fact", "--label", "no")
+    failed_cli(refused, f"graph session '{session}' is shared with you read-only")
+    assert labels(live, session) == before
+
+    unshared = live.cli("alice", "graph", "unshare", session, "bob")
+    assert unshared.returncode == 0, unshared.stderr
+    for path, params in every_read(session, node, edge):
+        assert_error(bob.get(path, params=params), 404, "not_found")
+    # an admin sees and changes everything
+    assert live.http["root"].get(f"/graph/nodes/{node}").status_code == 200
+    assert live.cli("root", "graph", "nodes", "--session", session).returncode == 0
+
+
+def test_bobs_agent_cannot_read_or_write_alices_graph(live: Live) -> None:
+    alice, bob = live.http["alice"], live.http["bob"]
+    first = alice.post("/query", json={"message": "remember", "agent": "scribe"}).json()
+    conversation = first["session_id"]
+    assert all(call["success"] for call in first["tool_calls"]), first
+    assert labels(live, conversation) == ["injected by the agent"]
+    # alice's conversation id, found through the graph or guessed: bob's agent gets nowhere
+    assert_error(
+        bob.post("/query", json={"message": "x", "agent": "scribe", "session_id": conversation}),
+        404,
+        "not_found",
+    )
+    make_graph(live, "alice-graph-only")  # a graph session with no conversation: bob may start one of that id
+    answer = bob.post("/query", json={"message": "x", "agent": "scribe", "session_id": "alice-graph-only"})
+    assert answer.status_code == 200, answer.text
+    for call in answer.json()["tool_calls"]:
+        assert call == {
+            **call,
+            "success": False,
+            "error": "this conversation has no knowledge graph you may use",
+        }
+        assert "secret" not in json.dumps(call)
+    assert labels(live, "alice-graph-only") == ["second", "alice's secret"]
+    assert labels(live, conversation) == ["injected by the agent"]
+    # shared: the same agent reads her nodes (and writes, with a write share)
+    assert live.cli("alice", "graph", "share", "alice-graph-only", "bob").returncode == 0
+    again = bob.post(
+        "/query", json={"message": "y", "agent": "scribe", "session_id": "alice-graph-only"}
+    ).json()
+    searched, added = again["tool_calls"]
+    assert searched["success"] and "alice's secret" in searched["output"]
+    assert added["success"]
+
+
+# --- the change feed -------------------------------------------------------------------------------------------
+
+
+class Reader:
+    """Lines of a pipe, read in a thread so a test can wait with a timeout."""
+
+    def __init__(self, pipe: IO[str]) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, args=(pipe,), daemon=True).start()
+
+    def _pump(self, pipe: IO[str]) -> None:
+        try:
+            for line in pipe:
+                self.lines.put(line)
+        except ValueError:
+            pass  # closed when the process was reaped
+
+    def wait_for(self, text: str, timeout: float = 15) -> str:
+        deadline = time.monotonic() + timeout
+        seen = []
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            seen.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"{text!r} not seen within {timeout} s: {seen}")
+
+
+def watch(live: Live, user: str, *args: str) -> subprocess.Popen[str]:
+    """A running `specai graph watch ARGS` as `user`."""
+    env = cli_env(live.homes[user], SPECAI_SERVER=live.server.url, SPECAI_FINGERPRINT=live.server.fingerprint)
+    return subprocess.Popen(
+        [sys.executable, "-m", "specai", "graph", "watch", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_a_watcher_whose_share_is_removed_stops_receiving(live: Live) -> None:
+    session = "alice-live"
+    make_graph(live, session)
+    assert live.cli("alice", "graph", "share", session, "bob", "--read-only").returncode == 0
+    with watch(live, "bob", "--session", session, "--json") as watcher:
+        assert watcher.stdout is not None and watcher.stderr is not None
+        out, err = Reader(watcher.stdout), Reader(watcher.stderr)
+        err.wait_for("watching session")
+        with live.http["bob"].stream("GET", "/graph/stream", params={"session_id": session}) as stream:
+            assert stream.status_code == 200
+            lines = stream.iter_lines()
+            post = {"session_id": session, "node_type": "fact", "label": "while shared"}
+            assert live.http["alice"].post("/graph/nodes", json=post).status_code == 201
+            out.wait_for("while shared")
+            received = _events_until(lines, lambda e: e.get("event") != "open")
+            assert received[-1]["data"]["data"]["label"] == "while shared"
+
+            assert live.cli("alice", "graph", "unshare", session, "bob").returncode == 0
+            post = {"session_id": session, "node_type": "fact", "label": "after unshare"}
+            assert live.http["alice"].post("/graph/nodes", json=post).status_code == 201
+            ended = _events_until(lines, lambda e: e.get("event") == "error")
+            assert ended[-1]["data"] == {"error": f"graph session '{session}' not found", "code": "not_found"}
+            assert "after unshare" not in json.dumps(ended)
+            assert list(lines) == []  # the server ended the stream
+        try:
+            assert watcher.wait(timeout=15) == 1  # the CLI stops instead of reconnecting
+        finally:
+            watcher.kill()
+        err.wait_for(f"error: graph session '{session}' not found")
+        assert "after unshare" not in "".join(list(out.lines.queue))
+
+
+def _events_until(lines: Iterator[str], done: Any) -> list[dict[str, Any]]:
+    """Read SSE lines until an event for which `done` is true; returns the events so far."""
+    block: list[str] = []
+    events: list[dict[str, Any]] = []
+    for line in lines:
+        if line:
+            block.append(line)
+            continue
+        parsed = parse_sse("\n".join(block) + "\n\n")
+        block = []
+        events += parsed
+        if parsed and done(parsed[-1]):
+            return events
+    raise AssertionError(f"the stream ended before the awaited event: {events}")
+
+
+def test_watching_a_new_session_claims_it(live: Live) -> None:
+    with watch(live, "bob", "--session", "bobs-demo") as watcher:
+        assert watcher.stderr is not None
+        try:
+            Reader(watcher.stderr).wait_for("watching session bobs-demo")
+            post = {"session_id": "bobs-demo", "node_type": "fact", "label": "alice first?"}
+            assert_error(live.http["alice"].post("/graph/nodes", json=post), 404, "not_found")
+            sessions = json.loads(live.cli("bob", "graph", "sessions", "--json").stdout)["sessions"]
+            assert {"session_id": "bobs-demo", "owner": "bob", "access": "owner"} in sessions
+        finally:
+            watcher.kill()
