@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import ssl
 import threading
@@ -14,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from granian.constants import Interfaces, SSLProtocols
+from granian.constants import HTTPModes, Interfaces, SSLProtocols
+from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.server.embed import Server
 from litestar import Litestar
 
+from specai.config import ServerSettings
 from specai.errors import StartupError
 from specai.server.state import ServerState
 from specai.tls import CertPaths
@@ -26,6 +29,8 @@ from specai.tls import CertPaths
 GRACE_SECONDS = 2.0  # in-flight requests get this long to finish after SIGINT/SIGTERM
 HARD_EXIT_SECONDS = 4.5  # after this the process exits whatever is still running
 READY_TIMEOUT = 15.0
+MAX_LISTEN_BACKLOG = 4096  # the kernel's usual somaxconn; a longer queue would be truncated anyway
+SPARE_FILES = 256  # descriptors kept free beyond the connection cap (database, certificates, logs)
 
 
 class _RequestTracker:
@@ -78,17 +83,7 @@ async def _serve(
 ) -> None:
     state: ServerState = app.state.specai
     tracker = _RequestTracker(app)
-    server = Server(
-        tracker,
-        address=host,
-        port=port,
-        interface=Interfaces.ASGI,
-        ssl_cert=Path(cert.cert),
-        ssl_key=Path(cert.key),
-        ssl_protocol_min=SSLProtocols.tls12,
-        log_level=LogLevels.warning,
-        backlog=1024,
-    )
+    server = Server(tracker, **granian_options(state.settings.server, host, port, cert))
     logging.getLogger("_granian").addFilter(_QuietEmbedWarning())
     for noisy in ("httpx", "httpx2"):  # the vendor SDKs log every upstream request at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -131,6 +126,49 @@ async def _serve(
             loop.remove_signal_handler(signum)
     if state.fatal is not None:
         raise state.fatal
+
+
+def granian_options(server: ServerSettings, host: str, port: int, cert: CertPaths) -> dict[str, Any]:
+    """granian's settings: HTTP/1.1 only, so its header read timeout also closes silent and idle connections.
+
+    In granian's `auto` mode hyper-util first waits, without any timer, for the bytes that tell HTTP/1 from
+    HTTP/2, so a connection that completes TLS and sends nothing is held forever (measured with granian
+    2.8.9: still open after 40 s, and 1,024 of them filled the default backpressure so /health timed out).
+    With `http1` the timeout runs from the moment the connection is served and again between keep-alive
+    requests, so idle and half-sent requests are closed after `idle_timeout_secs`. `backpressure` caps the
+    connections served at once; a TLS handshake that never completes is dropped after 10 s by granian.
+    """
+    cap = server.max_connections
+    _raise_file_limit(cap + SPARE_FILES)
+    return {
+        "address": host,
+        "port": port,
+        "interface": Interfaces.ASGI,
+        "http": HTTPModes.http1,
+        "http1_settings": HTTP1Settings(header_read_timeout=max(1, round(server.idle_timeout_secs * 1000))),
+        "ssl_cert": Path(cert.cert),
+        "ssl_key": Path(cert.key),
+        "ssl_protocol_min": SSLProtocols.tls12,
+        "log_level": LogLevels.warning,
+        "backlog": min(cap, MAX_LISTEN_BACKLOG),
+        "backpressure": cap,
+    }
+
+
+def _raise_file_limit(wanted: int) -> None:
+    """Raise the soft open-files limit so `max_connections` sockets can be accepted (never above the hard one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        logging.getLogger("specai.server").warning(
+            "open-files limit %d is below max_connections + %d; connections beyond it are refused",
+            soft,
+            SPARE_FILES,
+        )
 
 
 def _url(host: str, port: int) -> str:
