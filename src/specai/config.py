@@ -67,7 +67,6 @@ class GraphSettings:
 
 @dataclass(frozen=True)
 class MeshSettings:
-    max_nodes_per_account: int = 100_000  # over the sessions an account owns; 0 = unlimited
     """`[mesh]`: how this server takes part in a mesh of specai servers."""
 
     heartbeat_interval_secs: float = 5.0
@@ -269,7 +268,6 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("graph", "stream_poll_secs"): _positive,
     ("agents", "max_tool_iterations"): lambda v: None if 0 <= v <= 50 else "must be from 0 to 50",
     ("agents", "model_provider"): _provider,
-    ("graph", "max_nodes_per_account"): _non_negative,
     ("agents", "temperature"): _temperature,
     ("agents", "max_tokens"): _optional_positive,
     ("agents", "memory_k"): _non_negative,
