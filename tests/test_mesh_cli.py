@@ -19,6 +19,7 @@ pytestmark = pytest.mark.live
 
 LEADER_TIMEOUT = 3  # seconds; a member not heard from for longer is `stale`
 MAX_PAYLOAD = 1024
+MAX_INBOX_BYTES = 2048  # so that a few messages already take several pages
 VALID_TYPES = ("Query", "TaskDelegation", "WorkflowStageResult")
 
 
@@ -84,6 +85,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     (home / "spec-ai.config.toml").write_text(
         "[auth]\nenabled = true\n"
         f"[mesh]\nleader_timeout_secs = {LEADER_TIMEOUT}\nmax_payload_bytes = {MAX_PAYLOAD}\n"
+        f"max_inbox_bytes = {MAX_INBOX_BYTES}\n"
     )
     server = ServerProcess(home).start()
     try:
@@ -260,6 +262,38 @@ def test_broadcast_with_no_other_member_queues_nothing(mesh: Mesh) -> None:
     body = mesh.json("send", "--broadcast", "--type", "Notification", "--payload", "1")
     assert body["delivered_to"] == []
     assert mesh.inbox(mesh.self_id) == mine
+
+
+def test_inbox_follows_pages_and_ack_reaches_beyond_the_first(mesh: Mesh) -> None:
+    mesh.register("p1", "p2")
+    sent = [
+        queued_id(
+            mesh.run(
+                "send",
+                "--from",
+                "p1",
+                "--to",
+                "p2",
+                "--type",
+                "Query",
+                "--payload",
+                json.dumps("x" * 900 + str(n)),
+            )
+        )
+        for n in range(5)
+    ]
+    with mesh.server.client(mesh.token) as http:
+        first = http.get("/messages/p2").json()
+    assert len(first["messages"]) == 2 and first["more"] is True  # 2 KB of payloads per page
+    body = mesh.json("inbox", "p2")
+    assert [m["message_id"] for m in body["messages"]] == sent and body["more"] is False
+    cut = mesh.json("inbox", "p2", "--limit", "3")
+    assert [m["message_id"] for m in cut["messages"]] == sent[:3] and cut["more"] is True
+    table = ok(mesh.run("inbox", "p2", "--limit", "3"))
+    assert "more messages are waiting for p2" in table.stderr
+    acked = ok(mesh.run("ack", "p2", sent[4], sent[0]))
+    assert acked.stdout.strip() == "acknowledged 2 messages for p2"
+    assert [m["message_id"] for m in mesh.json("inbox", "p2")["messages"]] == sent[1:4]
 
 
 # --- errors -------------------------------------------------------------------------------------------------------

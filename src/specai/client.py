@@ -272,9 +272,13 @@ class SpecaiClient:
             body["correlation_id"] = correlation_id
         return self._call("POST", f"/messages/send/{quote(source, safe='')}", body)
 
-    def mesh_inbox(self, instance_id: str) -> dict[str, Any]:
-        """GET /messages/{id}: `{messages: [AgentMessage]}` not yet acknowledged by that member, oldest first."""
-        return self._call("GET", f"/messages/{quote(instance_id, safe='')}")
+    def mesh_inbox(
+        self, instance_id: str, *, limit: int | None = None, after: str | None = None
+    ) -> dict[str, Any]:
+        """GET /messages/{id}: one page `{messages: [AgentMessage], more, cursor}` not yet acknowledged by that
+        member, oldest first; pass `cursor` as `after` for the next page."""
+        path = _with_query(f"/messages/{quote(instance_id, safe='')}", {"limit": limit, "after": after})
+        return self._call("GET", path)
 
     def mesh_ack(self, instance_id: str, message_ids: list[str]) -> None:
         """POST /messages/ack/{id}: removes the messages from that member's inbox only (204)."""

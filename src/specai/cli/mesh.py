@@ -17,11 +17,11 @@ from specai.config import DEFAULT_SERVER_URL
 from specai.errors import RemoteError
 
 ID_WIDTH = 48  # instance ids up to this long are never folded in the members table
-INBOX_PAGE = 1000  # the server lists at most this many messages per inbox
+INBOX_PAGE = 1000  # messages asked for per inbox page (the server may send fewer: it also bounds the bytes)
+ACK_BATCH = 1000  # the server acknowledges at most this many ids per request
 CUSTOM_PREFIX = "custom:"
-RECENT = dt.timedelta(
-    hours=1
-)  # heartbeats newer than this are shown as "12 s ago", older ones as a local time
+# heartbeats newer than this are shown as "12 s ago", older ones as a local time
+RECENT = dt.timedelta(hours=1)
 TYPES_HELP = (
     "Query, Response, Notification, TaskDelegation, TaskResult, GraphSync, CapabilityUpdate, CapabilityQuery, "
     "LearningShare, ProposalSubmit, ProposalVote, WorkflowAssignment, WorkflowStageResult"
@@ -197,15 +197,20 @@ def send(
 @handle_errors
 def inbox(
     instance_id: InstanceArgument,
+    limit: Annotated[
+        int,
+        typer.Option("--limit", min=1, help="Show at most this many messages (pages are followed up to it)."),
+    ] = 1000,
     server: ServerOption = DEFAULT_SERVER_URL,
     fingerprint: FingerprintOption = None,
     json_output: Annotated[
-        bool, typer.Option("--json", help="Print the server's answer as is: {messages: [...]}.")
+        bool, typer.Option("--json", help="Print {messages: [...], more: bool} (more: others still wait).")
     ] = False,
 ) -> None:
     """List the messages waiting for a member (not yet acknowledged by it), oldest first.
 
-    Reading does not remove them: `specai mesh ack` does.
+    The server answers in bounded pages; they are followed until --limit messages are shown, and a note says
+    when more are waiting. Reading does not remove them: `specai mesh ack` does.
 
     Examples:
 
@@ -214,11 +219,10 @@ def inbox(
       specai mesh inbox worker-1 --json | jq -r '.messages[].message_id'
     """
     with open_client(server, fingerprint) as client:
-        body = client.mesh_inbox(instance_id)
+        messages, more = read_inbox(client, instance_id, limit)
     if json_output:
-        print_json(body)
+        print_json({"messages": messages, "more": more})
         return
-    messages: list[dict[str, Any]] = body.get("messages") or []
     if not messages:
         out.print(f"no messages for {instance_id}", markup=False)
         return
@@ -245,6 +249,11 @@ def inbox(
         style="dim",
         markup=False,
     )
+    if more:
+        err.print(
+            f"more messages are waiting for {instance_id}: acknowledge these, or pass a larger --limit",
+            markup=False,
+        )
 
 
 @app.command("ack")
@@ -275,11 +284,10 @@ def ack(
     """
     wanted = list(dict.fromkeys(message_ids))
     with open_client(server, fingerprint) as client:
-        waiting = client.mesh_inbox(instance_id).get("messages") or []
-        client.mesh_ack(instance_id, wanted)
-    present = {str(m.get("message_id")) for m in waiting}
-    if len(waiting) >= INBOX_PAGE:  # the listing may be cut short: every id may have been waiting
-        present.update(wanted)
+        waiting, _ = read_inbox(client, instance_id, 10**9, set(wanted))
+        present = {str(m.get("message_id")) for m in waiting}
+        for start in range(0, len(wanted), ACK_BATCH):
+            client.mesh_ack(instance_id, wanted[start : start + ACK_BATCH])
     acknowledged = [m for m in wanted if m in present]
     missing = [m for m in wanted if m not in present]
     if json_output:
@@ -295,6 +303,22 @@ def ack(
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
+
+
+def read_inbox(
+    client: Any, instance_id: str, limit: int, wanted: set[str] | None = None
+) -> tuple[list[dict[str, Any]], bool]:
+    """Follow the server's inbox pages until `limit` messages (or until every id in `wanted` was seen); returns
+    them and whether more are waiting."""
+    messages: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        page = client.mesh_inbox(instance_id, limit=min(INBOX_PAGE, limit - len(messages)), after=after)
+        messages += page.get("messages") or []
+        more, after = bool(page.get("more")), page.get("cursor")
+        seen = wanted is not None and wanted <= {str(m.get("message_id")) for m in messages}
+        if not more or not after or len(messages) >= limit or seen:
+            return messages, more
 
 
 def _table(*columns: str, keep: dict[str, int] | None = None) -> Table:
