@@ -465,3 +465,14 @@ def test_mesh_advertise_url_must_be_https(tmp_path: Path, env: dict[str, str], c
         load('[mesh]\nadvertise_url = "http://10.0.0.7:3000"\n', tmp_path, env, cwd)
     settings = load('[mesh]\nadvertise_url = "https://10.0.0.7:3000"\n', tmp_path, env, cwd)
     assert settings.mesh.advertise_url == "https://10.0.0.7:3000"
+
+
+def test_graph_node_quota_defaults_to_100000_and_0_means_unlimited(
+    tmp_path: Path, env: dict[str, str], cwd: Path
+) -> None:
+    assert load("", tmp_path, env, cwd).graph.max_nodes_per_account == 100_000
+    assert load("[graph]\nmax_nodes_per_account = 0\n", tmp_path, env, cwd).graph.max_nodes_per_account == 0
+    with pytest.raises(ConfigError, match=r"\[graph\] max_nodes_per_account: must be 0 or more"):
+        load("[graph]\nmax_nodes_per_account = -1\n", tmp_path, env, cwd)
+    with pytest.raises(ConfigError, match="max_nodes_per_account: expected an integer"):
+        load('[graph]\nmax_nodes_per_account = "lots"\n', tmp_path, env, cwd)
