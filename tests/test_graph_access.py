@@ -6,6 +6,7 @@ with the same body as a missing thing), then reads and writes after a share, onl
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,8 +19,13 @@ from litestar.testing import TestClient
 
 from helpers import assert_error
 from specai import auth
+from specai.access import Principal
 from specai.config import load_settings
+from specai.errors import ForbiddenError, NotFoundError
+from specai.graph import GraphStore
+from specai.graph_access import SessionNotFoundError
 from specai.server.app import create_app
+from specai.store import Store
 from specai.tls import ensure_server_cert, read_cert
 from specai.users import add_user
 
@@ -385,3 +391,69 @@ def _first_id(world: World, session: str) -> int:
     return int(
         world.as_("bob", "GET", "/graph/nodes", params={"session_id": session}).json()["nodes"][0]["id"]
     )
+
+
+# --- the core, on both engines: race-free claims, data from before owners, token scopes -------------------------
+
+ALICE = Principal("u-alice", "alice", "user", "write")
+BOB = Principal("u-bob", "bob", "user", "write")
+ROOT = Principal("u-root", "root", "admin", "admin")
+
+
+@pytest.mark.anyio
+async def test_concurrent_first_writes_leave_exactly_one_owner(store: Store) -> None:
+    processes = [GraphStore(store), GraphStore(store)]  # two servers sharing the database: no shared cache
+
+    async def write(i: int) -> str:
+        who = (ALICE, BOB)[i % 2]
+        await processes[i % 2].create_node("race", "fact", str(i), who=who)
+        return who.user_id
+
+    outcomes = await asyncio.gather(*(write(i) for i in range(12)), return_exceptions=True)
+    winners = {o for o in outcomes if isinstance(o, str)}
+    assert len(winners) == 1, outcomes
+    losers = [o for o in outcomes if not isinstance(o, str)]
+    assert len(losers) == 6 and all(isinstance(o, SessionNotFoundError) for o in losers), outcomes
+    owner = winners.pop()
+    assert [e.owner_id for e in await processes[0].sessions(ALICE if owner == ALICE.user_id else BOB)] == [
+        owner
+    ]
+    assert len((await processes[1].list_nodes("race", who=ROOT)).items) == 6
+
+
+@pytest.mark.anyio
+async def test_concurrent_claims_by_watchers_agree_on_the_owner(store: Store) -> None:
+    processes = [GraphStore(store) for _ in range(4)]
+    grants = await asyncio.gather(
+        *(processes[i % 4].claim("watched", (ALICE, BOB)[i % 2]) for i in range(16)), return_exceptions=True
+    )
+    assert not [g for g in grants if isinstance(g, BaseException)], grants
+    owners = {g.owner_id for g in grants}  # type: ignore[union-attr]
+    assert len(owners) == 1
+    levels = {(g.owner_id == ALICE.user_id) == (i % 2 == 0): g.level for i, g in enumerate(grants)}  # type: ignore[union-attr]
+    assert levels == {True: "write", False: "none"}
+
+
+@pytest.mark.anyio
+async def test_graph_data_from_before_owners_is_for_admins_until_one_claims_it(store: Store) -> None:
+    graph = GraphStore(store)
+    old = await graph.create_node("legacy", "fact", "written before v4")  # trusted code: claims nothing
+    assert (await graph.list_nodes("legacy", who=BOB)).items == []  # reads as empty, not as bob's
+    with pytest.raises(SessionNotFoundError):
+        await graph.create_node("legacy", "fact", "mine now?", who=BOB)
+    with pytest.raises(NotFoundError, match=f"node {old.id} not found"):
+        await graph.get_node(old.id, who=BOB)
+    assert [n.id for n in (await graph.list_nodes("legacy", who=ROOT)).items] == [old.id]
+    await graph.share("legacy", ROOT, BOB.user_id, "bob", writable=False)  # an admin's share claims it
+    assert [e.access for e in await graph.sessions(BOB)] == ["read"]
+    assert (await graph.get_node(old.id, who=BOB)).label == "written before v4"
+
+
+@pytest.mark.anyio
+async def test_a_read_scoped_key_cannot_write_even_its_own_session(store: Store) -> None:
+    graph = GraphStore(store)
+    node = await graph.create_node("mine", "fact", "x", who=ALICE)
+    reader = Principal(ALICE.user_id, "alice", "user", "read")
+    assert (await graph.get_node(node.id, who=reader)).id == node.id
+    with pytest.raises(ForbiddenError, match="scope 'write'"):
+        await graph.patch_node(node.id, label="y", who=reader)
