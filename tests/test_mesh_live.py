@@ -1,4 +1,6 @@
-"""The mesh end to end: three real `specai server` processes on loopback, auth on all, joined over pinned TLS."""
+"""The mesh end to end: three real `specai server` processes on loopback, auth on all, joined over pinned TLS.
+
+Each member logs in to the registry with its own `mesh`-role account; the test's own clients are admins."""
 
 from __future__ import annotations
 
@@ -19,15 +21,15 @@ from conftest import PASSWORD
 from helpers import ServerProcess, assert_error, free_port, run_cli
 
 LEADER_TIMEOUT = 2.0
-CONFIG = f"""\
+CONFIG = """\
 [auth]
 enabled = true
 
 [mesh]
-username = "alice"
+username = "{mesh_user}"
 password_source = "env:MESH_PASSWORD"
 heartbeat_interval_secs = 1
-leader_timeout_secs = {LEADER_TIMEOUT}
+leader_timeout_secs = {leader_timeout}
 """
 
 
@@ -62,7 +64,7 @@ class Node:
     def start(self) -> Node:
         self.process = ServerProcess(self.home, *self.join, port=self.port, MESH_PASSWORD=PASSWORD).start()
         with self.process.client() as anonymous:
-            token = anonymous.post("/auth/token", json={"username": "alice", "password": PASSWORD}).json()[
+            token = anonymous.post("/auth/token", json={"username": "root", "password": PASSWORD}).json()[
                 "token"
             ]
         self.http = self.process.client(token)
@@ -87,13 +89,21 @@ class Node:
         return {m["instance_id"]: m["status"] for m in self.view()["instances"]}
 
 
-def make_node(root: Path, name: str, database_url: str | None = None) -> Node:
+def make_node(
+    root: Path, name: str, database_url: str | None = None, mesh_users: tuple[str, ...] = ()
+) -> Node:
+    """A home with admin `root` (the test's client), the given `mesh`-role accounts, logging in to its registry
+    as `mesh-<name>`."""
     home = root / name
     home.mkdir(mode=0o700)
-    result = run_cli(home, "auth", "add-user", "alice", "--password-stdin", input=PASSWORD + "\n")
-    assert result.returncode == 0, result.stderr
+    for user, role in (("root", "admin"), *((u, "mesh") for u in mesh_users)):
+        added = run_cli(
+            home, "auth", "add-user", user, "--role", role, "--password-stdin", input=PASSWORD + "\n"
+        )
+        assert added.returncode == 0, added.stderr
     database = f'\n[database]\nurl = "{database_url}"\n' if database_url else ""
-    (home / "spec-ai.config.toml").write_text(CONFIG + database)
+    config = CONFIG.format(mesh_user=f"mesh-{name}", leader_timeout=LEADER_TIMEOUT)
+    (home / "spec-ai.config.toml").write_text(config + database)
     return Node(name, home, free_port())
 
 
@@ -107,7 +117,7 @@ def mesh(
     if request.param == "postgresql":
         url = request.getfixturevalue("pg_url")
         pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    registry = make_node(root, "registry", url).start()
+    registry = make_node(root, "registry", url, mesh_users=("mesh-a", "mesh-b", "mesh-intruder")).start()
     assert registry.process is not None
     join = ("--join", registry.process.url, "--join-fingerprint", registry.process.fingerprint)
     nodes = {"registry": registry}
@@ -159,6 +169,21 @@ def test_members_join_and_every_instance_reports_the_registry_as_leader(mesh: di
     assert shown.returncode == 0, shown.stderr
     body = json.loads(shown.stdout)
     assert body["leader_id"] == registry.instance_id and {m["instance_id"] for m in body["instances"]} == ids
+
+
+def test_each_member_account_acts_only_for_its_own_instance(mesh: dict[str, Node]) -> None:
+    registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
+    assert registry.process is not None
+    with registry.process.client() as anonymous:
+        login = anonymous.post("/auth/token", json={"username": "mesh-b", "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    with registry.process.client(login.json()["token"]) as as_b:
+        assert as_b.post(f"/registry/heartbeat/{b.instance_id}", json={}).status_code == 200
+        assert_error(as_b.post(f"/registry/heartbeat/{a.instance_id}", json={}), 403, "forbidden")
+        assert_error(as_b.get(f"/messages/{a.instance_id}"), 403, "forbidden")
+        assert_error(as_b.delete(f"/registry/deregister/{a.instance_id}"), 403, "forbidden")
+        assert as_b.get(f"/messages/{b.instance_id}").status_code == 200
+    assert a.instance_id in registry.live()
 
 
 def test_broadcast_reaches_both_members_and_acks_are_per_recipient(mesh: dict[str, Node]) -> None:
