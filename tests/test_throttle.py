@@ -1,11 +1,27 @@
-"""Login throttling with an injected clock: lockout after the limit, growing lockouts, reset on success."""
+"""Login throttling with a hand-driven clock: reservations before the check, per-pair/address/user budgets, the
+bounded verification gate with its clean lane, and the /auth/hash rate limit."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
 from specai.errors import ThrottledError
-from specai.throttle import LoginThrottle
+from specai.throttle import (
+    KNOWN_FOR,
+    MAX_LOCKOUT,
+    Attempt,
+    BusyError,
+    MemoryLoginThrottle,
+    MemoryRateLimiter,
+    VerifyGate,
+    checked_login,
+    client_key,
+)
+
+pytestmark = pytest.mark.anyio
+A, B = "10.0.0.1", "10.0.0.2"
 
 
 class FakeClock:
@@ -23,97 +39,350 @@ class FakeClock:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    """A hand-driven clock."""
     return FakeClock()
 
 
 @pytest.fixture
-def throttle(clock: FakeClock) -> LoginThrottle:
-    """Locks after 3 failures for 10 s (doubling)."""
-    return LoginThrottle(limit=3, lockout=10, clock=clock)
+def throttle(clock: FakeClock) -> MemoryLoginThrottle:
+    """3 failures per pair, 6 per address, 8 per username from unknown pairs; lockout 10 s, doubling."""
+    return MemoryLoginThrottle(pair_limit=3, address_limit=6, user_limit=8, lockout=10, clock=clock)
 
 
-def fail(throttle: LoginThrottle, key: str, times: int) -> None:
+async def fail(throttle: MemoryLoginThrottle, user: str, address: str, times: int = 1) -> None:
     for _ in range(times):
-        throttle.failed(key)
+        await throttle.failed(await throttle.reserve(user, address))
 
 
-def retry_after(throttle: LoginThrottle, *keys: str) -> int:
+async def login(throttle: MemoryLoginThrottle, user: str, address: str) -> None:
+    await throttle.succeeded(await throttle.reserve(user, address))
+
+
+async def retry_after(throttle: MemoryLoginThrottle, user: str, address: str) -> int:
     with pytest.raises(ThrottledError) as info:
-        throttle.check(*keys)
+        await throttle.reserve(user, address)
     return info.value.retry_after
 
 
-def test_failures_below_the_limit_do_not_lock(throttle: LoginThrottle) -> None:
-    fail(throttle, "alice", 2)
-    throttle.check("alice")
+# -- budgets ----------------------------------------------------------------------------------------------------
 
 
-def test_locks_after_limit_failures(throttle: LoginThrottle) -> None:
-    fail(throttle, "alice", 3)
+async def test_failures_below_the_limit_do_not_lock(throttle: MemoryLoginThrottle) -> None:
+    await fail(throttle, "alice", A, 2)
+    await login(throttle, "alice", A)
+
+
+async def test_the_pair_locks_after_limit_failures(throttle: MemoryLoginThrottle) -> None:
+    await fail(throttle, "alice", A, 3)
     with pytest.raises(ThrottledError) as info:
-        throttle.check("alice")
+        await throttle.reserve("alice", A)
     error = info.value
-    assert error.retry_after == 10
-    assert error.retry_after > 0
-    assert error.code == "too_many_attempts"
-    assert error.status == 429
-    assert error.details == {"retry_after": 10}
+    assert (error.status, error.code, error.retry_after, error.details) == (
+        429,
+        "too_many_attempts",
+        10,
+        {"retry_after": 10},
+    )
     assert "try again in 10 s" in error.message
 
 
-def test_retry_after_counts_down_and_rounds_up(throttle: LoginThrottle, clock: FakeClock) -> None:
-    fail(throttle, "alice", 3)
+async def test_another_address_does_not_lock_the_user_out(throttle: MemoryLoginThrottle) -> None:
+    await fail(throttle, "alice", B, 3)
+    assert await retry_after(throttle, "alice", B) == 10
+    await login(throttle, "alice", A)  # her own address: not refused
+
+
+async def test_retry_after_counts_down_and_the_lock_passes(
+    throttle: MemoryLoginThrottle, clock: FakeClock
+) -> None:
+    await fail(throttle, "alice", A, 3)
     clock.advance(6.5)
-    assert retry_after(throttle, "alice") == 4
+    assert await retry_after(throttle, "alice", A) == 4
+    clock.advance(3.6)
+    await login(throttle, "alice", A)
 
 
-def test_unlocks_after_the_lockout_passes(throttle: LoginThrottle, clock: FakeClock) -> None:
-    fail(throttle, "alice", 3)
-    clock.advance(9.9)
-    assert retry_after(throttle, "alice") == 1
-    clock.advance(0.2)
-    throttle.check("alice")
+async def test_lockout_doubles_and_is_capped(throttle: MemoryLoginThrottle, clock: FakeClock) -> None:
+    await fail(throttle, "alice", A, 3)
+    for expected in (20, 40, 80):
+        clock.advance(MAX_LOCKOUT)
+        await fail(throttle, "alice", A)
+        assert await retry_after(throttle, "alice", A) == expected
+    for _ in range(10):
+        clock.advance(MAX_LOCKOUT)
+        await fail(throttle, "alice", A)
+    assert await retry_after(throttle, "alice", A) == MAX_LOCKOUT
 
 
-def test_lockout_grows_with_further_failures(throttle: LoginThrottle, clock: FakeClock) -> None:
-    fail(throttle, "alice", 3)
-    assert retry_after(throttle, "alice") == 10
+async def test_after_a_lockout_only_one_attempt_at_a_time(
+    throttle: MemoryLoginThrottle, clock: FakeClock
+) -> None:
+    await fail(throttle, "alice", A, 3)
     clock.advance(11)
-    throttle.failed("alice")
-    assert retry_after(throttle, "alice") == 20
-    clock.advance(21)
-    throttle.failed("alice")
-    assert retry_after(throttle, "alice") == 40
+    first = await throttle.reserve("alice", A)
+    assert await retry_after(throttle, "alice", A) == 1  # the first is still being checked
+    await throttle.failed(first)
+    assert await retry_after(throttle, "alice", A) == 20
 
 
-def test_lockout_is_capped_at_fifteen_minutes(throttle: LoginThrottle) -> None:
-    fail(throttle, "alice", 40)
-    assert retry_after(throttle, "alice") == 15 * 60
+async def test_success_resets_the_pair(throttle: MemoryLoginThrottle, clock: FakeClock) -> None:
+    await fail(throttle, "alice", A, 2)
+    await login(throttle, "alice", A)
+    await fail(throttle, "alice", A, 2)
+    await login(throttle, "alice", A)  # two more failures, not four
 
 
-def test_success_resets_the_failure_count(throttle: LoginThrottle, clock: FakeClock) -> None:
-    fail(throttle, "alice", 3)
-    clock.advance(11)
-    throttle.succeeded("alice")
-    fail(throttle, "alice", 2)
-    throttle.check("alice")
-    throttle.failed("alice")
-    assert retry_after(throttle, "alice") == 10  # back to the first lockout, not a doubled one
+async def test_quiet_counters_are_forgotten(throttle: MemoryLoginThrottle, clock: FakeClock) -> None:
+    await fail(throttle, "alice", A, 2)
+    clock.advance(MAX_LOCKOUT + 1)
+    await fail(throttle, "alice", A, 2)
+    await login(throttle, "alice", A)
 
 
-def test_keys_are_throttled_independently(throttle: LoginThrottle) -> None:
-    throttle.failed("alice", "10.0.0.1")
-    throttle.failed("alice", "10.0.0.1")
-    throttle.failed("alice", "10.0.0.2")
-    throttle.check("bob")
-    throttle.check("10.0.0.1")
-    assert retry_after(throttle, "alice") == 10
-    assert retry_after(throttle, "bob", "alice") == 10  # any locked key refuses the attempt
-    throttle.failed("10.0.0.1")
-    assert retry_after(throttle, "10.0.0.1") == 10
+async def test_an_address_guessing_many_usernames_is_locked(throttle: MemoryLoginThrottle) -> None:
+    for n in range(6):
+        await fail(throttle, f"guess-{n}", B)
+    assert await retry_after(throttle, "someone-else", B) == 10
+    assert await retry_after(throttle, "alice", B) == 10  # even with the right password: no check runs
+    await login(throttle, "alice", A)
 
 
-def test_check_with_no_keys_or_unknown_keys_passes(throttle: LoginThrottle) -> None:
-    throttle.check()
-    throttle.check("nobody")
+async def test_a_success_does_not_reset_the_address(throttle: MemoryLoginThrottle) -> None:
+    """Mallory cannot keep guessing from her address by logging in as herself between guesses."""
+    for n in range(5):
+        await fail(throttle, f"guess-{n}", B)
+        await login(throttle, "mallory", B)
+    await fail(throttle, "guess-5", B)
+    assert await retry_after(throttle, "guess-6", B) == 10
+
+
+async def test_the_username_budget_stops_distributed_guessing_but_not_known_pairs(
+    throttle: MemoryLoginThrottle,
+) -> None:
+    await login(throttle, "alice", A)  # alice's own address is known from now on
+    for n in range(8):
+        await fail(throttle, "alice", f"192.0.2.{n}")  # 8 addresses, one guess each
+    assert await retry_after(throttle, "alice", "192.0.2.200") == 10  # a new address is refused
+    await login(throttle, "alice", A)  # her known address is not
+    await login(throttle, "bob", "192.0.2.200")  # nor is another user
+
+
+async def test_known_pairs_expire(throttle: MemoryLoginThrottle, clock: FakeClock) -> None:
+    await login(throttle, "alice", A)
+    assert throttle.is_known("alice", A, clock())
+    clock.advance(KNOWN_FOR + 1)
+    assert not throttle.is_known("alice", A, clock())
+
+
+# -- reservations: concurrency cannot outrun the count ------------------------------------------------------------
+
+
+async def test_pending_attempts_count_toward_the_limit(throttle: MemoryLoginThrottle) -> None:
+    attempts = [await throttle.reserve("alice", B) for _ in range(3)]
+    assert await retry_after(throttle, "alice", B) == 1  # three checks in flight: the fourth waits
+    await throttle.release(attempts[0])  # released, never checked: the slot comes back
+    attempts[0] = await throttle.reserve("alice", B)
+    for attempt in attempts:
+        await throttle.failed(attempt)
+    assert await retry_after(throttle, "alice", B) == 10
+
+
+async def test_forty_concurrent_attempts_get_at_most_the_limit_of_checks(
+    throttle: MemoryLoginThrottle,
+) -> None:
+    gate = VerifyGate(slots=2, max_waiting=100)
+    checks = 0
+
+    async def wrong() -> str | None:
+        nonlocal checks
+        checks += 1
+        await asyncio.sleep(0.01)
+        return None
+
+    async def one() -> str:
+        try:
+            await checked_login(throttle, gate, "alice", B, wrong)
+        except ThrottledError:
+            return "429"
+        return "401"
+
+    results = await asyncio.gather(*(one() for _ in range(40)))
+    assert checks == 3
+    assert results.count("429") == 37
+    assert await retry_after(throttle, "alice", B) == 10
+
+
+async def test_a_cancelled_check_counts_as_a_failure(throttle: MemoryLoginThrottle) -> None:
+    gate = VerifyGate(slots=1, max_waiting=10)
+    started = asyncio.Event()
+
+    async def slow() -> str | None:
+        started.set()
+        await asyncio.sleep(10)
+        return "alice"
+
+    for _ in range(3):
+        started.clear()
+        task = asyncio.create_task(checked_login(throttle, gate, "alice", B, slow))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert await retry_after(throttle, "alice", B) == 10
+    assert gate.running == 0
+
+
+async def test_an_attempt_refused_by_the_gate_is_released(throttle: MemoryLoginThrottle) -> None:
+    gate = VerifyGate(slots=1, max_waiting=1)
+    release = asyncio.Event()
+
+    async def held() -> str | None:
+        await release.wait()
+        return None
+
+    first = asyncio.create_task(checked_login(throttle, gate, "x", "192.0.2.1", held))
+    second = asyncio.create_task(checked_login(throttle, gate, "y", "192.0.2.2", held))
+    await asyncio.sleep(0)
+    with pytest.raises(BusyError):
+        await checked_login(throttle, gate, "alice", B, held)
+    release.set()
+    assert await asyncio.gather(first, second) == [None, None]
+    for _ in range(3):  # the refused attempt left no reservation behind: three full tries remain
+        await throttle.failed(await throttle.reserve("alice", B))
+    assert await retry_after(throttle, "alice", B) == 10
+
+
+async def test_suspect_marks_addresses_with_failures_or_attempts_in_flight(
+    throttle: MemoryLoginThrottle,
+) -> None:
+    first = await throttle.reserve("alice", B)
+    assert not first.suspect
+    second = await throttle.reserve("bob", B)
+    assert second.suspect
+    await throttle.failed(first)
+    await throttle.failed(second)
+    assert (await throttle.reserve("carol", B)).suspect
+    assert not (await throttle.reserve("alice", A)).suspect
+
+
+async def test_memory_is_bounded(clock: FakeClock) -> None:
+    throttle = MemoryLoginThrottle(pair_limit=3, address_limit=6, user_limit=8, clock=clock, max_keys=50)
+    for n in range(500):
+        await fail(throttle, f"user-{n}", f"192.0.2.{n % 250}")
+        await login(throttle, f"user-{n}", f"198.51.100.{n % 250}")
+    assert len(throttle.pairs) <= 50 and len(throttle.addresses) <= 50 and len(throttle.users) <= 50
+    assert len(throttle._known) <= 50
+
+
+async def test_usernames_are_clipped_in_keys(throttle: MemoryLoginThrottle) -> None:
+    attempt = await throttle.reserve("a" * 10_000, A)
+    assert attempt == Attempt("a" * 64, A, suspect=False, counts_user=True)
+
+
+def test_client_key_groups_ipv6_by_64_and_unmaps_ipv4() -> None:
+    assert client_key("10.0.0.1") == "10.0.0.1"
+    assert client_key("2001:db8::1") == client_key("2001:db8::ffff:1") == "2001:db8::/64"
+    assert client_key("2001:db8:0:1::1") == "2001:db8:0:1::/64"
+    assert client_key("::ffff:10.0.0.1") == "10.0.0.1"
+    assert client_key(None) == "unknown"
+    assert client_key("testclient") == "testclient"
+
+
+# -- the gate ---------------------------------------------------------------------------------------------------
+
+
+async def hold(
+    gate: VerifyGate, suspect: bool, entered: list[str], name: str, release: asyncio.Event
+) -> None:
+    async with gate.slot(suspect=suspect):
+        entered.append(name)
+        await release.wait()
+
+
+async def test_the_gate_bounds_running_and_waiting_checks() -> None:
+    gate = VerifyGate(slots=2, max_waiting=2)
+    release, entered = asyncio.Event(), []
+    tasks = [asyncio.create_task(hold(gate, False, entered, str(n), release)) for n in range(4)]
+    await asyncio.sleep(0)
+    assert (gate.running, gate.waiting()) == (2, 2)
+    with pytest.raises(BusyError) as info:
+        async with gate.slot(suspect=False):
+            pass
+    assert (info.value.status, info.value.code, info.value.retry_after) == (429, "too_many_attempts", 1)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert sorted(entered) == ["0", "1", "2", "3"]
+    assert (gate.running, gate.waiting()) == (0, 0)
+
+
+async def test_suspects_leave_one_slot_and_half_the_queue_to_clean_logins() -> None:
+    gate = VerifyGate(slots=2, max_waiting=4)
+    release, entered = asyncio.Event(), []
+    suspects = [asyncio.create_task(hold(gate, True, entered, f"s{n}", release)) for n in range(3)]
+    await asyncio.sleep(0)
+    assert (gate.running, gate.suspect_running, gate.waiting(True)) == (1, 1, 2)
+    with pytest.raises(BusyError):  # the suspect half of the queue is full
+        async with gate.slot(suspect=True):
+            pass
+    clean = asyncio.create_task(hold(gate, False, entered, "alice", release))
+    await asyncio.sleep(0)
+    assert entered == ["s0", "alice"]  # alice runs at once, in the slot suspects may not take
+    release.set()
+    await asyncio.gather(*suspects, clean)
+
+
+async def test_clean_waiters_go_before_suspect_waiters() -> None:
+    gate = VerifyGate(slots=1, max_waiting=10)
+    gates = [asyncio.Event() for _ in range(4)]
+    entered: list[str] = []
+    first = asyncio.create_task(hold(gate, False, entered, "first", gates[0]))
+    await asyncio.sleep(0)
+    suspect = asyncio.create_task(hold(gate, True, entered, "suspect", gates[1]))
+    await asyncio.sleep(0)
+    clean = asyncio.create_task(hold(gate, False, entered, "clean", gates[2]))
+    await asyncio.sleep(0)
+    for event in gates:
+        event.set()
+    await asyncio.gather(first, suspect, clean)
+    assert entered == ["first", "clean", "suspect"]
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    gate = VerifyGate(slots=1, max_waiting=1)
+    release, entered = asyncio.Event(), []
+    running = asyncio.create_task(hold(gate, False, entered, "a", release))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(hold(gate, False, entered, "b", release))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert gate.waiting() == 0
+    release.set()
+    await running
+    async with gate.slot(suspect=False):
+        assert gate.running == 1
+    assert entered == ["a"] and gate.running == 0
+
+
+# -- the /auth/hash rate limit ----------------------------------------------------------------------------------
+
+
+async def test_rate_limit_allows_a_burst_then_refills(clock: FakeClock) -> None:
+    limiter = MemoryRateLimiter(per_minute=3, clock=clock)
+    for _ in range(3):
+        await limiter.hit("alice")
+    with pytest.raises(ThrottledError) as info:
+        await limiter.hit("alice")
+    assert (info.value.status, info.value.code, info.value.retry_after) == (429, "too_many_attempts", 20)
+    await limiter.hit("bob")  # per key
+    clock.advance(20)
+    await limiter.hit("alice")
+    with pytest.raises(ThrottledError):
+        await limiter.hit("alice")
+
+
+async def test_rate_limit_memory_is_bounded(clock: FakeClock) -> None:
+    limiter = MemoryRateLimiter(per_minute=3, clock=clock, max_keys=10)
+    for n in range(100):
+        await limiter.hit(f"user-{n}")
+    assert len(limiter._buckets) <= 10

@@ -43,8 +43,12 @@ class AuthSettings:
     credentials_file: Path | None = None
     token_expiry_secs: int = 86400
     token_secret: str | None = None
-    max_failed_logins: int = 5
+    max_failed_logins: int = 5  # per (username, client address)
+    max_failed_logins_per_address: int = 10
+    max_failed_logins_per_user: int = 20  # from addresses that never logged in as that user
     lockout_secs: int = 30
+    max_waiting_logins: int = 16  # password checks queued for a CPU; more get 429 at once
+    hash_per_minute: int = 10  # POST /auth/hash per user
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,10 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("auth", "token_expiry_secs"): _positive,
     ("auth", "max_failed_logins"): lambda v: None if 1 <= v <= 10 else "must be from 1 to 10",
     ("auth", "lockout_secs"): _positive,
+    ("auth", "max_failed_logins_per_address"): lambda v: None if 1 <= v <= 1000 else "must be from 1 to 1000",
+    ("auth", "max_failed_logins_per_user"): lambda v: None if 1 <= v <= 1000 else "must be from 1 to 1000",
+    ("auth", "max_waiting_logins"): lambda v: None if 1 <= v <= 10_000 else "must be from 1 to 10000",
+    ("auth", "hash_per_minute"): _positive,
     ("auth", "max_failed_logins_per_address"): lambda v: None if 1 <= v <= 1000 else "must be from 1 to 1000",
     ("auth", "max_failed_logins_per_user"): lambda v: None if 1 <= v <= 1000 else "must be from 1 to 1000",
     ("auth", "max_waiting_logins"): lambda v: None if 1 <= v <= 10_000 else "must be from 1 to 10000",

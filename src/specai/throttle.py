@@ -1,61 +1,381 @@
-"""Login throttling: lock a username or client address after repeated failures, with growing lockouts."""
+"""Login throttling that an attacker elsewhere cannot turn against a user and that concurrency cannot outrun.
+
+Three budgets, each counting failures *and* attempts still being verified (a reservation is taken before the
+password check starts, so N concurrent attempts get at most `limit` checks):
+- per (username, address) pair: `max_failed_logins`;
+- per address (an IPv6 address counts as its /64): `max_failed_logins_per_address`;
+- per username: `max_failed_logins_per_user`, only for pairs without a recent success (a distributed guesser
+  is stopped, the user's known addresses keep working; a new address of hers waits out the lockout).
+A `VerifyGate` bounds the password checks running and waiting, and keeps a lane for addresses without failures.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
 import math
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from specai.errors import ThrottledError
 
+Clock = Callable[[], float]
+T = TypeVar("T")
+MAX_LOCKOUT = 15 * 60  # the longest lockout, and how long a quiet, unlocked counter is remembered
+KNOWN_FOR = 30 * 86400  # a successful pair skips the per-username budget this long
 _MAX_KEYS = 100_000
-_MAX_LOCKOUT = 15 * 60
+_USERNAME_CHARS = 64
+
+
+def client_key(host: str | None) -> str:
+    """The address a client is throttled by: IPv4 as is, IPv6 by its /64 (one host owns a whole /64)."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return (host or "unknown")[:_USERNAME_CHARS]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A reserved login attempt: settle it with exactly one of failed, succeeded or release."""
+
+    username: str
+    address: str
+    suspect: bool  # its address has failures or other attempts in flight: it gets the smaller lane
+    counts_user: bool  # the pair has no recent success, so the per-username budget was reserved
+
+
+class LoginThrottle(Protocol):
+    """What `/auth/token` needs from a throttle; the in-process one below, a shared database one later."""
+
+    async def reserve(self, username: str, address: str) -> Attempt:
+        """Take a reservation in every budget, or raise ThrottledError (429 with Retry-After)."""
+        ...
+
+    async def failed(self, attempt: Attempt) -> None:
+        """The password was wrong: the reservation becomes a failure."""
+        ...
+
+    async def succeeded(self, attempt: Attempt) -> None:
+        """The password was right: forget the pair's failures and remember the pair as known."""
+        ...
+
+    async def release(self, attempt: Attempt) -> None:
+        """No password was checked (refused by the gate, cancelled): drop the reservation."""
+        ...
+
+
+class RateLimiter(Protocol):
+    """A per-key request rate limit."""
+
+    async def hit(self, key: str) -> None:
+        """Count one request, or raise ThrottledError when the key is over its rate."""
+        ...
 
 
 @dataclass
-class _Failures:
-    count: int = 0
+class _Counter:
+    failures: int = 0
+    pending: int = 0
     locked_until: float = 0.0
+    last: float = 0.0  # last reservation or failure
 
 
-class LoginThrottle:
-    """Counts consecutive failures per key; after `limit` failures the key is locked, longer each time."""
+class Budget:
+    """Failures plus in-flight attempts per key, with lockouts that double; memory bounded by pruning."""
 
-    def __init__(
-        self, limit: int = 5, lockout: float = 30.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, limit: int, lockout: float, max_keys: int = _MAX_KEYS) -> None:
         self.limit = limit
         self.lockout = lockout
-        self.clock = clock
-        self._failures: dict[str, _Failures] = {}
+        self.max_keys = max_keys
+        self._counters: dict[str, _Counter] = {}
 
-    def check(self, *keys: str) -> None:
-        """Raise ThrottledError when any key is locked."""
-        now = self.clock()
-        wait = max((self._failures[k].locked_until - now for k in keys if k in self._failures), default=0.0)
-        if wait > 0:
-            raise ThrottledError(
-                f"too many failed logins; try again in {math.ceil(wait)} s", retry_after=math.ceil(wait)
-            )
+    def wait(self, key: str, now: float) -> float | None:
+        """Seconds until `key` may try again (0 < s), or None when an attempt may start now."""
+        counter = self._current(key, now)
+        if counter is None:
+            return None
+        if counter.locked_until > now:
+            return counter.locked_until - now
+        if counter.failures >= self.limit:  # the lockout passed: one at a time, the next failure relocks
+            return None if counter.pending == 0 else 1.0
+        return None if counter.failures + counter.pending < self.limit else 1.0
 
-    def failed(self, *keys: str) -> None:
-        """Record a failure for each key, locking keys that reached the limit."""
-        now = self.clock()
-        if len(self._failures) > _MAX_KEYS:
+    def active(self, key: str, now: float) -> bool:
+        """True when `key` has recent failures or attempts in flight."""
+        counter = self._current(key, now)
+        return counter is not None and (counter.failures > 0 or counter.pending > 0)
+
+    def take(self, key: str, now: float) -> None:
+        """Reserve an attempt."""
+        if key not in self._counters and len(self._counters) >= self.max_keys:
             self._prune(now)
-        for key in keys:
-            entry = self._failures.setdefault(key, _Failures())
-            entry.count += 1
-            if entry.count >= self.limit:
-                doublings = entry.count - self.limit
-                entry.locked_until = now + min(self.lockout * 2 ** min(doublings, 16), _MAX_LOCKOUT)
+        counter = self._counters.setdefault(key, _Counter())
+        counter.pending += 1
+        counter.last = now
 
-    def succeeded(self, *keys: str) -> None:
-        """Forget the failures of each key."""
-        for key in keys:
-            self._failures.pop(key, None)
+    def fail(self, key: str, now: float) -> None:
+        """Turn a reservation into a failure, locking the key once it reached the limit."""
+        counter = self._counters.setdefault(key, _Counter())
+        counter.pending = max(0, counter.pending - 1)
+        counter.failures += 1
+        counter.last = now
+        if counter.failures >= self.limit:
+            doublings = min(counter.failures - self.limit, 16)
+            counter.locked_until = now + min(self.lockout * 2**doublings, MAX_LOCKOUT)
+
+    def release(self, key: str) -> None:
+        """Drop a reservation without counting a failure."""
+        counter = self._counters.get(key)
+        if counter is not None:
+            counter.pending = max(0, counter.pending - 1)
+
+    def clear(self, key: str) -> None:
+        """Forget the key's failures (its other reservations stay)."""
+        counter = self._counters.get(key)
+        if counter is not None:
+            counter.pending = max(0, counter.pending - 1)
+            counter.failures, counter.locked_until = 0, 0.0
+
+    def __len__(self) -> int:
+        return len(self._counters)
+
+    def _current(self, key: str, now: float) -> _Counter | None:
+        counter = self._counters.get(key)
+        if counter is not None and _stale(counter, now):
+            del self._counters[key]
+            return None
+        return counter
 
     def _prune(self, now: float) -> None:
-        for key in [k for k, v in self._failures.items() if v.locked_until < now]:
-            del self._failures[key]
+        """Drop stale counters, then (oldest first) unlocked idle ones; locked ones expire within MAX_LOCKOUT."""
+        for key in [k for k, c in self._counters.items() if _stale(c, now)]:
+            del self._counters[key]
+        excess = len(self._counters) - self.max_keys + 1
+        if excess > 0:
+            idle = [k for k, c in self._counters.items() if c.pending == 0 and c.locked_until <= now]
+            for key in idle[:excess]:
+                del self._counters[key]
+
+
+def _stale(counter: _Counter, now: float) -> bool:
+    return counter.pending == 0 and counter.locked_until <= now and now - counter.last > MAX_LOCKOUT
+
+
+def _refuse(wait: float) -> ThrottledError:
+    seconds = max(1, math.ceil(wait))
+    return ThrottledError(f"too many failed logins; try again in {seconds} s", retry_after=seconds)
+
+
+class MemoryLoginThrottle:
+    """The in-process LoginThrottle: one event loop, so each method runs without interleaving."""
+
+    def __init__(
+        self,
+        *,
+        pair_limit: int = 5,
+        address_limit: int = 10,
+        user_limit: int = 20,
+        lockout: float = 30.0,
+        clock: Clock = time.monotonic,
+        max_keys: int = _MAX_KEYS,
+    ) -> None:
+        self.clock = clock
+        self.pairs = Budget(pair_limit, lockout, max_keys)
+        self.addresses = Budget(address_limit, lockout, max_keys)
+        self.users = Budget(user_limit, lockout, max_keys)
+        self.max_keys = max_keys
+        self._known: dict[tuple[str, str], float] = {}  # (username, address) -> last success, oldest first
+
+    async def reserve(self, username: str, address: str) -> Attempt:
+        """Refuse when any budget is spent (429 + Retry-After), else reserve in each."""
+        now = self.clock()
+        username = username[:_USERNAME_CHARS]
+        attempt = Attempt(
+            username,
+            address,
+            suspect=self.addresses.active(address, now),
+            counts_user=not self.is_known(username, address, now),
+        )
+        budgets = self._budgets(attempt)
+        waits = [w for budget, key in budgets if (w := budget.wait(key, now)) is not None]
+        if waits:
+            raise _refuse(max(waits))
+        for budget, key in budgets:
+            budget.take(key, now)
+        return attempt
+
+    async def failed(self, attempt: Attempt) -> None:
+        """Count the failure in every budget the attempt reserved."""
+        now = self.clock()
+        for budget, key in self._budgets(attempt):
+            budget.fail(key, now)
+
+    async def succeeded(self, attempt: Attempt) -> None:
+        """Clear the pair; the address and username budgets only drop the reservation (others may be guessing)."""
+        self.pairs.clear(_pair(attempt.username, attempt.address))
+        self.addresses.release(attempt.address)
+        if attempt.counts_user:
+            self.users.release(attempt.username)
+        key = (attempt.username, attempt.address)
+        self._known.pop(key, None)
+        self._known[key] = self.clock()
+        while len(self._known) > self.max_keys:
+            del self._known[next(iter(self._known))]
+
+    async def release(self, attempt: Attempt) -> None:
+        """Drop every reservation of the attempt."""
+        for budget, key in self._budgets(attempt):
+            budget.release(key)
+
+    def is_known(self, username: str, address: str, now: float) -> bool:
+        """True when this pair logged in successfully within KNOWN_FOR."""
+        seen = self._known.get((username[:_USERNAME_CHARS], address))
+        return seen is not None and now - seen < KNOWN_FOR
+
+    def _budgets(self, attempt: Attempt) -> list[tuple[Budget, str]]:
+        budgets = [(self.pairs, _pair(attempt.username, attempt.address)), (self.addresses, attempt.address)]
+        if attempt.counts_user:
+            budgets.append((self.users, attempt.username))
+        return budgets
+
+
+def _pair(username: str, address: str) -> str:
+    return f"{address} {username}"
+
+
+class BusyError(ThrottledError):
+    """Too many password checks are running or waiting: refused at once instead of queued."""
+
+
+class VerifyGate:
+    """At most `slots` password checks at once and `max_waiting` waiting; suspect attempts (addresses with
+    failures) use at most slots - 1 of them (when there are two or more), half the queue, and wait behind
+    clean ones, so a login from a clean address is never stuck behind a flood."""
+
+    def __init__(self, slots: int, max_waiting: int) -> None:
+        self.slots = max(1, slots)
+        self.suspect_slots = max(1, self.slots - 1)
+        self.max_waiting = max_waiting
+        self.running = 0
+        self.suspect_running = 0
+        self._waiting: dict[bool, deque[asyncio.Future[None]]] = {False: deque(), True: deque()}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, *, suspect: bool) -> AsyncIterator[None]:
+        """Hold one verification slot, or raise BusyError (429) when the queue is full."""
+        await self._acquire(suspect)
+        try:
+            yield
+        finally:
+            self._release(suspect)
+
+    def waiting(self, suspect: bool | None = None) -> int:
+        """How many checks wait for a slot (of one kind, or all)."""
+        if suspect is None:
+            return len(self._waiting[False]) + len(self._waiting[True])
+        return len(self._waiting[suspect])
+
+    def _can_run(self, suspect: bool) -> bool:
+        return self.running < self.slots and not (suspect and self.suspect_running >= self.suspect_slots)
+
+    async def _acquire(self, suspect: bool) -> None:
+        ahead = self._waiting[False] or (suspect and self._waiting[True])
+        if self._can_run(suspect) and not ahead:
+            self._start(suspect)
+            return
+        if self.waiting() >= self.max_waiting or (suspect and self.waiting(True) >= self.max_waiting // 2):
+            raise BusyError("too many logins are being checked right now; try again in 1 s", retry_after=1)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[suspect].append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release(suspect)  # a slot was handed to us as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting[suspect].remove(future)
+            raise
+
+    def _start(self, suspect: bool) -> None:
+        self.running += 1
+        self.suspect_running += suspect
+
+    def _release(self, suspect: bool) -> None:
+        self.running -= 1
+        self.suspect_running -= suspect
+        for kind in (False, True):
+            queue = self._waiting[kind]
+            while queue and self._can_run(kind):
+                future = queue.popleft()
+                if not future.done():
+                    self._start(kind)
+                    future.set_result(None)
+
+
+async def checked_login(
+    throttle: LoginThrottle,
+    gate: VerifyGate,
+    username: str,
+    address: str,
+    verify: Callable[[], Awaitable[T | None]],
+) -> T | None:
+    """Reserve, wait for a slot, verify (None = wrong password), settle. A check that started and did not finish
+    counts as a failure (hanging up does not escape the count); one refused before it started is released."""
+    attempt = await throttle.reserve(username, address)
+    started, found = False, None
+    try:
+        async with gate.slot(suspect=attempt.suspect):
+            started = True
+            found = await verify()
+    finally:
+        if found is not None:
+            await throttle.succeeded(attempt)
+        elif started:
+            await throttle.failed(attempt)
+        else:
+            await throttle.release(attempt)
+    return found
+
+
+class MemoryRateLimiter:
+    """A token bucket per key: `per_minute` requests a minute, bursts up to that; memory bounded."""
+
+    def __init__(self, per_minute: int, clock: Clock = time.monotonic, max_keys: int = _MAX_KEYS) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.clock = clock
+        self.max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
+
+    async def hit(self, key: str) -> None:
+        """Spend one token or raise ThrottledError with the seconds until one is back."""
+        now = self.clock()
+        tokens = self._tokens(key, now)
+        if tokens < 1:
+            wait = max(1, math.ceil((1 - tokens) / self.rate))
+            raise ThrottledError(f"too many requests; try again in {wait} s", retry_after=wait)
+        if key not in self._buckets and len(self._buckets) >= self.max_keys:
+            self._prune(now)
+        self._buckets[key] = (tokens - 1, now)
+
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, when = self._buckets.get(key, (self.capacity, now))
+        return min(self.capacity, tokens + (now - when) * self.rate)
+
+    def _prune(self, now: float) -> None:
+        """A full bucket is the same as none; if all are busy, drop the oldest."""
+        for key in [k for k in self._buckets if self._tokens(k, now) >= self.capacity]:
+            del self._buckets[key]
+        while len(self._buckets) >= self.max_keys:
+            del self._buckets[next(iter(self._buckets))]

@@ -25,11 +25,10 @@ from specai.peer_token import issue as issue_peer_token
 from specai.server.mesh_link import Credentials, MeshLink, mesh_credentials
 from specai.sessions import SessionStore
 from specai.store import Store
-from specai.throttle import LoginThrottle
+from specai.throttle import LoginThrottle, MemoryLoginThrottle, MemoryRateLimiter, RateLimiter, VerifyGate
 from specai.tls import CertInfo, ensure_server_cert
 from specai.users import UserDirectory
 
-_ADDRESS_LIMIT = 10
 _PRUNE_EVERY_SECS = 3600
 log = logging.getLogger("specai.server")
 
@@ -43,9 +42,9 @@ class ServerState:
     cert: CertInfo
     token_secret: str
     users: UserDirectory | None
-    user_throttle: LoginThrottle
-    address_throttle: LoginThrottle
-    password_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(os.cpu_count() or 1))
+    login_throttle: LoginThrottle
+    password_gate: VerifyGate  # bounds running and queued password checks (logins and /auth/hash)
+    hash_limit: RateLimiter
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = field(default_factory=time.monotonic)
     store: Store | None = None
@@ -204,6 +203,12 @@ class ServerState:
             cert=cert,
             token_secret=token_secret,
             users=users,
-            user_throttle=LoginThrottle(auth.max_failed_logins, auth.lockout_secs),
-            address_throttle=LoginThrottle(_ADDRESS_LIMIT, auth.lockout_secs),
+            login_throttle=MemoryLoginThrottle(
+                pair_limit=auth.max_failed_logins,
+                address_limit=auth.max_failed_logins_per_address,
+                user_limit=auth.max_failed_logins_per_user,
+                lockout=auth.lockout_secs,
+            ),
+            password_gate=VerifyGate(os.cpu_count() or 1, auth.max_waiting_logins),
+            hash_limit=MemoryRateLimiter(auth.hash_per_minute),
         )

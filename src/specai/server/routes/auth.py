@@ -8,8 +8,10 @@ from litestar.params import JSONBody
 from specai import auth
 from specai.errors import AuthDisabledError, InvalidCredentialsError
 from specai.server.schemas import HashIn, HashOut, TokenIn, TokenOut
+from specai.server.security import principal
 from specai.server.state import ServerState
-from specai.users import check_password
+from specai.throttle import checked_login, client_key
+from specai.users import User, check_password
 
 
 def routes(server: ServerState) -> list[HTTPRouteHandler]:
@@ -20,18 +22,17 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         """Check username and password (throttled, off the event loop) and return a signed JWT."""
         if server.users is None:
             raise AuthDisabledError("authentication is disabled on this server; no token is needed")
-        address = f"addr:{request.client.host if request.client else 'unknown'}"
-        user_key = f"user:{data.username}"
-        server.user_throttle.check(user_key)
-        server.address_throttle.check(address)
-        async with server.password_slots:
-            user = await anyio.to_thread.run_sync(server.users.authenticate, data.username, data.password)
+        users = server.users
+        address = client_key(request.client.host if request.client else None)
+
+        async def verify() -> User | None:
+            return await anyio.to_thread.run_sync(users.authenticate, data.username, data.password)
+
+        user = await checked_login(
+            server.login_throttle, server.password_gate, data.username, address, verify
+        )
         if user is None:
-            server.user_throttle.failed(user_key)
-            server.address_throttle.failed(address)
             raise InvalidCredentialsError("invalid username or password")
-        server.user_throttle.succeeded(user_key)
-        server.address_throttle.succeeded(address)
         expiry = server.settings.auth.token_expiry_secs
         token, _ = auth.issue_token(
             server.token_secret, user.username, expiry, user_id=user.id, generation=user.token_generation
@@ -39,10 +40,12 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         return TokenOut(token=token, token_type="Bearer", expires_in=expiry)
 
     @post("/auth/hash", operation_id="HashPassword", tags=["auth"], status_code=200)
-    async def hash_password(data: JSONBody[HashIn]) -> HashOut:
-        """Return an argon2id hash of a password (protected when auth is on; bounded concurrency)."""
+    async def hash_password(data: JSONBody[HashIn], request: Request) -> HashOut:
+        """Return an argon2id hash of a password (protected when auth is on; rate-limited per user, and it
+        queues behind logins for a password-check slot)."""
         check_password(data.password)
-        async with server.password_slots:
+        await server.hash_limit.hit(principal(request).user_id)
+        async with server.password_gate.slot(suspect=True):
             hashed = await anyio.to_thread.run_sync(auth.hash_password, data.password)
         return HashOut(password_hash=hashed)
 
