@@ -7,18 +7,27 @@ claimed yet reads as empty to everyone but admins; the first access that can cre
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import and_, delete, exists, func, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from specai.access import Principal
 from specai.errors import ForbiddenError, InvalidRequestError, NotFoundError, QuotaExceededError
+from specai.sessions import check_new_session_id
 from specai.store import graph_nodes, graph_sessions, graph_shares, insert_ignore, utcnow
 
 Level = Literal["none", "read", "write"]
 _OWNER_CACHE = 65_536  # an owner never changes, so a known one is kept (bounded, oldest dropped first)
+_RECOUNT_SECS = 30.0
+_MARGIN = 0.9
+_OWNED_NODES = (
+    select(func.count())
+    .select_from(graph_nodes.join(graph_sessions, graph_nodes.c.session_id == graph_sessions.c.session_id))
+    .where(graph_sessions.c.owner_id == bindparam("owner"))
+)
 
 
 class SessionNotFoundError(NotFoundError):
@@ -77,6 +86,7 @@ class GraphAccess:
     def __init__(self, max_nodes_per_account: int = 0) -> None:
         self.max_nodes_per_account = max_nodes_per_account
         self._owners: dict[str, str] = {}
+        self._counts: dict[str, tuple[int, float]] = {}  # owner id -> (nodes, when counted)
 
     def needs_claim(self, session_id: str) -> bool:
         """False when the session is known to have an owner already (no write needed to claim it)."""
@@ -128,6 +138,7 @@ class GraphAccess:
                 )
             )
             if inserted.rowcount:  # not cached: the transaction may still roll back
+                check_new_session_id(session_id)  # only reachable ids may be created (rolls back)
                 if not who.is_admin and await _has_nodes(conn, session_id):
                     raise missing(session_id)  # rolls the claim back with the transaction
                 return Grant(session_id, who.user_id, "write")
@@ -149,18 +160,21 @@ class GraphAccess:
         return grant
 
     async def check_quota(self, conn: AsyncConnection, owner_id: str | None, adding: int) -> None:
-        """QuotaExceededError when the owner's sessions would hold more than `max_nodes_per_account` nodes."""
+        """QuotaExceededError when the owner's sessions would hold more than `max_nodes_per_account` nodes.
+
+        Counting is O(nodes), so a count is reused (plus what this process added since) for up to
+        `_RECOUNT_SECS` while it stays below `_MARGIN` of the limit; near the limit every create counts exactly.
+        """
         limit = self.max_nodes_per_account
         if not limit or owner_id is None or adding <= 0:
             return
-        owned = (
-            select(func.count())
-            .select_from(
-                graph_nodes.join(graph_sessions, graph_nodes.c.session_id == graph_sessions.c.session_id)
-            )
-            .where(graph_sessions.c.owner_id == owner_id)
-        )
-        count = int(await conn.scalar(owned) or 0)
+        now = time.monotonic()
+        known = self._counts.get(owner_id)
+        if known is not None and now - known[1] < _RECOUNT_SECS and known[0] + adding <= limit * _MARGIN:
+            self._counts[owner_id] = (known[0] + adding, known[1])  # a rolled-back create only over-counts
+            return
+        count = int(await conn.scalar(_OWNED_NODES, {"owner": owner_id}) or 0)
+        self._counts[owner_id] = (count + adding, now)
         if count + adding > limit:
             raise QuotaExceededError(
                 f"the owner of this graph session has {count} nodes and the limit per account is {limit} "
