@@ -7,7 +7,18 @@ import json
 
 import pytest
 
-from specai.tools import BUILTIN_TOOLS, ToolFailure, ToolPolicy, calculate, offered_tools, run_tool
+from specai.access import Principal
+from specai.graph import GraphStore
+from specai.store import Store
+from specai.tools import (
+    BUILTIN_TOOLS,
+    ToolContext,
+    ToolFailure,
+    ToolPolicy,
+    calculate,
+    offered_tools,
+    run_tool,
+)
 
 
 @pytest.mark.parametrize(
@@ -115,3 +126,31 @@ def test_builtin_tools_are_only_the_safe_ones() -> None:
     assert set(BUILTIN_TOOLS) == {"calculator", "current_time", "graph_search", "graph_add"}
     for tool in BUILTIN_TOOLS.values():
         assert tool.spec.parameters["type"] == "object"
+
+
+@pytest.mark.anyio
+async def test_graph_tools_act_as_the_runs_user_on_the_runs_session(store: Store) -> None:
+    graph = GraphStore(store)
+    alice = Principal("u-alice", "alice", "user", "write")
+    bob = Principal("u-bob", "bob", "user", "write")
+    await graph.create_node("chat-1", "fact", "alice's note", who=alice)
+    policy = ToolPolicy()
+    for name, arguments in (
+        ("graph_search", {"query": ""}),
+        ("graph_add", {"node_type": "fact", "label": "x"}),
+    ):
+        denied = await run_tool(name, arguments, policy, ToolContext("chat-1", graph, bob))
+        assert denied.as_dict() == {
+            "success": False,
+            "error": "this conversation has no knowledge graph you may use",
+        }
+    found = await run_tool("graph_search", {"query": "note"}, policy, ToolContext("chat-1", graph, alice))
+    assert [n["label"] for n in json.loads(found.output or "")["nodes"]] == ["alice's note"]
+    assert [n.label for n in (await graph.list_nodes("chat-1")).items] == [
+        "alice's note"
+    ]  # bob added nothing
+    # a run without a principal gets no graph tools at all
+    assert not BUILTIN_TOOLS["graph_add"].usable(ToolContext("chat-1", graph, None))
+    # a new session is claimed for the run's user by its first graph tool call
+    assert (await run_tool("graph_search", {"query": ""}, policy, ToolContext("chat-2", graph, bob))).success
+    assert [(e.session_id, e.access) for e in await graph.sessions(bob)] == [("chat-2", "owner")]
