@@ -286,6 +286,11 @@ def test_share_errors(world: World) -> None:
     assert_error(world.as_("alice", "DELETE", f"{path}/bob"), 404, "not_found")  # not shared with bob
     assert_error(world.as_("alice", "DELETE", f"{path}/nobody"), 404, "not_found")
     assert_error(world.as_("alice", "GET", "/graph/sessions/never-made/shares"), 404, "not_found")
+    # someone who cannot see the session learns nothing about usernames either
+    stranger = world.as_("bob", "POST", path, json={"username": "nobody"})
+    assert assert_error(stranger, 404, "not_found")["error"] == f"graph session '{SESSION}' not found"
+    stranger = world.as_("bob", "DELETE", f"{path}/nobody")
+    assert assert_error(stranger, 404, "not_found")["error"] == f"graph session '{SESSION}' not found"
 
 
 # --- admin ----------------------------------------------------------------------------------------------------

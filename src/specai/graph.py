@@ -24,6 +24,7 @@ from specai.errors import (
     VersionConflictError,
 )
 from specai.graph_access import Grant, GraphAccess, Level, SessionEntry, ShareEntry
+from specai.ids import is_ascii_number
 from specai.sessions import check_session_id
 from specai.store import (
     Store,
@@ -288,7 +289,7 @@ def parse_cursor(cursor: str | None) -> int | None:
     """A cursor from a previous page (the id to continue below), or InvalidRequestError."""
     if cursor is None or cursor == "":
         return None
-    if not cursor.isdigit() or int(cursor) > MAX_ID:
+    if not is_ascii_number(cursor) or len(cursor) > 19 or int(cursor) > MAX_ID:  # isdigit() takes "1²"
         raise InvalidRequestError(f"cursor {cursor!r} is not one this server returned")
     return int(cursor)
 
@@ -420,6 +421,12 @@ class GraphStore:
             return await self.grant(session_id, who)
         async with self.store.transaction() as conn:
             return await self.access.claim(conn, session_id, who)
+
+    async def check_manager(self, session_id: str, who: Principal) -> None:
+        """404 (invisible) or 403 (a sharer) unless `who` may manage the session's shares: checked before a
+        username is looked up, so strangers learn nothing about either."""
+        async with self.store.connect() as conn:
+            await self.access.check_manager(conn, check_session_id(session_id), who)
 
     async def share(
         self, session_id: str, who: Principal, user_id: str, user_name: str, *, writable: bool

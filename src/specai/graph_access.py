@@ -201,6 +201,12 @@ class GraphAccess:
             )
         return grant
 
+    async def check_manager(self, conn: AsyncConnection, session_id: str, who: Principal) -> None:
+        """404 or 403 unless `who` may manage the session's shares (an admin also a session nobody owns yet)."""
+        grant = await self.grant(conn, session_id, who)
+        if not (grant.unclaimed and who.is_admin):
+            await self._owned(conn, session_id, who)
+
     async def share(
         self,
         conn: AsyncConnection,

@@ -60,10 +60,10 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
     @post("/graph/sessions/{session_id:str}/shares", operation_id="ShareGraphSession", tags=["graph"])
     async def share(request: Request, session_id: FromPath[str], data: JSONBody[ShareIn]) -> dict[str, Any]:
         """Share a session with a user, read-write or `read_only`; sharing again changes the access."""
+        who = principal(request)
+        await graph().check_manager(session_id, who)  # before the name: strangers learn nothing about users
         user_id, name = user(data.username)
-        entry = await graph().share(
-            session_id, principal(request), user_id, name, writable=not data.read_only
-        )
+        entry = await graph().share(session_id, who, user_id, name, writable=not data.read_only)
         return {"session_id": session_id, **_share(entry)}
 
     @delete(
@@ -74,8 +74,10 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
     )
     async def unshare(request: Request, session_id: FromPath[str], username: FromPath[str]) -> dict[str, Any]:
         """Stop sharing a session with a user; their open change streams end at the next change."""
+        who = principal(request)
+        await graph().check_manager(session_id, who)
         user_id, name = user(username)
-        await graph().unshare(session_id, principal(request), user_id, name)
+        await graph().unshare(session_id, who, user_id, name)
         return {"session_id": session_id, "unshared": name}
 
     return [list_sessions, list_shares, share, unshare]
