@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_stream.py
 	$(BIN)/python benchmarks/bench_graph.py
 	$(BIN)/python benchmarks/bench_mesh.py
+	$(BIN)/python benchmarks/bench_login.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
