@@ -25,6 +25,7 @@ import http.client
 import json
 import multiprocessing
 import multiprocessing.queues
+import queue
 import ssl
 import statistics
 import subprocess
@@ -133,7 +134,7 @@ def attack_round(port: int, ctx: ssl.SSLContext, der: bytes, args: argparse.Name
             begin = time.monotonic()
             ms = login_ms(port, ctx)
             timed.append((begin, time.monotonic(), ms))
-            with contextlib.suppress(multiprocessing.queues.Empty):
+            with contextlib.suppress(queue.Empty):
                 done = out.get_nowait()
         _, ended, statuses = done
     finally:

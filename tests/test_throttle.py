@@ -166,6 +166,20 @@ async def test_the_username_budget_stops_distributed_guessing_but_not_known_pair
     await login(throttle, "bob", "192.0.2.200")  # nor is another user
 
 
+async def test_a_known_pair_is_held_to_its_own_budget_only(throttle: MemoryLoginThrottle) -> None:
+    """Alice behind the same address (a NAT) as a guesser still logs in; her own typos still lock her pair."""
+    await login(throttle, "alice", B)
+    for n in range(6):
+        await fail(throttle, f"guess-{n}", B)
+    assert await retry_after(throttle, "bob", B) == 10  # the address is locked for pairs it never logged in
+    attempt = await throttle.reserve("alice", B)
+    assert attempt.known and not attempt.suspect  # not in the smaller lane either
+    await throttle.succeeded(attempt)
+    await fail(throttle, "alice", B, 3)
+    assert await retry_after(throttle, "alice", B) == 10
+    assert await retry_after(throttle, "bob", B) == 10  # her failures did not refill the address budget
+
+
 async def test_known_pairs_expire(throttle: MemoryLoginThrottle, clock: FakeClock) -> None:
     await login(throttle, "alice", A)
     assert throttle.is_known("alice", A, clock())
@@ -275,7 +289,7 @@ async def test_memory_is_bounded(clock: FakeClock) -> None:
 
 async def test_usernames_are_clipped_in_keys(throttle: MemoryLoginThrottle) -> None:
     attempt = await throttle.reserve("a" * 10_000, A)
-    assert attempt == Attempt("a" * 64, A, suspect=False, counts_user=True)
+    assert attempt == Attempt("a" * 64, A, suspect=False, known=False)
 
 
 def test_client_key_groups_ipv6_by_64_and_unmaps_ipv4() -> None:
@@ -300,7 +314,7 @@ async def hold(
 
 async def test_the_gate_bounds_running_and_waiting_checks() -> None:
     gate = VerifyGate(slots=2, max_waiting=2)
-    release, entered = asyncio.Event(), []
+    release, entered = asyncio.Event(), list[str]()
     tasks = [asyncio.create_task(hold(gate, False, entered, str(n), release)) for n in range(4)]
     await asyncio.sleep(0)
     assert (gate.running, gate.waiting()) == (2, 2)
@@ -316,7 +330,7 @@ async def test_the_gate_bounds_running_and_waiting_checks() -> None:
 
 async def test_suspects_leave_one_slot_and_half_the_queue_to_clean_logins() -> None:
     gate = VerifyGate(slots=2, max_waiting=4)
-    release, entered = asyncio.Event(), []
+    release, entered = asyncio.Event(), list[str]()
     suspects = [asyncio.create_task(hold(gate, True, entered, f"s{n}", release)) for n in range(3)]
     await asyncio.sleep(0)
     assert (gate.running, gate.suspect_running, gate.waiting(True)) == (1, 1, 2)
@@ -348,7 +362,7 @@ async def test_clean_waiters_go_before_suspect_waiters() -> None:
 
 async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     gate = VerifyGate(slots=1, max_waiting=1)
-    release, entered = asyncio.Event(), []
+    release, entered = asyncio.Event(), list[str]()
     running = asyncio.create_task(hold(gate, False, entered, "a", release))
     await asyncio.sleep(0)
     waiter = asyncio.create_task(hold(gate, False, entered, "b", release))

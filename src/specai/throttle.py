@@ -4,8 +4,9 @@ Three budgets, each counting failures *and* attempts still being verified (a res
 password check starts, so N concurrent attempts get at most `limit` checks):
 - per (username, address) pair: `max_failed_logins`;
 - per address (an IPv6 address counts as its /64): `max_failed_logins_per_address`;
-- per username: `max_failed_logins_per_user`, only for pairs without a recent success (a distributed guesser
-  is stopped, the user's known addresses keep working; a new address of hers waits out the lockout).
+- per username: `max_failed_logins_per_user` (stops many addresses guessing one user).
+A pair that logged in within KNOWN_FOR is held to its own budget only: a guesser sharing the user's address (a
+NAT) or guessing her name from elsewhere cannot lock her out of where she logs in; a new address of hers waits.
 A `VerifyGate` bounds the password checks running and waiting, and keeps a lane for addresses without failures.
 """
 
@@ -50,8 +51,8 @@ class Attempt:
 
     username: str
     address: str
-    suspect: bool  # its address has failures or other attempts in flight: it gets the smaller lane
-    counts_user: bool  # the pair has no recent success, so the per-username budget was reserved
+    suspect: bool  # an unknown pair from an address with failures or attempts in flight: the smaller lane
+    known: bool  # the pair logged in recently: only its own budget was reserved
 
 
 class LoginThrottle(Protocol):
@@ -200,12 +201,9 @@ class MemoryLoginThrottle:
         """Refuse when any budget is spent (429 + Retry-After), else reserve in each."""
         now = self.clock()
         username = username[:_USERNAME_CHARS]
-        attempt = Attempt(
-            username,
-            address,
-            suspect=self.addresses.active(address, now),
-            counts_user=not self.is_known(username, address, now),
-        )
+        known = self.is_known(username, address, now)
+        suspect = not known and self.addresses.active(address, now)
+        attempt = Attempt(username, address, suspect=suspect, known=known)
         budgets = self._budgets(attempt)
         waits = [w for budget, key in budgets if (w := budget.wait(key, now)) is not None]
         if waits:
@@ -223,8 +221,8 @@ class MemoryLoginThrottle:
     async def succeeded(self, attempt: Attempt) -> None:
         """Clear the pair; the address and username budgets only drop the reservation (others may be guessing)."""
         self.pairs.clear(_pair(attempt.username, attempt.address))
-        self.addresses.release(attempt.address)
-        if attempt.counts_user:
+        if not attempt.known:
+            self.addresses.release(attempt.address)
             self.users.release(attempt.username)
         key = (attempt.username, attempt.address)
         self._known.pop(key, None)
@@ -243,10 +241,10 @@ class MemoryLoginThrottle:
         return seen is not None and now - seen < KNOWN_FOR
 
     def _budgets(self, attempt: Attempt) -> list[tuple[Budget, str]]:
-        budgets = [(self.pairs, _pair(attempt.username, attempt.address)), (self.addresses, attempt.address)]
-        if attempt.counts_user:
-            budgets.append((self.users, attempt.username))
-        return budgets
+        pair = (self.pairs, _pair(attempt.username, attempt.address))
+        if attempt.known:
+            return [pair]
+        return [pair, (self.addresses, attempt.address), (self.users, attempt.username)]
 
 
 def _pair(username: str, address: str) -> str:
