@@ -61,7 +61,10 @@ def test_defaults_when_no_config_file_exists(env: dict[str, str], home: Path, cw
     assert settings.home == home
     assert settings.server.host == "127.0.0.1"
     assert settings.server.port == 3000
-    assert settings.server.enable_cors is True
+    assert settings.server.enable_cors is True  # but CORS stays off: cors_origins is empty
+    assert settings.server.cors_origins == ()
+    assert settings.server.idle_timeout_secs == 10.0
+    assert settings.server.max_connections == 4096
     assert settings.server.tls_san == ()
     assert settings.server.tls_validity_days == 365
     assert settings.auth.enabled is False
@@ -313,6 +316,11 @@ def test_unknown_key_in_section_warns_naming_key_and_section(
         ("[server]\nport = true\n", "port", "expected an integer"),
         ("[server]\nport = 3000.5\n", "port", "expected an integer"),
         ('[server]\nenable_cors = "yes"\n', "enable_cors", "expected true or false"),
+        ("[server]\nidle_timeout_secs = 0\n", "idle_timeout_secs", "must be from 0.5 to 3600"),
+        ("[server]\nidle_timeout_secs = 4000\n", "idle_timeout_secs", "must be from 0.5 to 3600"),
+        ('[server]\nidle_timeout_secs = "x"\n', "idle_timeout_secs", "expected a number"),
+        ("[server]\nmax_connections = 8\n", "max_connections", "must be from 16 to 65536"),
+        ("[server]\nmax_connections = 1.5\n", "max_connections", "expected an integer"),
         ('[server]\ntls_san = "x"\n', "tls_san", "expected a list of strings, got 'x'"),
         ("[server]\ntls_san = [1, 2]\n", "tls_san", "expected a list of strings"),
         ("[server]\ntls_validity_days = 0\n", "tls_validity_days", "must be greater than 0"),

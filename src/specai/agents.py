@@ -37,7 +37,7 @@ from specai.providers import (
     default_model,
 )
 from specai.providers.mock import parse_script
-from specai.sessions import NewMessage
+from specai.sessions import NewMessage, check_new_session_id
 from specai.tools import Tool, ToolContext, ToolPolicy, offered_tools, run_tool
 
 if TYPE_CHECKING:
@@ -224,6 +224,8 @@ class AgentRuntime:
         history: Sequence[StoredMessage] = ()
         if self.sessions is not None and query.session_id is not None:
             found = await self.sessions.owner_of(session_id)
+            if found is None:
+                check_new_session_id(session_id)  # refused before anything streams, not at the end
             if found is not None and found != owner:
                 raise NotFoundError(f"no session '{session_id}'")
             if found is not None and query.agent is None:  # continuing: stay with the session's agent

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from specai.store import messages as messages_table
 from specai.store import sessions as sessions_table
 
 MAX_SESSION_ID_LENGTH = 128
+SESSION_ID_CHARACTERS = "letters, digits and - _ . : @"
+_NEW_SESSION_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")  # safe as one URL path segment, unescaped
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,21 @@ def check_session_id(session_id: str) -> str:
         raise InvalidRequestError(f"session id must be 1 to {MAX_SESSION_ID_LENGTH} characters")
     if "\x00" in session_id:
         raise InvalidRequestError("session id must not contain NUL characters")
+    return session_id
+
+
+def check_new_session_id(session_id: str) -> str:
+    """The rule for ids of sessions being created: ASCII letters, digits and `-_.:@`, not `.` or `..`.
+
+    Every such id is one path segment that `/sessions/{id}` and `/graph/sessions/{id}/shares` can reach; ids
+    stored before this rule still work where they are looked up (`check_session_id`), they just cannot be new.
+    """
+    check_session_id(session_id)
+    if not _NEW_SESSION_ID.fullmatch(session_id) or session_id in (".", ".."):
+        raise InvalidRequestError(
+            f"session id {session_id!r} may only hold {SESSION_ID_CHARACTERS} (1 to {MAX_SESSION_ID_LENGTH}), "
+            "and must not be '.' or '..'"
+        )
     return session_id
 
 
@@ -223,11 +241,13 @@ class SessionStore:
         self, conn: AsyncConnection, session_id: str, owner: str, agent: str, now: dt.datetime
     ) -> None:
         """Create the session if needed, then lock its row so concurrent appends to it do not interleave."""
-        await conn.execute(
+        created = await conn.execute(
             insert_ignore(conn, sessions_table, "id").values(
                 id=session_id, owner=owner, agent=agent, created_at=now, updated_at=now
             )
         )
+        if created.rowcount:
+            check_new_session_id(session_id)  # raising rolls the insert back with the transaction
         query = select(sessions_table.c.owner).where(sessions_table.c.id == session_id).with_for_update()
         if await conn.scalar(query) != owner:
             raise _not_found(session_id)

@@ -6,13 +6,13 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
-from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from specai import __version__, auth
 from specai.config import Settings
 from specai.errors import CredentialsError
 from specai.server.errors import EXCEPTION_HANDLERS
+from specai.server.limits import RequestLimitsMiddleware, offline_openapi, security_headers
 from specai.server.routes import agents, graph, health, mesh, openai, sessions, tokens
 from specai.server.routes import auth as auth_routes
 from specai.server.security import BearerAuthMiddleware, TokenVerifier
@@ -41,7 +41,7 @@ def create_app(
     state = ServerState.build(settings, cert, secret, users)
     state.join_url, state.join_fingerprint = join_url, join_fingerprint
     middleware: list[Any] = []
-    openapi = OpenAPIConfig(title="specai", version=__version__, path="/schema")
+    openapi = offline_openapi("specai", __version__)
     if users is not None:
         verifier = TokenVerifier(secret, users, state.keys, state.revocations)
         middleware.append(BearerAuthMiddleware(verifier, peers=state.peer))
@@ -51,9 +51,11 @@ def create_app(
             }
         )
         openapi.security = [{"BearerToken": []}]
+    # after auth, so a request without a valid token gets its 401 before its body is read
+    middleware.append(RequestLimitsMiddleware(settings.server.max_body_bytes))
     cors = None
-    if settings.server.enable_cors:
-        cors = CORSConfig(allow_origins=list(settings.server.cors_origins) or ["*"], allow_credentials=False)
+    if settings.server.enable_cors and settings.server.cors_origins:  # CORS is off until origins are listed
+        cors = CORSConfig(allow_origins=list(settings.server.cors_origins), allow_credentials=False)
     app = Litestar(
         route_handlers=[
             *health.routes(state),
@@ -72,6 +74,7 @@ def create_app(
         cors_config=cors,
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=openapi,
+        before_send=[security_headers],
         debug=False,
     )
     app.state.specai = state

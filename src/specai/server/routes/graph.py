@@ -24,6 +24,7 @@ from specai.access import Principal
 from specai.errors import InvalidRequestError, NotFoundError
 from specai.graph import DEFAULT_LIMIT, MAX_LIMIT, Change, GraphStore, Page
 from specai.graph_access import missing
+from specai.ids import parse_whole_number
 from specai.server.routes import graph_shares
 from specai.server.security import principal
 from specai.server.sse import KEEPALIVE, relay
@@ -286,9 +287,7 @@ def _page(name: str, page: Page[Any]) -> dict[str, Any]:
 def _change_id(value: str | None, name: str) -> int | None:
     if value is None:
         return None
-    if not value.strip().isdigit():
-        raise InvalidRequestError(f"{name} must be a changelog id (a whole number), got {value!r}")
-    return int(value)
+    return parse_whole_number(value.strip(), f"{name} (a changelog id)")
 
 
 async def _can_read(store: GraphStore, session_id: str, who: Principal) -> bool:

@@ -1,0 +1,189 @@
+"""What every request passes before a route parses it (JSON depth, NUL), what every response carries, offline OpenAPI.
+
+Why here: msgspec recurses once per nesting level and PostgreSQL refuses NUL in text, so a deep or NUL-carrying
+body used to reach the decoder or the database and come back as a 500. These checks are exact but cost almost
+nothing on ordinary requests: a body is scanned only when it holds more than `MAX_JSON_DEPTH` opening brackets,
+and parsed for NUL only when it holds a `\\u0000` escape.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from itertools import accumulate
+from typing import Any
+
+from litestar import MediaType, Response, Router
+from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
+
+from specai.errors import InvalidRequestError
+
+MAX_JSON_DEPTH = 64
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included (unrolled: linear time)
+_BRACKETS = b"[]{}"
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
+_STEP = tuple(1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256))
+_NUL_ESCAPE = b"\\u0000"
+
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"strict-transport-security", b"max-age=31536000"),  # the server only ever speaks TLS
+)
+NO_STORE_PREFIX = "/auth"  # tokens, keys and hashes must never sit in a cache
+
+
+def too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when the JSON text `body` nests arrays/objects more than `limit` deep (brackets in strings ignored)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    if brackets.count(b"[") + brackets.count(b"{") <= limit:
+        return False
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit
+
+
+def has_nul(body: bytes) -> bool:
+    """True when `body` holds a NUL byte, or is JSON with a NUL (`\\u0000`) in any key or string value."""
+    if b"\x00" in body:
+        return True
+    if _NUL_ESCAPE not in body:
+        return False
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return False  # not JSON: the route's own decoder answers 400
+    return any("\x00" in text for text in _strings(value))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every key and string in a decoded JSON value (depth is already bounded by `too_deep`)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def check_target(scope: Scope) -> None:
+    """No NUL anywhere in the path (path parameters included) or the query string."""
+    query: bytes = scope.get("query_string", b"")
+    if "\x00" in scope["path"] or b"%00" in query or b"\x00" in query:
+        raise InvalidRequestError("NUL characters are not allowed in the path or the query string")
+
+
+def check_body(body: bytes) -> None:
+    """Refuse bodies nested deeper than MAX_JSON_DEPTH or holding a NUL character."""
+    if too_deep(body):
+        raise InvalidRequestError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    if has_nul(body):
+        raise InvalidRequestError("NUL characters (\\u0000) are not allowed in a request body")
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.strip() not in (b"", b"0")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+class RequestLimitsMiddleware(ASGIMiddleware):
+    """Read the body (up to the body limit) once, check it and the target, then replay it to the route."""
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        check_target(scope)
+        if not _has_body(scope):
+            await next_app(scope, receive, send)
+            return
+        messages, body, complete = await self._read(receive)
+        if complete:
+            check_body(body)
+        await next_app(scope, _replay(messages, receive), send)
+
+    async def _read(self, receive: Receive) -> tuple[list[ReceiveMessage], bytes, bool]:
+        """The body's messages; `complete` is False when the client left or the body passed the limit."""
+        messages: list[ReceiveMessage] = []
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages, b"", False
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if not message.get("more_body", False):
+                return messages, b"".join(chunks), True
+            if size > self.max_body_bytes:
+                return messages, b"", False  # Litestar answers 413 as it reads on
+
+
+def _replay(messages: list[ReceiveMessage], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replayed() -> Any:
+        if pending:
+            return pending.pop(0)
+        return await receive()  # disconnects, and the rest of an over-limit body
+
+    return replayed
+
+
+async def security_headers(message: Message, scope: Scope) -> None:
+    """`before_send` hook: nosniff and HSTS on every response, `Cache-Control: no-store` under /auth."""
+    if message["type"] != "http.response.start":
+        return
+    headers = MutableScopeHeaders.from_message(message)
+    for name, value in SECURITY_HEADERS:
+        headers[name.decode()] = value.decode()
+    path = scope.get("path", "")
+    if path == NO_STORE_PREFIX or path.startswith(NO_STORE_PREFIX + "/"):
+        headers["cache-control"] = "no-store"
+
+
+def offline_openapi(title: str, version: str) -> OpenAPIConfig:
+    """OpenAPI as files only (`/schema`, `/schema/openapi.json`, `/schema/openapi.yaml`): the HTML UIs load CDN scripts.
+
+    Any other `/schema/...` page is a JSON 404 instead of Litestar's HTML one.
+    """
+    router = Router(
+        "/schema",
+        route_handlers=[],
+        include_in_schema=False,
+        after_request=_json_not_found,
+        opt={"exclude_from_auth": True},  # the API description is public
+    )
+    return OpenAPIConfig(
+        title=title,
+        version=version,
+        path="/schema",
+        render_plugins=[JsonRenderPlugin(path="/"), JsonRenderPlugin(), YamlRenderPlugin()],
+        openapi_router=router,
+    )
+
+
+def _json_not_found(response: Response[Any]) -> Response[Any]:
+    if response.status_code != 404:
+        return response
+    body = {
+        "error": "no such schema page: only openapi.json and openapi.yaml are served",
+        "code": "not_found",
+    }
+    return Response(body, status_code=404, media_type=MediaType.JSON)
