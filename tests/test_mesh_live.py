@@ -90,7 +90,11 @@ class Node:
 
 
 def make_node(
-    root: Path, name: str, database_url: str | None = None, mesh_users: tuple[str, ...] = ()
+    root: Path,
+    name: str,
+    database_url: str | None = None,
+    mesh_users: tuple[str, ...] = (),
+    mesh_extra: str = "",
 ) -> Node:
     """A home with admin `root` (the test's client), the given `mesh`-role accounts, logging in to its registry
     as `mesh-<name>`."""
@@ -103,7 +107,7 @@ def make_node(
         assert added.returncode == 0, added.stderr
     database = f'\n[database]\nurl = "{database_url}"\n' if database_url else ""
     config = CONFIG.format(mesh_user=f"mesh-{name}", leader_timeout=LEADER_TIMEOUT)
-    (home / "spec-ai.config.toml").write_text(config + database)
+    (home / "spec-ai.config.toml").write_text(config + mesh_extra + database)
     return Node(name, home, free_port())
 
 

@@ -1,0 +1,300 @@
+"""The mesh attacks of issue 9 against real server processes: a rogue mesh account registers a RECORDING TLS
+listener as a member, and 40 fake members pointing at a silent port. The registry's store runs on each engine."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import jwt
+import pytest
+from databases import ENGINES, pg_execute
+from test_mesh_live import LEADER_TIMEOUT, Node, make_node, wait_until
+
+from conftest import PASSWORD
+from helpers import assert_error
+from specai.fingerprint import fingerprint_der
+from specai.tls import create_self_signed
+
+FAKES = 40
+
+
+@dataclass
+class Recorded:
+    """One request as it arrived, byte for byte."""
+
+    raw: bytes
+    request_line: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class RecordingListener:
+    """A small TLS server on 127.0.0.1 with a throwaway self-signed certificate: records every request line,
+    header and body, and answers 401 to everything (which a careless client would answer with a login)."""
+
+    directory: Path
+    requests: list[Recorded] = field(default_factory=list)
+    raw: bytearray = field(default_factory=bytearray)
+
+    def start(self) -> RecordingListener:
+        cert_pem, key_pem = create_self_signed("127.0.0.1")
+        cert, key = self.directory / "listener.crt", self.directory / "listener.key"
+        cert.write_bytes(cert_pem)
+        key.write_bytes(key_pem)
+        self.fingerprint = fingerprint_der(ssl.PEM_cert_to_DER_cert(cert_pem.decode()))
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+        return self
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        try:
+            with conn, self.context.wrap_socket(conn, server_side=True) as tls:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = tls.recv(65536)
+                    if not chunk:
+                        self._keep(data)
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+                while len(body) < int(headers.get("content-length", "0")):
+                    chunk = tls.recv(65536)
+                    if not chunk:
+                        break
+                    body += chunk
+                raw = head + b"\r\n\r\n" + body
+                self._keep(raw, Recorded(raw, lines[0], headers, body))
+                answer = b'{"error":"who are you?","code":"unauthorized"}'
+                tls.sendall(
+                    b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                    + f"content-length: {len(answer)}\r\n\r\n".encode()
+                    + answer
+                )
+        except (OSError, ssl.SSLError, ValueError):
+            return
+
+    def _keep(self, raw: bytes, request: Recorded | None = None) -> None:
+        with self.lock:
+            self.raw += raw
+            if request is not None:
+                self.requests.append(request)
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+class SilentPort:
+    """A port that accepts TCP connections and then never says anything (not even a TLS handshake)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.held: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.stopped = False
+        threading.Thread(target=self._hold, daemon=True).start()
+
+    def _hold(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.accepted += 1
+                self.held.append(conn)
+                if self.stopped:
+                    conn.close()
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            self.sock.close()
+            for conn in self.held:
+                conn.close()
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def mesh(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Node]]:
+    """A registry with mesh accounts for a, b and a rogue; members a and b joined with --join."""
+    root = tmp_path_factory.mktemp(f"mesh-trust-{request.param}")
+    url = None
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    registry = make_node(
+        root,
+        "registry",
+        url,
+        mesh_users=("mesh-a", "mesh-b", "rogue"),
+        mesh_extra="max_members_per_account = 64\n",
+    ).start()
+    assert registry.process is not None
+    join = ("--join", registry.process.url, "--join-fingerprint", registry.process.fingerprint)
+    nodes = {"registry": registry}
+    try:
+        for name in ("a", "b"):
+            node = make_node(root, name)
+            node.join = join
+            nodes[name] = node.start()
+        ids = {n.instance_id for n in nodes.values()}
+        wait_until(
+            lambda: all(set(n.live().values()) == {"live"} and set(n.live()) == ids for n in nodes.values()),
+            what="a mesh of three",
+        )
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+def rogue(registry: Node) -> httpx.Client:
+    assert registry.process is not None
+    with registry.process.client() as anonymous:
+        login = anonymous.post("/auth/token", json={"username": "rogue", "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    return registry.process.client(login.json()["token"])
+
+
+def register(http: httpx.Client, instance_id: str, port: int, fingerprint: str) -> None:
+    body = {
+        "instance_id": instance_id,
+        "hostname": "127.0.0.1",
+        "port": port,
+        "capabilities": ["query"],
+        "agent_profiles": [],
+        "base_url": f"https://127.0.0.1:{port}",
+        "fingerprint": fingerprint,
+        "registered_at": "2000-01-01T00:00:00+00:00",  # and it would like to lead, too
+    }
+    response = http.post("/registry/register", json=body)
+    assert response.status_code == 200, response.text
+
+
+def secret_forms(secret: str) -> list[bytes]:
+    """The password as it could travel: plain, JSON-escaped, URL-encoded, in HTTP Basic."""
+    return [
+        secret.encode(),
+        json.dumps(secret).encode(),
+        quote(secret).encode(),
+        base64.b64encode(f"mesh-a:{secret}".encode()),
+        base64.b64encode(f"mesh-b:{secret}".encode()),
+        base64.b64encode(secret.encode()),
+    ]
+
+
+def test_a_listener_registered_by_a_rogue_never_receives_the_mesh_password(
+    mesh: dict[str, Node], tmp_path: Path
+) -> None:
+    registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
+    listener = RecordingListener(tmp_path).start()
+    try:
+        with rogue(registry) as http:
+            register(http, "rogue-listener", listener.port, listener.fingerprint)
+            assert registry.view()["leader_id"] == registry.instance_id  # the old timestamp bought nothing
+            # members contact it (with what?) on every heartbeat; wait for both, and a few rounds of 401s
+            wait_until(lambda: len(listener.requests) >= 6, what="members to contact the listener")
+            time.sleep(2 * LEADER_TIMEOUT)
+    finally:
+        listener.stop()
+    raw = bytes(listener.raw)
+    lines = [r.request_line for r in listener.requests]
+    assert not any("/auth/" in line for line in lines), lines
+    for form in secret_forms(PASSWORD):
+        assert form not in raw, form
+    assert b"password" not in raw.lower()
+    audiences = set()
+    for request in listener.requests:
+        assert request.request_line.split()[1].startswith("/registry/"), request.request_line
+        scheme, _, token = request.headers["authorization"].partition(" ")
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert scheme == "Bearer" and claims["typ"] == "mesh-peer" and claims["aud"] == "rogue-listener"
+        assert claims["iss"] == registry.instance_id and 0 < claims["exp"] - time.time() <= 120
+        audiences.add(claims["sub"])
+    assert audiences == {a.instance_id, b.instance_id}  # each member, with a token naming itself
+
+
+def test_forty_fake_members_at_a_silent_port_do_not_make_a_real_member_stale(mesh: dict[str, Node]) -> None:
+    registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
+    silent = SilentPort()
+    fakes = [f"fake-{n:02d}" for n in range(FAKES)]
+    try:
+        with rogue(registry) as http:
+            for n, fake in enumerate(fakes):
+                register(http, fake, silent.port, f"{n:02X}:" * 31 + "00")
+            wait_until(
+                lambda: set(fakes) <= set(a.live()) and set(fakes) <= set(b.live()), what="fakes learned"
+            )
+            deadline = time.monotonic() + 4 * LEADER_TIMEOUT + 4
+            checks = 0
+            while time.monotonic() < deadline:
+                for fake in fakes[:5]:  # the rogue keeps its fakes fresh at the registry
+                    http.post(f"/registry/heartbeat/{fake}", json={})
+                views = {name: node.live() for name, node in (("registry", registry), ("a", a), ("b", b))}
+                real = {registry.instance_id, a.instance_id, b.instance_id}
+                for name, live in views.items():
+                    stale = {i for i in real if live.get(i) != "live"}
+                    assert not stale, f"{name} sees {stale} as not live while fakes hang: {live}"
+                checks += 1
+                time.sleep(0.25)
+        assert checks > 20
+        assert silent.accepted >= FAKES  # the fakes really were tried, and hung
+    finally:
+        silent.stop()
+        with rogue(registry) as http:
+            for fake in fakes:
+                http.delete(f"/registry/deregister/{fake}")
+
+
+def test_a_rogue_cannot_touch_a_members_entry_over_the_wire(mesh: dict[str, Node]) -> None:
+    registry, a = mesh["registry"], mesh["a"]
+    before = next(m for m in registry.view()["instances"] if m["instance_id"] == a.instance_id)
+    with rogue(registry) as http:
+        body = {
+            "instance_id": a.instance_id,
+            "hostname": "evil",
+            "port": 6666,
+            "capabilities": [],
+            "agent_profiles": [],
+            "base_url": "https://127.0.0.1:6666",
+        }
+        assert_error(http.post("/registry/register", json=body), 403, "forbidden")
+        assert_error(http.post(f"/registry/heartbeat/{a.instance_id}", json={}), 403, "forbidden")
+        assert_error(http.get(f"/messages/{registry.instance_id}"), 403, "forbidden")
+        send = {"message_type": "Query", "payload": "hi", "target_instance": registry.instance_id}
+        assert_error(http.post(f"/messages/send/{a.instance_id}", json=send), 403, "forbidden")
+    after = next(m for m in registry.view()["instances"] if m["instance_id"] == a.instance_id)
+    assert (after["base_url"], after["fingerprint"], after["created_at"]) == (
+        before["base_url"],
+        before["fingerprint"],
+        before["created_at"],
+    )
