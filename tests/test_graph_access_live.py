@@ -199,6 +199,10 @@ def test_bob_gets_404_on_everything_of_alices_until_she_shares_and_403_on_writes
     assert json.loads(live.cli("bob", "graph", "sessions", "--json").stdout) == {
         "sessions": [{"session_id": session, "owner": "alice", "access": "write"}]
     }
+    table = live.cli("bob", "graph", "sessions").stdout
+    assert [line.split() for line in table.splitlines() if session in line] == [
+        ["│", session, "│", "alice", "│", "write", "│"]
+    ]
     shown = live.cli("bob", "graph", "nodes", "--session", session, "--json")
     assert [n["label"] for n in json.loads(shown.stdout)["nodes"]] == ["second", "alice's secret"]
     assert bob.patch(f"/graph/nodes/{node}", json={"label": "edited by bob"}).status_code == 200
@@ -215,7 +219,8 @@ def test_bob_gets_404_on_everything_of_alices_until_she_shares_and_403_on_writes
     assert labels(live, session) == before
 
     unshared = live.cli("alice", "graph", "unshare", session, "bob")
-    assert unshared.returncode == 0, unshared.stderr
+    assert unshared.stdout.strip() == f"graph session {session} is no longer shared with bob", unshared.stderr
+    assert live.cli("bob", "graph", "sessions").stdout.startswith("no graph sessions yet")
     for path, params in every_read(session, node, edge):
         assert_error(bob.get(path, params=params), 404, "not_found")
     # an admin sees and changes everything

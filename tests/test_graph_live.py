@@ -320,8 +320,8 @@ def test_errors_have_documented_status_and_code(live: Live) -> None:
             "POST",
             "/graph/nodes",
             {"session_id": "errors", "node_type": "entity", "label": "a\x00"},
-            422,
-            "unprocessable",
+            400,  # NUL anywhere in a JSON body is refused before any route parses it
+            "invalid_request",
         ),
         (
             "POST",
@@ -333,8 +333,8 @@ def test_errors_have_documented_status_and_code(live: Live) -> None:
                 "edge_type": "USES",
                 "predicate": "\x00",
             },
-            422,
-            "unprocessable",
+            400,
+            "invalid_request",
         ),
     ]
     for method, path, body, status, code in cases:
