@@ -12,7 +12,7 @@ from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import TestClient
 
-from helpers import assert_error
+from helpers import ServerProcess, assert_error
 from specai.config import load_settings
 from specai.server.app import create_app
 from specai.server.limits import MAX_JSON_DEPTH, has_nul, too_deep
@@ -280,3 +280,24 @@ def test_openapi_is_served_as_files_and_no_html_page_exists(open_client: TestCli
         assert "openapi.json" in body["error"] or "not found" in body["error"].lower()
     for response in (spec, yaml):
         assert "<script" not in response.text
+
+
+# --- the same over real TLS -----------------------------------------------------------------------------------
+
+
+def test_a_real_server_refuses_deep_json_on_the_public_token_route(auth_server: ServerProcess) -> None:
+    with auth_server.client() as live:
+        response = live.post("/auth/token", content=DEEP, headers=JSON)
+        body = assert_error(response, 400, "invalid_request")
+        assert f"more than {MAX_JSON_DEPTH} levels" in body["error"]
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["strict-transport-security"] == "max-age=31536000"
+        nul = live.post("/auth/token", json={"username": "alice\x00", "password": "x"})
+        assert "NUL" in assert_error(nul, 400, "invalid_request")["error"]
+        health = live.get("/health")
+        assert health.status_code == 200 and health.headers["x-content-type-options"] == "nosniff"
+        assert (
+            "access-control-allow-origin"
+            not in live.get("/health", headers={"Origin": "https://x.example"}).headers
+        )
+        assert_error(live.get("/schema/swagger"), 404, "not_found")

@@ -65,3 +65,43 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }
+
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error", "code"],
+    "properties": {
+        "error": {"type": "string", "description": "what went wrong, for people"},
+        "code": {"type": "string", "description": "a stable code, for programs"},
+        "details": {"description": "more about it, when there is more (validation errors, retry_after)"},
+    },
+    "additionalProperties": False,
+}
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an OpenAPI schema whose 4xx/5xx responses all describe the `{"error", "code"}` body we send.
+
+    Litestar documents its own `{"status_code", "detail"}` shape for the 400s it adds; our handlers never send it.
+    """
+    paths: dict[str, Any] = {}
+    for path, item in schema.get("paths", {}).items():
+        paths[path] = {
+            method: _with_error_bodies(operation) if isinstance(operation, dict) else operation
+            for method, operation in item.items()
+        }
+    components = dict(schema.get("components", {}))
+    components["schemas"] = {**components.get("schemas", {}), "Error": ERROR_SCHEMA}
+    return {**schema, "paths": paths, "components": components}
+
+
+def _with_error_bodies(operation: dict[str, Any]) -> dict[str, Any]:
+    responses = operation.get("responses")
+    if not isinstance(responses, dict):
+        return operation
+    error_body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    fixed = {
+        status: {**response, "content": error_body} if str(status)[:1] in "45" else response
+        for status, response in responses.items()
+    }
+    return {**operation, "responses": fixed}
