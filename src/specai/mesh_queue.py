@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, delete, exists, func, insert, select
+from sqlalchemy import Integer, delete, exists, func, insert, or_, select
 
 from specai.errors import (
     InvalidRequestError,
@@ -213,24 +213,36 @@ class MessageQueue:
         waiting = mesh_deliveries.c.recipient == recipient
         if after is not None:
             waiting = waiting & (mesh_deliveries.c.message_id > after)
-        sizes = (
-            select(mesh_messages.c.id, func.length(mesh_messages.c.payload, type_=Integer))
-            .join(mesh_deliveries, mesh_deliveries.c.message_id == mesh_messages.c.id)
+        candidates = (  # from the (recipient, message_id) index alone
+            select(mesh_deliveries.c.message_id)
             .where(waiting)
-            .order_by(mesh_messages.c.id)
+            .order_by(mesh_deliveries.c.message_id)
             .limit(limit + 1)
+            .subquery()
+        )
+        size = func.coalesce(func.length(mesh_messages.c.payload, type_=Integer), 4)
+        sized = (  # a running total of payload characters over at most limit + 1 candidates
+            select(
+                mesh_messages.c.id.label("row_id"),
+                size.label("size"),
+                func.sum(size).over(order_by=mesh_messages.c.id).label("running"),
+                func.count().over().label("candidates"),
+            )
+            .where(mesh_messages.c.id.in_(select(candidates.c.message_id)))
+            .subquery()
+        )
+        query = (  # only the rows that fit are read in full (the first always does)
+            select(mesh_messages, sized.c.candidates)
+            .join(sized, sized.c.row_id == mesh_messages.c.id)
+            .where(or_(sized.c.running <= self.max_inbox_bytes, sized.c.running == sized.c.size))
+            .order_by(mesh_messages.c.id)
+            .limit(limit)
         )
         async with self.store.connect() as conn:
-            candidates = (await conn.execute(sizes)).all()
-            wanted = self._fit([(row[0], row[1] or 4) for row in candidates[:limit]])
-            rows = (
-                await conn.execute(
-                    select(mesh_messages).where(mesh_messages.c.id.in_(wanted)).order_by(mesh_messages.c.id)
-                )
-            ).all()
+            rows = (await conn.execute(query)).all()
         kept = self._fit([(r.id, _payload_bytes(r.payload)) for r in rows])  # exact bytes, not characters
         rows = rows[: len(kept)]
-        more = len(rows) < len(candidates)
+        more = bool(rows) and len(rows) < rows[0].candidates
         messages = [
             AgentMessage(
                 r.message_id,
@@ -243,7 +255,7 @@ class MessageQueue:
             )
             for r in rows
         ]
-        return InboxPage(messages, more, str(rows[-1].id) if more and rows else None)
+        return InboxPage(messages, more, str(rows[-1].id) if more else None)
 
     def _fit(self, sizes: Sequence[tuple[int, int]]) -> list[int]:
         """The leading ids whose payloads fit in `max_inbox_bytes` (at least one)."""
