@@ -21,7 +21,7 @@ from helpers import assert_error
 from specai import auth
 from specai.access import Principal
 from specai.config import load_settings
-from specai.errors import ForbiddenError, NotFoundError
+from specai.errors import ForbiddenError, InvalidRequestError, NotFoundError
 from specai.graph import GraphStore
 from specai.graph_access import SessionNotFoundError
 from specai.server.app import create_app
@@ -462,3 +462,15 @@ async def test_a_read_scoped_key_cannot_write_even_its_own_session(store: Store)
     assert (await graph.get_node(node.id, who=reader)).id == node.id
     with pytest.raises(ForbiddenError, match="scope 'write'"):
         await graph.patch_node(node.id, label="y", who=reader)
+
+
+@pytest.mark.anyio
+async def test_new_graph_sessions_need_reachable_ids_but_old_data_stays_usable(store: Store) -> None:
+    graph = GraphStore(store)
+    with pytest.raises(InvalidRequestError, match="may only hold"):
+        await graph.create_node("a/b", "fact", "x", who=ALICE)
+    assert await graph.sessions(ALICE) == []  # the refused claim was rolled back
+    old = await graph.create_node("old/id", "fact", "from before the rule")  # trusted code, as before v4
+    assert (await graph.patch_node(old.id, label="an admin may still change it", who=ROOT)).version == 2
+    await graph.create_node("old/id", "fact", "and claim it by writing", who=ROOT)
+    assert [(e.session_id, e.access) for e in await graph.sessions(ROOT)] == [("old/id", "owner")]

@@ -129,7 +129,8 @@ class GraphAccess:
         """Make the principal the owner if nobody is yet (race-free: insert-ignore, then read the owner).
 
         Graph data from before owners existed has no owner: only an admin may claim a session that already has
-        nodes, so nobody takes over data they could not see (until then it is visible to admins only).
+        nodes, so nobody takes over data they could not see (until then it is visible to admins only). Only a
+        session that is truly new must have an id `check_new_session_id` accepts (one URL path segment).
         """
         if session_id not in self._owners:
             inserted = await conn.execute(
@@ -138,8 +139,9 @@ class GraphAccess:
                 )
             )
             if inserted.rowcount:  # not cached: the transaction may still roll back
-                check_new_session_id(session_id)  # only reachable ids may be created (rolls back)
-                if not who.is_admin and await _has_nodes(conn, session_id):
+                if not await _has_nodes(conn, session_id):
+                    check_new_session_id(session_id)  # only reachable ids may be created (rolls back)
+                elif not who.is_admin:
                     raise missing(session_id)  # rolls the claim back with the transaction
                 return Grant(session_id, who.user_id, "write")
         return await self.grant(conn, session_id, who)
