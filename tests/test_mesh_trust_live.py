@@ -3,7 +3,9 @@ listener as a member, and 40 fake members pointing at a silent port. The registr
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import json
 import socket
 import ssl
@@ -11,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,8 +25,14 @@ from test_mesh_live import LEADER_TIMEOUT, Node, make_node, wait_until
 
 from conftest import PASSWORD
 from helpers import assert_error
+from specai.config import MeshSettings, Settings
+from specai.errors import TrustError
 from specai.fingerprint import fingerprint_der
+from specai.mesh import Member, MemberInfo, MeshRegistry
+from specai.server.mesh_link import MeshLink
+from specai.server.mesh_peer import Credentials, Peer
 from specai.tls import create_self_signed
+from specai.trust import KnownServers, parse_server
 
 FAKES = 40
 
@@ -298,3 +307,45 @@ def test_a_rogue_cannot_touch_a_members_entry_over_the_wire(mesh: dict[str, Node
         before["fingerprint"],
         before["created_at"],
     )
+
+
+def test_the_password_goes_only_to_peers_an_operator_pinned(tmp_path: Path) -> None:
+    listener = RecordingListener(tmp_path).start()
+    other = "AB:" * 31 + "AB"
+    try:
+        settings = Settings(
+            home=tmp_path, mesh=MeshSettings(trusted_fingerprints=(listener.fingerprint.lower(),))
+        )
+        link = MeshLink(
+            settings,
+            MeshRegistry(None, "me", 15),  # type: ignore[arg-type]  # the store is not needed to choose credentials
+            MemberInfo("me", "127.0.0.1", 1),
+            None,
+            None,
+            Credentials("mesh-a", PASSWORD),
+        )
+        now = datetime.now(UTC)
+
+        def member(fingerprint: str) -> Member:
+            url = f"https://127.0.0.1:{listener.port}"
+            return Member("m", "127.0.0.1", listener.port, url, fingerprint, [], [], now, now, True)
+
+        trusted, learned = link._member_peer(member(listener.fingerprint)), link._member_peer(member(other))
+        assert trusted is not None and trusted.credentials is not None and trusted.tokens is None
+        assert learned is not None and learned.credentials is None and learned.tokens is not None
+        assert link._member_peer(member("not a fingerprint")) is None
+        assert link._member_peer(dataclasses.replace(member(other), base_url="http://127.0.0.1:80")) is None
+
+        async def join(trusted: frozenset[str]) -> str:
+            peer = Peer(parse_server(f"https://127.0.0.1:{listener.port}"), None, credentials=Credentials())
+            try:
+                return await peer.open(KnownServers(tmp_path), trusted)
+            finally:
+                await peer.aclose()
+
+        assert asyncio.run(join(link.trusted)) == listener.fingerprint  # pinned by trusted_fingerprints
+        with pytest.raises(TrustError):
+            asyncio.run(join(frozenset()))  # neither --join-fingerprint, nor known_servers.json, nor trusted
+    finally:
+        listener.stop()
+    assert listener.requests == []  # opening a peer only fetches its certificate
