@@ -80,6 +80,10 @@ class MeshSettings:
     advertise_url: str | None = None
     max_payload_bytes: int = 65_536
     message_retention_secs: int = 604_800
+    trusted_fingerprints: tuple[str, ...] = ()  # peers besides the pinned registry that may get the password
+    max_members_per_account: int = 16
+    max_queued_messages: int = 10_000  # per recipient
+    max_inbox_bytes: int = 1_048_576  # of payloads per inbox page
     trusted_fingerprints: tuple[str, ...] = ()  # peers that may receive the mesh password (besides the join pin)
     max_members_per_account: int = 16
     max_queued_messages: int = 10_000  # per recipient
@@ -214,6 +218,13 @@ def _positive(value: Any) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
+def _is_sha256(text: str) -> bool:
+    try:
+        return len(bytes.fromhex(text.strip().lower().removeprefix("sha256:").replace(":", ""))) == 32
+    except ValueError:
+        return False
+
+
 def _port(value: int) -> str | None:
     return None if 1 <= value <= 65535 else "must be a port number from 1 to 65535"
 
@@ -273,6 +284,9 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("mesh", "max_members_per_account"): _positive,
     ("mesh", "max_queued_messages"): _positive,
     ("mesh", "max_inbox_bytes"): _positive,
+    ("mesh", "trusted_fingerprints"): lambda v: next(
+        (f"{f!r} is not a SHA-256 fingerprint (64 hex digits)" for f in v if not _is_sha256(f)), None
+    ),
     ("graph", "stream_poll_secs"): _positive,
     ("agents", "max_tool_iterations"): lambda v: None if 0 <= v <= 50 else "must be from 0 to 50",
     ("agents", "model_provider"): _provider,
