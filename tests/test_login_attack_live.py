@@ -7,6 +7,7 @@ and hashing is limited per user."""
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -121,9 +122,14 @@ async def test_forty_concurrent_wrong_passwords_get_429_and_alice_logs_in_meanwh
 async def test_an_address_guessing_many_usernames_is_locked_for_all_of_them(
     clients: dict[str, httpx.AsyncClient],
 ) -> None:
+    """Three waves of 8 at once (fewer than the password-check queue admits from one address, so none is refused
+    as busy): at most `max_failed_logins_per_address` checks, then the address is locked."""
     attacker = clients["127.0.0.3"]
-    responses = await asyncio.gather(*(token_call(attacker, f"guess-{n}", "wrong") for n in range(40)))
-    counts = tally(list(responses))
+    responses: list[httpx.Response] = []
+    for wave in range(3):
+        names = [f"guess-{wave}-{n}" for n in range(8)]
+        responses += await asyncio.gather(*(token_call(attacker, name, "wrong") for name in names))
+    counts = tally(responses)
     assert counts.get(401, 0) <= ADDRESS_LIMIT, counts
     assert_throttled(await token_call(attacker, "bob", PASSWORD))
     await assert_logs_in(clients["127.0.0.1"], "bob")
@@ -162,6 +168,23 @@ async def test_many_addresses_guessing_one_user_stop_at_her_budget(
     assert_throttled(await token_call(clients["127.0.1.200"], "carol", PASSWORD))  # a new address waits
     await assert_logs_in(clients["127.0.0.1"], "carol")
     await assert_logs_in(clients["127.0.1.201"], "bob")  # other usernames are unaffected
+
+
+async def test_a_flood_from_fresh_addresses_is_refused_at_once_not_queued(
+    clients: dict[str, httpx.AsyncClient],
+) -> None:
+    """60 guesses at once from 60 new addresses: only the checks the queue admits run (unknown pairs get
+    cores - 1 slots and 3/4 of `max_waiting_logins` = 16), the rest are 429 at once; alice's known address is
+    served meanwhile."""
+    await assert_logs_in(clients["127.0.0.1"], "alice")
+    names = [(f"127.0.3.{n}", f"nobody-{n}") for n in range(1, 61)]
+    attack = asyncio.gather(*(token_call(clients[a], name, "wrong") for a, name in names))
+    await asyncio.sleep(0.05)
+    await assert_logs_in(clients["127.0.0.1"], "alice")
+    counts = tally(list(await attack))
+    admitted = max(1, (os.cpu_count() or 1) - 1) + 16 - 16 // 4
+    assert counts.get(401, 0) <= admitted, counts
+    assert counts[429] >= 60 - admitted, counts
 
 
 async def test_auth_hash_is_rate_limited_per_user(clients: dict[str, httpx.AsyncClient]) -> None:

@@ -1,5 +1,5 @@
 """Login throttling with a hand-driven clock: reservations before the check, per-pair/address/user budgets, the
-bounded verification gate with its clean lane, and the /auth/hash rate limit."""
+bounded verification gate with its lanes, and the /auth/hash rate limit."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from specai.throttle import (
     MAX_LOCKOUT,
     Attempt,
     BusyError,
+    Lane,
     MemoryLoginThrottle,
     MemoryRateLimiter,
     VerifyGate,
@@ -173,7 +174,7 @@ async def test_a_known_pair_is_held_to_its_own_budget_only(throttle: MemoryLogin
         await fail(throttle, f"guess-{n}", B)
     assert await retry_after(throttle, "bob", B) == 10  # the address is locked for pairs it never logged in
     attempt = await throttle.reserve("alice", B)
-    assert attempt.known and not attempt.suspect  # not in the smaller lane either
+    assert attempt.lane is Lane.KNOWN  # and first in line for a check
     await throttle.succeeded(attempt)
     await fail(throttle, "alice", B, 3)
     assert await retry_after(throttle, "alice", B) == 10
@@ -265,17 +266,16 @@ async def test_an_attempt_refused_by_the_gate_is_released(throttle: MemoryLoginT
     assert await retry_after(throttle, "alice", B) == 10
 
 
-async def test_suspect_marks_addresses_with_failures_or_attempts_in_flight(
-    throttle: MemoryLoginThrottle,
-) -> None:
+async def test_lanes_follow_the_address_and_the_pair(throttle: MemoryLoginThrottle) -> None:
     first = await throttle.reserve("alice", B)
-    assert not first.suspect
+    assert first.lane is Lane.CLEAN
     second = await throttle.reserve("bob", B)
-    assert second.suspect
+    assert second.lane is Lane.SUSPECT  # another attempt from B is in flight
     await throttle.failed(first)
-    await throttle.failed(second)
-    assert (await throttle.reserve("carol", B)).suspect
-    assert not (await throttle.reserve("alice", A)).suspect
+    await throttle.succeeded(second)
+    assert (await throttle.reserve("carol", B)).lane is Lane.SUSPECT  # B has a failure
+    assert (await throttle.reserve("bob", B)).lane is Lane.KNOWN  # bob logged in from B
+    assert (await throttle.reserve("alice", A)).lane is Lane.CLEAN
 
 
 async def test_memory_is_bounded(clock: FakeClock) -> None:
@@ -289,7 +289,7 @@ async def test_memory_is_bounded(clock: FakeClock) -> None:
 
 async def test_usernames_are_clipped_in_keys(throttle: MemoryLoginThrottle) -> None:
     attempt = await throttle.reserve("a" * 10_000, A)
-    assert attempt == Attempt("a" * 64, A, suspect=False, known=False)
+    assert attempt == Attempt("a" * 64, A, Lane.CLEAN)
 
 
 def test_client_key_groups_ipv6_by_64_and_unmaps_ipv4() -> None:
@@ -304,10 +304,8 @@ def test_client_key_groups_ipv6_by_64_and_unmaps_ipv4() -> None:
 # -- the gate ---------------------------------------------------------------------------------------------------
 
 
-async def hold(
-    gate: VerifyGate, suspect: bool, entered: list[str], name: str, release: asyncio.Event
-) -> None:
-    async with gate.slot(suspect=suspect):
+async def hold(gate: VerifyGate, lane: Lane, entered: list[str], name: str, release: asyncio.Event) -> None:
+    async with gate.slot(lane):
         entered.append(name)
         await release.wait()
 
@@ -315,11 +313,11 @@ async def hold(
 async def test_the_gate_bounds_running_and_waiting_checks() -> None:
     gate = VerifyGate(slots=2, max_waiting=2)
     release, entered = asyncio.Event(), list[str]()
-    tasks = [asyncio.create_task(hold(gate, False, entered, str(n), release)) for n in range(4)]
+    tasks = [asyncio.create_task(hold(gate, Lane.KNOWN, entered, str(n), release)) for n in range(4)]
     await asyncio.sleep(0)
     assert (gate.running, gate.waiting()) == (2, 2)
     with pytest.raises(BusyError) as info:
-        async with gate.slot(suspect=False):
+        async with gate.slot(Lane.KNOWN):
             pass
     assert (info.value.status, info.value.code, info.value.retry_after) == (429, "too_many_attempts", 1)
     release.set()
@@ -328,44 +326,84 @@ async def test_the_gate_bounds_running_and_waiting_checks() -> None:
     assert (gate.running, gate.waiting()) == (0, 0)
 
 
-async def test_suspects_leave_one_slot_and_half_the_queue_to_clean_logins() -> None:
-    gate = VerifyGate(slots=2, max_waiting=4)
+async def test_unknown_pairs_leave_one_slot_to_known_ones() -> None:
+    gate = VerifyGate(slots=3, max_waiting=8)
     release, entered = asyncio.Event(), list[str]()
-    suspects = [asyncio.create_task(hold(gate, True, entered, f"s{n}", release)) for n in range(3)]
+    tasks = [asyncio.create_task(hold(gate, Lane.CLEAN, entered, f"c{n}", release)) for n in range(3)]
     await asyncio.sleep(0)
-    assert (gate.running, gate.suspect_running, gate.waiting(True)) == (1, 1, 2)
-    with pytest.raises(BusyError):  # the suspect half of the queue is full
-        async with gate.slot(suspect=True):
-            pass
-    clean = asyncio.create_task(hold(gate, False, entered, "alice", release))
+    assert (gate.running, gate.unknown_running, gate.waiting(Lane.CLEAN)) == (2, 2, 1)
+    tasks.append(asyncio.create_task(hold(gate, Lane.KNOWN, entered, "alice", release)))
     await asyncio.sleep(0)
-    assert entered == ["s0", "alice"]  # alice runs at once, in the slot suspects may not take
+    assert entered == ["c0", "c1", "alice"]  # alice runs at once, in the slot kept for known pairs
     release.set()
-    await asyncio.gather(*suspects, clean)
+    await asyncio.gather(*tasks)
 
 
-async def test_clean_waiters_go_before_suspect_waiters() -> None:
+async def test_suspects_get_half_the_unknown_slots_and_half_the_queue() -> None:
+    gate = VerifyGate(slots=5, max_waiting=4)
+    release, entered = asyncio.Event(), list[str]()
+    suspects = [asyncio.create_task(hold(gate, Lane.SUSPECT, entered, f"s{n}", release)) for n in range(4)]
+    await asyncio.sleep(0)
+    assert (gate.running, gate.suspect_running, gate.waiting(Lane.SUSPECT)) == (2, 2, 2)
+    with pytest.raises(BusyError):  # the suspect half of the queue is full
+        async with gate.slot(Lane.SUSPECT):
+            pass
+    clean = [asyncio.create_task(hold(gate, Lane.CLEAN, entered, f"c{n}", release)) for n in range(2)]
+    await asyncio.sleep(0)
+    assert entered == [
+        "s0",
+        "s1",
+        "c0",
+        "c1",
+    ]  # clean attempts run at once, in unknown slots suspects may not take
+    release.set()
+    await asyncio.gather(*suspects, *clean)
+
+
+async def test_a_quarter_of_the_queue_is_kept_for_known_pairs() -> None:
+    """Fresh addresses (clean, unknown) fill their share; a known pair still queues, and goes first."""
+    gate = VerifyGate(slots=1, max_waiting=4)
+    release, entered = asyncio.Event(), list[str]()
+    flood = [asyncio.create_task(hold(gate, Lane.CLEAN, entered, f"c{n}", release)) for n in range(4)]
+    await asyncio.sleep(0)
+    assert (gate.running, gate.waiting(Lane.CLEAN)) == (1, 3)
+    with pytest.raises(BusyError):
+        async with gate.slot(Lane.CLEAN):
+            pass
+    alice = asyncio.create_task(hold(gate, Lane.KNOWN, entered, "alice", release))
+    await asyncio.sleep(0)
+    assert gate.waiting(Lane.KNOWN) == 1
+    with pytest.raises(BusyError):  # now the whole queue is full
+        async with gate.slot(Lane.KNOWN):
+            pass
+    release.set()
+    await asyncio.gather(*flood, alice)
+    assert entered[:2] == ["c0", "alice"]
+
+
+async def test_waiters_are_served_known_then_clean_then_suspect() -> None:
     gate = VerifyGate(slots=1, max_waiting=10)
-    gates = [asyncio.Event() for _ in range(4)]
-    entered: list[str] = []
-    first = asyncio.create_task(hold(gate, False, entered, "first", gates[0]))
-    await asyncio.sleep(0)
-    suspect = asyncio.create_task(hold(gate, True, entered, "suspect", gates[1]))
-    await asyncio.sleep(0)
-    clean = asyncio.create_task(hold(gate, False, entered, "clean", gates[2]))
-    await asyncio.sleep(0)
-    for event in gates:
-        event.set()
-    await asyncio.gather(first, suspect, clean)
-    assert entered == ["first", "clean", "suspect"]
+    release, entered = asyncio.Event(), list[str]()
+    tasks = []
+    for lane, name in [
+        (Lane.CLEAN, "first"),
+        (Lane.SUSPECT, "suspect"),
+        (Lane.CLEAN, "clean"),
+        (Lane.KNOWN, "known"),
+    ]:
+        tasks.append(asyncio.create_task(hold(gate, lane, entered, name, release)))
+        await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert entered == ["first", "known", "clean", "suspect"]
 
 
 async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     gate = VerifyGate(slots=1, max_waiting=1)
     release, entered = asyncio.Event(), list[str]()
-    running = asyncio.create_task(hold(gate, False, entered, "a", release))
+    running = asyncio.create_task(hold(gate, Lane.CLEAN, entered, "a", release))
     await asyncio.sleep(0)
-    waiter = asyncio.create_task(hold(gate, False, entered, "b", release))
+    waiter = asyncio.create_task(hold(gate, Lane.CLEAN, entered, "b", release))
     await asyncio.sleep(0)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -373,7 +411,7 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     assert gate.waiting() == 0
     release.set()
     await running
-    async with gate.slot(suspect=False):
+    async with gate.slot(Lane.CLEAN):
         assert gate.running == 1
     assert entered == ["a"] and gate.running == 0
 

@@ -7,13 +7,14 @@ password check starts, so N concurrent attempts get at most `limit` checks):
 - per username: `max_failed_logins_per_user` (stops many addresses guessing one user).
 A pair that logged in within KNOWN_FOR is held to its own budget only: a guesser sharing the user's address (a
 NAT) or guessing her name from elsewhere cannot lock her out of where she logs in; a new address of hers waits.
-A `VerifyGate` bounds the password checks running and waiting, and keeps a lane for addresses without failures.
+A `VerifyGate` bounds the password checks running and waiting, serving known pairs first and suspects last.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import ipaddress
 import math
 import time
@@ -45,14 +46,26 @@ def client_key(host: str | None) -> str:
     return str(address)
 
 
+class Lane(enum.IntEnum):
+    """Who goes first for a password-check slot (lower first)."""
+
+    KNOWN = 0  # the pair logged in within KNOWN_FOR
+    CLEAN = 1  # an unknown pair from an address without failures or other attempts in flight
+    SUSPECT = 2  # an unknown pair from an address with some (and every /auth/hash)
+
+
 @dataclass(frozen=True)
 class Attempt:
     """A reserved login attempt: settle it with exactly one of failed, succeeded or release."""
 
     username: str
     address: str
-    suspect: bool  # an unknown pair from an address with failures or attempts in flight: the smaller lane
-    known: bool  # the pair logged in recently: only its own budget was reserved
+    lane: Lane
+
+    @property
+    def known(self) -> bool:
+        """The pair logged in recently: only its own budget was reserved."""
+        return self.lane is Lane.KNOWN
 
 
 class LoginThrottle(Protocol):
@@ -60,19 +73,15 @@ class LoginThrottle(Protocol):
 
     async def reserve(self, username: str, address: str) -> Attempt:
         """Take a reservation in every budget, or raise ThrottledError (429 with Retry-After)."""
-        ...
 
     async def failed(self, attempt: Attempt) -> None:
         """The password was wrong: the reservation becomes a failure."""
-        ...
 
     async def succeeded(self, attempt: Attempt) -> None:
         """The password was right: forget the pair's failures and remember the pair as known."""
-        ...
 
     async def release(self, attempt: Attempt) -> None:
         """No password was checked (refused by the gate, cancelled): drop the reservation."""
-        ...
 
 
 class RateLimiter(Protocol):
@@ -80,7 +89,6 @@ class RateLimiter(Protocol):
 
     async def hit(self, key: str) -> None:
         """Count one request, or raise ThrottledError when the key is over its rate."""
-        ...
 
 
 @dataclass
@@ -134,18 +142,13 @@ class Budget:
             doublings = min(counter.failures - self.limit, 16)
             counter.locked_until = now + min(self.lockout * 2**doublings, MAX_LOCKOUT)
 
-    def release(self, key: str) -> None:
-        """Drop a reservation without counting a failure."""
+    def release(self, key: str, *, forget: bool = False) -> None:
+        """Drop a reservation without counting a failure; `forget` also clears the key's failures (a success)."""
         counter = self._counters.get(key)
         if counter is not None:
             counter.pending = max(0, counter.pending - 1)
-
-    def clear(self, key: str) -> None:
-        """Forget the key's failures (its other reservations stay)."""
-        counter = self._counters.get(key)
-        if counter is not None:
-            counter.pending = max(0, counter.pending - 1)
-            counter.failures, counter.locked_until = 0, 0.0
+            if forget:
+                counter.failures, counter.locked_until = 0, 0.0
 
     def __len__(self) -> int:
         return len(self._counters)
@@ -201,9 +204,11 @@ class MemoryLoginThrottle:
         """Refuse when any budget is spent (429 + Retry-After), else reserve in each."""
         now = self.clock()
         username = username[:_USERNAME_CHARS]
-        known = self.is_known(username, address, now)
-        suspect = not known and self.addresses.active(address, now)
-        attempt = Attempt(username, address, suspect=suspect, known=known)
+        if self.is_known(username, address, now):
+            lane = Lane.KNOWN
+        else:
+            lane = Lane.SUSPECT if self.addresses.active(address, now) else Lane.CLEAN
+        attempt = Attempt(username, address, lane)
         budgets = self._budgets(attempt)
         waits = [w for budget, key in budgets if (w := budget.wait(key, now)) is not None]
         if waits:
@@ -220,7 +225,7 @@ class MemoryLoginThrottle:
 
     async def succeeded(self, attempt: Attempt) -> None:
         """Clear the pair; the address and username budgets only drop the reservation (others may be guessing)."""
-        self.pairs.clear(_pair(attempt.username, attempt.address))
+        self.pairs.release(_pair(attempt.username, attempt.address), forget=True)
         if not attempt.known:
             self.addresses.release(attempt.address)
             self.users.release(attempt.username)
@@ -256,63 +261,76 @@ class BusyError(ThrottledError):
 
 
 class VerifyGate:
-    """At most `slots` password checks at once and `max_waiting` waiting; suspect attempts (addresses with
-    failures) use at most slots - 1 of them (when there are two or more), half the queue, and wait behind
-    clean ones, so a login from a clean address is never stuck behind a flood."""
+    """At most `slots` password checks at once and `max_waiting` waiting, served by lane: KNOWN pairs first, then
+    CLEAN attempts, then SUSPECT ones. Unknown pairs use at most slots - 1 slots (when there are two or more, so
+    one is always free for a known pair), suspects at most half of those and half the queue; a quarter of the
+    queue is kept for known pairs. So a flood, even from fresh addresses, does not make a user's login from where
+    she logged in before wait for a slot."""
 
     def __init__(self, slots: int, max_waiting: int) -> None:
         self.slots = max(1, slots)
-        self.suspect_slots = max(1, self.slots - 1)
+        self.unknown_slots = max(1, self.slots - 1)
+        self.suspect_slots = max(1, self.unknown_slots // 2)
         self.max_waiting = max_waiting
         self.running = 0
+        self.unknown_running = 0
         self.suspect_running = 0
-        self._waiting: dict[bool, deque[asyncio.Future[None]]] = {False: deque(), True: deque()}
+        self._waiting: dict[Lane, deque[asyncio.Future[None]]] = {lane: deque() for lane in Lane}
 
     @contextlib.asynccontextmanager
-    async def slot(self, *, suspect: bool) -> AsyncIterator[None]:
-        """Hold one verification slot, or raise BusyError (429) when the queue is full."""
-        await self._acquire(suspect)
+    async def slot(self, lane: Lane) -> AsyncIterator[None]:
+        """Hold one verification slot, or raise BusyError (429) when this lane's share of the queue is full."""
+        await self._acquire(lane)
         try:
             yield
         finally:
-            self._release(suspect)
+            self._release(lane)
 
-    def waiting(self, suspect: bool | None = None) -> int:
-        """How many checks wait for a slot (of one kind, or all)."""
-        if suspect is None:
-            return len(self._waiting[False]) + len(self._waiting[True])
-        return len(self._waiting[suspect])
+    def waiting(self, lane: Lane | None = None) -> int:
+        """How many checks wait for a slot (in one lane, or all)."""
+        return sum(len(q) for k, q in self._waiting.items() if lane is None or k is lane)
 
-    def _can_run(self, suspect: bool) -> bool:
-        return self.running < self.slots and not (suspect and self.suspect_running >= self.suspect_slots)
+    def _can_run(self, lane: Lane) -> bool:
+        if lane is not Lane.KNOWN and self.unknown_running >= self.unknown_slots:
+            return False
+        full = lane is Lane.SUSPECT and self.suspect_running >= self.suspect_slots
+        return self.running < self.slots and not full
 
-    async def _acquire(self, suspect: bool) -> None:
-        ahead = self._waiting[False] or (suspect and self._waiting[True])
-        if self._can_run(suspect) and not ahead:
-            self._start(suspect)
+    def _room(self, lane: Lane) -> bool:
+        if lane is Lane.KNOWN:
+            return self.waiting() < self.max_waiting
+        unknown_room = self.waiting() < self.max_waiting - self.max_waiting // 4
+        return unknown_room and (lane is Lane.CLEAN or self.waiting(Lane.SUSPECT) < self.max_waiting // 2)
+
+    async def _acquire(self, lane: Lane) -> None:
+        ahead = any(self._waiting[k] for k in Lane if k <= lane)
+        if self._can_run(lane) and not ahead:
+            self._start(lane)
             return
-        if self.waiting() >= self.max_waiting or (suspect and self.waiting(True) >= self.max_waiting // 2):
+        if not self._room(lane):
             raise BusyError("too many logins are being checked right now; try again in 1 s", retry_after=1)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting[suspect].append(future)
+        self._waiting[lane].append(future)
         try:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
-                self._release(suspect)  # a slot was handed to us as we were cancelled: pass it on
+                self._release(lane)  # a slot was handed to us as we were cancelled: pass it on
             else:
                 with contextlib.suppress(ValueError):
-                    self._waiting[suspect].remove(future)
+                    self._waiting[lane].remove(future)
             raise
 
-    def _start(self, suspect: bool) -> None:
+    def _start(self, lane: Lane) -> None:
         self.running += 1
-        self.suspect_running += suspect
+        self.unknown_running += lane is not Lane.KNOWN
+        self.suspect_running += lane is Lane.SUSPECT
 
-    def _release(self, suspect: bool) -> None:
+    def _release(self, lane: Lane) -> None:
         self.running -= 1
-        self.suspect_running -= suspect
-        for kind in (False, True):
+        self.unknown_running -= lane is not Lane.KNOWN
+        self.suspect_running -= lane is Lane.SUSPECT
+        for kind in Lane:
             queue = self._waiting[kind]
             while queue and self._can_run(kind):
                 future = queue.popleft()
@@ -333,7 +351,7 @@ async def checked_login(
     attempt = await throttle.reserve(username, address)
     started, found = False, None
     try:
-        async with gate.slot(suspect=attempt.suspect):
+        async with gate.slot(attempt.lane):
             started = True
             found = await verify()
     finally:

@@ -10,7 +10,7 @@ from specai.errors import AuthDisabledError, InvalidCredentialsError
 from specai.server.schemas import HashIn, HashOut, TokenIn, TokenOut
 from specai.server.security import principal
 from specai.server.state import ServerState
-from specai.throttle import checked_login, client_key
+from specai.throttle import Lane, checked_login, client_key
 from specai.users import User, check_password
 
 
@@ -45,7 +45,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         queues behind logins for a password-check slot)."""
         check_password(data.password)
         await server.hash_limit.hit(principal(request).user_id)
-        async with server.password_gate.slot(suspect=True):
+        async with server.password_gate.slot(Lane.SUSPECT):
             hashed = await anyio.to_thread.run_sync(auth.hash_password, data.password)
         return HashOut(password_hash=hashed)
 
