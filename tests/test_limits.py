@@ -138,16 +138,27 @@ def test_nul_in_path_or_query_is_400(client: TestClient[Litestar], method: str, 
     assert "NUL" in body["error"]
 
 
+def _member(**changes: object) -> dict[str, object]:
+    member: dict[str, object] = {
+        "instance_id": "lim-1",
+        "hostname": "lim",
+        "port": 9,
+        "capabilities": [],
+        "agent_profiles": [],
+        "base_url": "https://127.0.0.1:9",
+        "fingerprint": "AA",
+    }
+    return {**member, **changes}
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/registry/register", {"instance_id": "i1", "hostname": "h\x00", "base_url": "https://h:1"}),
-        ("/registry/register", {"instance_id": "i1", "hostname": "h", "base_url": "https://h\x00:1"}),
-        (
-            "/registry/register",
-            {"instance_id": "i1", "hostname": "h", "base_url": "https://h:1", "fingerprint": "\x00"},
-        ),
-        ("/messages/send/i1", {"to": "i2", "payload": {"k": "v"}, "correlation_id": "c\x00"}),
+        ("/registry/register", _member(hostname="h\x00")),
+        ("/registry/register", _member(base_url="https://h\x00:1")),
+        ("/registry/register", _member(fingerprint="\x00")),
+        ("/registry/register", _member(instance_id="i\x00")),
+        ("/messages/send/lim-1", {"message_type": "t", "payload": {"k": "v"}, "correlation_id": "c\x00"}),
         ("/query", {"message": "hi", "session_id": "s\x00"}),
         ("/auth/token", {"username": "alice\x00", "password": PASSWORD}),
         ("/graph/nodes", {"session_id": "s", "node_type": "fact", "label": "x", "properties": {"k\x00": 1}}),
@@ -301,3 +312,11 @@ def test_a_real_server_refuses_deep_json_on_the_public_token_route(auth_server: 
             not in live.get("/health", headers={"Origin": "https://x.example"}).headers
         )
         assert_error(live.get("/schema/swagger"), 404, "not_found")
+
+
+def test_an_ack_of_100000_ids_is_400_not_500(client: TestClient[Litestar]) -> None:
+    registered = client.post("/registry/register", json=_member())
+    assert registered.status_code in (200, 201), registered.text
+    ids = [str(n) for n in range(100_000)]
+    body = assert_error(client.post("/messages/ack/lim-1", json={"message_ids": ids}), 400, "invalid_request")
+    assert "1000" in body["error"]
