@@ -134,3 +134,22 @@ def test_health_answers_within_1_s_with_1500_silent_tls_connections_open(home: P
         for sock in silent:
             sock.close()
         proc.stop()
+
+
+def test_health_answers_within_1_s_with_1500_tcp_connections_that_never_start_tls(home: Path) -> None:
+    """Before the handshake: granian handshakes concurrently and drops one that never completes after 10 s."""
+    proc = ServerProcess(home).start()
+    raw: list[socket.socket] = []
+    try:
+        with _file_limit(SILENT + 512), proc.client() as client:
+            for _ in range(SILENT):
+                raw.append(socket.create_connection(("127.0.0.1", proc.port), timeout=5))
+            before = time.monotonic()
+            response = client.get("/health", timeout=5)
+            took = time.monotonic() - before
+            assert response.status_code == 200, response.text
+            assert took < 1.0, f"/health took {took:.2f} s with {SILENT} connections before TLS open"
+    finally:
+        for sock in raw:
+            sock.close()
+        proc.stop()
