@@ -27,6 +27,7 @@ from specai.sessions import SessionStore
 from specai.store import Store
 from specai.throttle import LoginThrottle, MemoryLoginThrottle, MemoryRateLimiter, RateLimiter, VerifyGate
 from specai.tls import CertInfo, ensure_server_cert
+from specai.tokens import ApiKeyStore, StoredRevocations
 from specai.users import UserDirectory
 
 _PRUNE_EVERY_SECS = 3600
@@ -57,6 +58,8 @@ class ServerState:
         print  # how background work tells the operator something (set by the CLI)
     )
     _graph: GraphStore | None = None
+    _keys: ApiKeyStore | None = None
+    _revocations: StoredRevocations | None = None
     _mesh: MeshRegistry | None = None
     _messages: MessageQueue | None = None
     _pruner: asyncio.Task[None] | None = None
@@ -108,6 +111,18 @@ class ServerState:
             fingerprint=self.cert.fingerprint,
         )
 
+    def keys(self) -> ApiKeyStore:
+        """The API keys (open between start-up and shutdown)."""
+        if self._keys is None:
+            raise RuntimeError("the store is not open yet")
+        return self._keys
+
+    def revocations(self) -> StoredRevocations:
+        """Revoked token ids (open between start-up and shutdown)."""
+        if self._revocations is None:
+            raise RuntimeError("the store is not open yet")
+        return self._revocations
+
     def graph(self) -> GraphStore:
         """The knowledge graph (open between start-up and shutdown)."""
         if self._graph is None:
@@ -123,6 +138,9 @@ class ServerState:
     async def start(self) -> None:
         """Open the database (migrating it), give the agents their sessions and graph, register in the mesh."""
         self.store = await Store.open(self.settings)
+        self._keys = ApiKeyStore(self.store)
+        self._revocations = StoredRevocations(self.store)
+        await self._revocations.load()
         self.runtime.sessions = SessionStore(self.store)
         quota = self.settings.graph.max_nodes_per_account
         self._graph = GraphStore(self.store, max_nodes_per_account=quota)
