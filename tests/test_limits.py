@@ -198,6 +198,17 @@ def test_cursors_and_since_take_ascii_digits_only(client: TestClient[Litestar], 
         assert_error(response, 400, "invalid_request")
 
 
+@pytest.mark.parametrize("path", ["/graph/nodes/١٢", "/graph/edges/١٢", "/graph/nodes/１"])
+def test_ids_in_the_path_take_ascii_digits_only(client: TestClient[Litestar], path: str) -> None:
+    """`{node_id:int}` reads '١٢' as 12: refused before the handler sees it."""
+    body = assert_error(client.get(path), 400, "invalid_request")
+    assert "0-9" in body["error"]
+
+
+def test_a_path_id_int_cannot_parse_matches_no_route(client: TestClient[Litestar]) -> None:
+    assert_error(client.get("/graph/nodes/1²"), 404, "not_found")
+
+
 @pytest.mark.parametrize("value", ["1²".encode(), "١٢".encode(), b"99999999999999999999"])
 def test_last_event_id_takes_ascii_digits_only(client: TestClient[Litestar], value: bytes) -> None:
     response = client.get("/graph/stream", params={"session_id": "s"}, headers={"Last-Event-ID": value})

@@ -76,10 +76,13 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 def check_target(scope: Scope) -> None:
-    """No NUL anywhere in the path (path parameters included) or the query string."""
+    """No NUL in the path or query; no non-ASCII digits in the path (Litestar's `{id:int}` uses `int()`)."""
     query: bytes = scope.get("query_string", b"")
-    if "\x00" in scope["path"] or b"%00" in query or b"\x00" in query:
+    path: str = scope["path"]
+    if "\x00" in path or b"%00" in query or b"\x00" in query:
         raise InvalidRequestError("NUL characters are not allowed in the path or the query string")
+    if not path.isascii() and any(char.isdigit() and not char.isascii() for char in path):
+        raise InvalidRequestError("numbers in the path must be written with the digits 0-9")
 
 
 def check_body(body: bytes) -> None:
