@@ -26,6 +26,7 @@ import http.client
 import json
 import multiprocessing
 import multiprocessing.queues
+import os
 import queue
 import ssl
 import statistics
@@ -36,7 +37,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import HOST, BenchError, note, specai_command, specai_env, start_specai_server
+from _common import (
+    HOST,
+    START_TIMEOUT,
+    BenchError,
+    note,
+    specai_command,
+    specai_env,
+    start_specai_server,
+)
 
 from specai.tls import fetch_peer_cert, pinned_ssl_context
 
@@ -108,9 +117,10 @@ async def flood(port: int, der: bytes, attempts: int, concurrency: int, spread: 
 
 
 def attacker(
-    port: int, der: bytes, args: tuple[int, int, int], out: multiprocessing.queues.Queue[Any]
+    port: int, der: bytes, args: tuple[int, int, int], nice: int, out: multiprocessing.queues.Queue[Any]
 ) -> None:
     """Child process: report the start, flood, report the statuses and the end (time.monotonic is system-wide)."""
+    os.nice(nice)
     out.put(("started", time.monotonic()))
     statuses = asyncio.run(flood(port, der, *args))
     out.put(("done", time.monotonic(), statuses))
@@ -119,16 +129,28 @@ def attacker(
 # -- the run ------------------------------------------------------------------------------------------------------
 
 
+def finished(proc: multiprocessing.process.BaseProcess, out: multiprocessing.queues.Queue[Any]) -> Any:
+    """The attacker's final report, None while it still runs; BenchError if it died without one."""
+    try:
+        return out.get(timeout=2) if not proc.is_alive() else out.get_nowait()
+    except queue.Empty:
+        if proc.is_alive():
+            return None
+        raise BenchError(f"the attacker process died (exit code {proc.exitcode})") from None
+
+
 def attack_round(port: int, ctx: ssl.SSLContext, der: bytes, args: argparse.Namespace) -> dict[str, Any]:
     """One attack; alice logs in back to back meanwhile. Returns her logins inside it and the attacker's counts."""
     spawn = multiprocessing.get_context("spawn")
     out: multiprocessing.queues.Queue[Any] = spawn.Queue()
-    proc = spawn.Process(
-        target=attacker, args=(port, der, (args.attempts, args.concurrency, args.spread), out)
-    )
+    flood_args = (args.attempts, args.concurrency, args.spread)
+    proc = spawn.Process(target=attacker, args=(port, der, flood_args, args.attacker_nice, out))
     proc.start()
     try:
-        _, started = out.get(timeout=60)
+        try:
+            _, started = out.get(timeout=START_TIMEOUT)
+        except queue.Empty:
+            raise BenchError(f"the attacker process did not start (exit code {proc.exitcode})") from None
         time.sleep(0.05)  # the first connections are being made
         timed: list[tuple[float, float, float]] = []
         done = None
@@ -136,8 +158,7 @@ def attack_round(port: int, ctx: ssl.SSLContext, der: bytes, args: argparse.Name
             begin = time.monotonic()
             ms = login_ms(port, ctx)
             timed.append((begin, time.monotonic(), ms))
-            with contextlib.suppress(queue.Empty):
-                done = out.get_nowait()
+            done = finished(proc, out)
         _, ended, statuses = done
     finally:
         proc.join(30)
@@ -187,6 +208,7 @@ def run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> dic
         "attempts": args.attempts,
         "concurrency": args.concurrency,
         "attacker_addresses": args.spread,
+        "attacker_nice": args.attacker_nice,
         "unloaded_ms_median": round(statistics.median(unloaded), 1),
         "unloaded_ms_runs": [round(ms, 1) for ms in unloaded],
         "loaded_ms_median": round(statistics.median(loaded), 1),
@@ -202,7 +224,8 @@ def run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> dic
 def print_table(result: dict[str, Any]) -> None:
     print(
         f"attack: {result['attempts']} wrong passwords per round, {result['concurrency']} at a time, "
-        f"from {result['attacker_addresses']} address(es); {len(result['rounds'])} round(s)"
+        f"from {result['attacker_addresses']} address(es), attacker at nice {result['attacker_nice']}; "
+        f"{len(result['rounds'])} round(s)"
     )
     for n, r in enumerate(result["rounds"], 1):
         print(f"  round {n}: {r['attack_s']:.1f} s, statuses {r['statuses']}")
@@ -225,6 +248,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--spread", type=int, default=1, help="attacker addresses; >1 guesses made-up names (1)"
     )
     parser.add_argument("--logins", type=int, default=10, help="timed logins of alice, each way (10)")
+    parser.add_argument(
+        "--attacker-nice",
+        type=int,
+        default=0,
+        help="nice level of the attacker process (0; 19 = its CPU yields)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object of the figures on stdout")
     args = parser.parse_args(argv)
     if min(args.attempts, args.concurrency, args.logins) < 1 or not 1 <= args.spread <= 254:

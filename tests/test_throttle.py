@@ -215,7 +215,7 @@ async def test_forty_concurrent_attempts_get_at_most_the_limit_of_checks(
 
     async def one() -> str:
         try:
-            await checked_login(throttle, gate, "alice", B, wrong)
+            await checked_login(throttle, gate, "alice", B, wrong, refusal_delay=0)
         except ThrottledError:
             return "429"
         return "401"
@@ -224,6 +224,22 @@ async def test_forty_concurrent_attempts_get_at_most_the_limit_of_checks(
     assert checks == 3
     assert results.count("429") == 37
     assert await retry_after(throttle, "alice", B) == 10
+
+
+async def test_a_refusal_is_answered_after_the_delay(throttle: MemoryLoginThrottle) -> None:
+    """The tarpit: a 429 waits (without CPU) so a flood at a fixed concurrency arrives slower."""
+    gate = VerifyGate(slots=1, max_waiting=1)
+
+    async def wrong() -> str | None:
+        return None
+
+    for _ in range(3):
+        await checked_login(throttle, gate, "alice", B, wrong, refusal_delay=0.2)  # checked: not delayed
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ThrottledError):
+        await checked_login(throttle, gate, "alice", B, wrong, refusal_delay=0.2)
+    assert loop.time() - started >= 0.2
 
 
 async def test_a_cancelled_check_counts_as_a_failure(throttle: MemoryLoginThrottle) -> None:
@@ -258,7 +274,7 @@ async def test_an_attempt_refused_by_the_gate_is_released(throttle: MemoryLoginT
     second = asyncio.create_task(checked_login(throttle, gate, "y", "192.0.2.2", held))
     await asyncio.sleep(0)
     with pytest.raises(BusyError):
-        await checked_login(throttle, gate, "alice", B, held)
+        await checked_login(throttle, gate, "alice", B, held, refusal_delay=0)
     release.set()
     assert await asyncio.gather(first, second) == [None, None]
     for _ in range(3):  # the refused attempt left no reservation behind: three full tries remain

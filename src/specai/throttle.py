@@ -28,7 +28,8 @@ from specai.errors import ThrottledError
 Clock = Callable[[], float]
 T = TypeVar("T")
 MAX_LOCKOUT = 15 * 60  # the longest lockout, and how long a quiet, unlocked counter is remembered
-KNOWN_FOR = 30 * 86400  # a successful pair skips the per-username budget this long
+KNOWN_FOR = 30 * 86400  # a pair that logged in is held to its own budget only, this long
+REFUSAL_DELAY = 1.0  # seconds before a 429 from /auth/token is sent
 _MAX_KEYS = 100_000
 _USERNAME_CHARS = 64
 
@@ -40,9 +41,8 @@ def client_key(host: str | None) -> str:
     except ValueError:
         return (host or "unknown")[:_USERNAME_CHARS]
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
+        mapped = address.ipv4_mapped
+        return str(mapped) if mapped else str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
 
 
@@ -175,11 +175,6 @@ def _stale(counter: _Counter, now: float) -> bool:
     return counter.pending == 0 and counter.locked_until <= now and now - counter.last > MAX_LOCKOUT
 
 
-def _refuse(wait: float) -> ThrottledError:
-    seconds = max(1, math.ceil(wait))
-    return ThrottledError(f"too many failed logins; try again in {seconds} s", retry_after=seconds)
-
-
 class MemoryLoginThrottle:
     """The in-process LoginThrottle: one event loop, so each method runs without interleaving."""
 
@@ -212,7 +207,8 @@ class MemoryLoginThrottle:
         budgets = self._budgets(attempt)
         waits = [w for budget, key in budgets if (w := budget.wait(key, now)) is not None]
         if waits:
-            raise _refuse(max(waits))
+            seconds = max(1, math.ceil(max(waits)))
+            raise ThrottledError(f"too many failed logins; try again in {seconds} s", retry_after=seconds)
         for budget, key in budgets:
             budget.take(key, now)
         return attempt
@@ -345,22 +341,27 @@ async def checked_login(
     username: str,
     address: str,
     verify: Callable[[], Awaitable[T | None]],
+    refusal_delay: float = REFUSAL_DELAY,
 ) -> T | None:
     """Reserve, wait for a slot, verify (None = wrong password), settle. A check that started and did not finish
-    counts as a failure (hanging up does not escape the count); one refused before it started is released."""
-    attempt = await throttle.reserve(username, address)
-    started, found = False, None
+    counts as a failure (hanging up does not escape the count); one refused before it started is released.
+    A 429 is answered after `refusal_delay` (a tarpit costing no CPU): a flood at a given concurrency then
+    arrives that much slower, and its TLS handshakes stop crowding out real logins."""
     try:
-        async with gate.slot(attempt.lane):
-            started = True
-            found = await verify()
-    finally:
-        if found is not None:
-            await throttle.succeeded(attempt)
-        elif started:
-            await throttle.failed(attempt)
-        else:
-            await throttle.release(attempt)
+        attempt = await throttle.reserve(username, address)
+        started, found = False, None
+        try:
+            async with gate.slot(attempt.lane):
+                started = True
+                found = await verify()
+        finally:
+            if found is not None:
+                await throttle.succeeded(attempt)
+            else:
+                await (throttle.failed if started else throttle.release)(attempt)
+    except ThrottledError:
+        await asyncio.sleep(refusal_delay)
+        raise
     return found
 
 
