@@ -12,7 +12,7 @@ from specai import __version__, auth
 from specai.config import Settings
 from specai.errors import CredentialsError
 from specai.server.errors import EXCEPTION_HANDLERS
-from specai.server.limits import RequestLimitsMiddleware, offline_openapi, security_headers
+from specai.server.limits import offline_openapi, request_limits, security_headers
 from specai.server.routes import agents, graph, health, mesh, openai, sessions, tokens
 from specai.server.routes import auth as auth_routes
 from specai.server.security import BearerAuthMiddleware, TokenVerifier
@@ -52,7 +52,7 @@ def create_app(
         )
         openapi.security = [{"BearerToken": []}]
     # after auth, so a request without a valid token gets its 401 before its body is read
-    middleware.append(RequestLimitsMiddleware(settings.server.max_body_bytes))
+    middleware.append(request_limits(settings.server.max_body_bytes))
     cors = None
     if settings.server.enable_cors and settings.server.cors_origins:  # CORS is off until origins are listed
         cors = CORSConfig(allow_origins=list(settings.server.cors_origins), allow_credentials=False)
