@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from databases import ENGINES, pg_execute
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import TestClient
@@ -331,3 +333,47 @@ def test_an_ack_of_100000_ids_is_400_not_500(client: TestClient[Litestar]) -> No
     ids = [str(n) for n in range(100_000)]
     body = assert_error(client.post("/messages/ack/lim-1", json={"message_ids": ids}), 400, "invalid_request")
     assert "1000" in body["error"]
+
+
+# --- the inputs that gave 500s on PostgreSQL, on both engines ---------------------------------------------------
+
+
+@pytest.fixture(params=ENGINES)
+def engine_client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient[Litestar]]:
+    """Auth on, admin alice logged in, the store on SQLite or PostgreSQL."""
+    database = ""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        database = f'[database]\nurl = "{url}"\n'
+    app = _app(tmp_path, '[auth]\nenabled = true\ntoken_secret = "' + "t" * 40 + '"\n' + database)
+    with TestClient(app) as test_client:
+        login = test_client.post("/auth/token", json={"username": "alice", "password": PASSWORD})
+        test_client.headers["Authorization"] = f"Bearer {login.json()['token']}"
+        yield test_client
+
+
+def test_every_input_that_gave_a_500_is_a_4xx_with_a_code(engine_client: TestClient[Litestar]) -> None:
+    client = engine_client
+    assert client.post("/registry/register", json=_member()).status_code in (200, 201)
+    cases: list[tuple[str, str, Any, dict[str, Any]]] = [
+        ("POST", "/auth/token", None, {"content": DEEP, "headers": JSON}),
+        ("POST", "/graph/nodes", None, {"content": b'{"a":' * 940 + b"1" + b"}" * 940, "headers": JSON}),
+        ("POST", "/registry/register", _member(hostname="h\x00"), {}),
+        ("POST", "/registry/register", _member(base_url="https://h\x00"), {}),
+        ("POST", "/registry/register", _member(fingerprint="F\x00"), {}),
+        ("POST", "/messages/send/lim-1", {"message_type": "t", "correlation_id": "c\x00"}, {}),
+        ("POST", "/query", {"message": "hi", "session_id": "s\x00"}, {}),
+        ("POST", "/messages/ack/lim-1", {"message_ids": [str(n) for n in range(100_000)]}, {}),
+        ("GET", "/graph/nodes?session_id=s&cursor=1%C2%B2", None, {}),
+        ("GET", "/graph/edges?session_id=s&cursor=%D9%A1", None, {}),
+        ("GET", "/graph/stream?session_id=s&since=1%C2%B2", None, {}),
+        ("GET", "/messages/lim-1?after=1%C2%B2", None, {}),
+    ]
+    for method, url, body, extra in cases:
+        response = (
+            client.request(method, url, json=body, **extra)
+            if body is not None
+            else client.request(method, url, **extra)
+        )
+        assert_error(response, 400, "invalid_request")
