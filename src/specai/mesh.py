@@ -172,6 +172,21 @@ def authorize(actor: Principal, instance_id: str, owner: str | None, *, claimabl
     )
 
 
+async def check_actor(
+    conn: AsyncConnection, instance_id: str, actor: Principal, *, allow_absent: bool = False
+) -> bool:
+    """`MeshRegistry.authorize` on an open connection (so a queue operation checks its caller in one round)."""
+    row = (
+        await conn.execute(select(mesh_members.c.owner_id).where(mesh_members.c.instance_id == instance_id))
+    ).first()
+    if row is None:
+        if allow_absent and actor.is_admin:
+            return False
+        raise UnknownInstanceError(f"instance '{instance_id}' is not registered here")
+    authorize(actor, instance_id, row.owner_id)
+    return True
+
+
 class MeshRegistry:
     """Members persisted in the store, each bound to the account that first registered it; liveness is judged
     from the heartbeats this server received, ranks from the registration time this registry (or the one this
@@ -239,17 +254,7 @@ class MeshRegistry:
         """Raise unless `actor` may act for `instance_id` (403), or it is unknown (404; admins may name a departed
         member when `allow_absent`). Returns whether it is a member."""
         async with self.store.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(mesh_members.c.owner_id).where(mesh_members.c.instance_id == instance_id)
-                )
-            ).first()
-        if row is None:
-            if allow_absent and actor.is_admin:
-                return False
-            raise UnknownInstanceError(f"instance '{instance_id}' is not registered here")
-        authorize(actor, instance_id, row.owner_id)
-        return True
+            return await check_actor(conn, instance_id, actor, allow_absent=allow_absent)
 
     async def heartbeat(self, instance_id: str, actor: Principal) -> None:
         """Record that `instance_id` is alive; UnknownInstanceError when it is not registered (it should re-register),

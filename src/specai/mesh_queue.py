@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, delete, exists, func, insert, or_, select
+from sqlalchemy import ColumnElement, case, delete, exists, func, insert, select, true
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from specai.access import Principal
 from specai.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
@@ -19,6 +21,7 @@ from specai.errors import (
     UnknownInstanceError,
     UnprocessableError,
 )
+from specai.mesh import authorize, check_actor
 from specai.store import Store, mesh_deliveries, mesh_members, mesh_messages, utcnow
 
 INBOX_PAGE = 100  # messages per inbox page unless asked otherwise
@@ -26,6 +29,7 @@ INBOX_MAX_PAGE = 1000
 MAX_ACK = 1000  # message ids per acknowledgement
 MAX_MESSAGE_ID = 64
 _CURSOR = re.compile(r"[0-9]{1,18}")  # ASCII digits only (int() would also take '²' or Arabic-Indic digits)
+_STREAM_ROWS = 16  # rows fetched at a time while filling a page
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MESSAGE_TYPES = (
     "Query",
@@ -107,6 +111,14 @@ def parse_cursor(value: Any) -> int | None:
     return int(value)
 
 
+def _owned(recipient: str, actor: Principal | None) -> ColumnElement[bool]:
+    """A condition true only when `actor` may act for `recipient` (an account owns the ids it registered, a peer
+    token's identity owns its own id); always true for admins and internal callers."""
+    if actor is None or actor.is_admin:
+        return true()
+    return exists().where(mesh_members.c.instance_id == recipient, mesh_members.c.owner_id == actor.user_id)
+
+
 def _payload_bytes(payload: Any) -> int:
     return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
 
@@ -148,45 +160,17 @@ class MessageQueue:
         message_type: Any,
         payload: Any,
         correlation_id: str | None = None,
+        actor: Principal | None = None,
     ) -> tuple[AgentMessage, list[str]]:
-        """Queue a message for `target`, or for every member but the source; nothing is stored on any error,
-        including a recipient whose inbox already holds `max_queued_messages`."""
+        """Queue a message for `target`, or for every member but the source (which `actor`, when given, must own);
+        nothing is stored on any error, including a recipient whose inbox already holds `max_queued_messages`."""
         kind = parse_message_type(message_type)
         self._check(payload, correlation_id)
         message = AgentMessage(str(uuid.uuid4()), source, target, kind, payload, correlation_id, utcnow())
         async with self.store.transaction() as conn:
-            known = set((await conn.scalars(select(mesh_members.c.instance_id))).all())
-            if source not in known:
-                raise UnknownInstanceError(
-                    f"source instance '{source}' is not registered here; only members may send",
-                    details={"hint": "register with POST /registry/register first"},
-                )
-            if target is not None and target not in known:
-                raise UnknownInstanceError(
-                    f"target instance '{target}' not found; nothing was queued",
-                    details={"target_instance": target},
-                )
-            recipients = [target] if target is not None else sorted(known - {source})
+            recipients = await self._recipients(conn, source, target, actor)
             if not recipients:  # a broadcast from the only member: nobody could ever acknowledge it
                 return message, recipients
-            full = (
-                (
-                    await conn.execute(
-                        select(mesh_deliveries.c.recipient)
-                        .where(mesh_deliveries.c.recipient.in_(recipients))
-                        .group_by(mesh_deliveries.c.recipient)
-                        .having(func.count() >= self.max_queued_messages)
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            if full:
-                raise QuotaExceededError(
-                    f"the inbox of {', '.join(sorted(full))} already holds {self.max_queued_messages} messages "
-                    "([mesh] max_queued_messages); nothing was queued",
-                    details={"full": sorted(full), "limit": self.max_queued_messages},
-                )
             row_id = await conn.scalar(
                 insert(mesh_messages)
                 .values(
@@ -205,44 +189,82 @@ class MessageQueue:
             )
         return message, recipients
 
-    async def inbox(self, recipient: str, limit: int = INBOX_PAGE, after: int | None = None) -> InboxPage:
-        """Messages not yet acknowledged by `recipient`, oldest first, after the cursor `after`: at most `limit`
-        and at most `max_inbox_bytes` of payload (always at least one message)."""
+    async def _recipients(
+        self, conn: AsyncConnection, source: str, target: str | None, actor: Principal | None
+    ) -> list[str]:
+        """Who a message from `source` goes to, in one query that also reads owners and (bounded) inbox sizes;
+        raises for an unknown source or target (404), another account's source (403) or a full inbox (409)."""
+        pending: ColumnElement[Any] = (
+            select(func.count())
+            .where(mesh_deliveries.c.recipient == mesh_members.c.instance_id)
+            .correlate(mesh_members)
+            .scalar_subquery()
+        )
+        if target is not None:  # count only the target's inbox (CASE evaluates it for that row alone)
+            pending = case((mesh_members.c.instance_id == target, pending), else_=0)
+        rows = (
+            await conn.execute(select(mesh_members.c.instance_id, mesh_members.c.owner_id, pending))
+        ).all()
+        owners = {row[0]: row[1] for row in rows}
+        if source not in owners:
+            raise UnknownInstanceError(
+                f"source instance '{source}' is not registered here; only members may send",
+                details={"hint": "register with POST /registry/register first"},
+            )
+        if actor is not None:
+            authorize(actor, source, owners[source])
+        if target is not None and target not in owners:
+            raise UnknownInstanceError(
+                f"target instance '{target}' not found; nothing was queued",
+                details={"target_instance": target},
+            )
+        recipients = [target] if target is not None else sorted(set(owners) - {source})
+        full = sorted(row[0] for row in rows if row[0] in recipients and row[2] >= self.max_queued_messages)
+        if full:
+            raise QuotaExceededError(
+                f"the inbox of {', '.join(full)} already holds {self.max_queued_messages} messages "
+                "([mesh] max_queued_messages); nothing was queued",
+                details={"full": full, "limit": self.max_queued_messages},
+            )
+        return recipients
+
+    async def inbox(
+        self,
+        recipient: str,
+        limit: int = INBOX_PAGE,
+        after: int | None = None,
+        actor: Principal | None = None,
+    ) -> InboxPage:
+        """Messages not yet acknowledged by `recipient` (which `actor`, when given, must own), oldest first, after
+        the cursor `after`: at most `limit` and at most `max_inbox_bytes` of payload (always at least one)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= INBOX_MAX_PAGE:
             raise InvalidRequestError(f"limit must be from 1 to {INBOX_MAX_PAGE}")
-        waiting = mesh_deliveries.c.recipient == recipient
+        waiting = (mesh_deliveries.c.recipient == recipient) & _owned(recipient, actor)
         if after is not None:
             waiting = waiting & (mesh_deliveries.c.message_id > after)
-        candidates = (  # from the (recipient, message_id) index alone
-            select(mesh_deliveries.c.message_id)
+        query = (
+            select(mesh_messages)
+            .join(mesh_deliveries, mesh_deliveries.c.message_id == mesh_messages.c.id)
             .where(waiting)
-            .order_by(mesh_deliveries.c.message_id)
-            .limit(limit + 1)
-            .subquery()
-        )
-        size = func.coalesce(func.length(mesh_messages.c.payload, type_=Integer), 4)
-        sized = (  # a running total of payload characters over at most limit + 1 candidates
-            select(
-                mesh_messages.c.id.label("row_id"),
-                size.label("size"),
-                func.sum(size).over(order_by=mesh_messages.c.id).label("running"),
-                func.count().over().label("candidates"),
-            )
-            .where(mesh_messages.c.id.in_(select(candidates.c.message_id)))
-            .subquery()
-        )
-        query = (  # only the rows that fit are read in full (the first always does)
-            select(mesh_messages, sized.c.candidates)
-            .join(sized, sized.c.row_id == mesh_messages.c.id)
-            .where(or_(sized.c.running <= self.max_inbox_bytes, sized.c.running == sized.c.size))
             .order_by(mesh_messages.c.id)
-            .limit(limit)
+            .limit(limit + 1)
         )
+        rows: list[Any] = []
+        total, more = 0, False
         async with self.store.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        kept = self._fit([(r.id, _payload_bytes(r.payload)) for r in rows])  # exact bytes, not characters
-        rows = rows[: len(kept)]
-        more = bool(rows) and len(rows) < rows[0].candidates
+            result = await conn.stream(query.execution_options(yield_per=_STREAM_ROWS))
+            async for row in result:  # rows are read as they come: a page never holds more than it returns
+                total += _payload_bytes(row.payload)
+                if len(rows) == limit or (rows and total > self.max_inbox_bytes):
+                    more = True
+                    break
+                rows.append(row)
+            await result.close()
+            if not rows and actor is not None:  # nothing readable: say why (403, 404) unless it is just empty
+                if not await check_actor(conn, recipient, actor, allow_absent=True):
+                    raise UnknownInstanceError(
+                        f"instance '{recipient}' is not registered here, nothing waits"
+                    )
         messages = [
             AgentMessage(
                 r.message_id,
@@ -257,19 +279,9 @@ class MessageQueue:
         ]
         return InboxPage(messages, more, str(rows[-1].id) if more else None)
 
-    def _fit(self, sizes: Sequence[tuple[int, int]]) -> list[int]:
-        """The leading ids whose payloads fit in `max_inbox_bytes` (at least one)."""
-        kept: list[int] = []
-        total = 0
-        for row_id, size in sizes:
-            total += size
-            if kept and total > self.max_inbox_bytes:
-                break
-            kept.append(row_id)
-        return kept
-
-    async def ack(self, recipient: str, message_ids: Sequence[str]) -> int:
-        """Mark messages delivered to `recipient` only; a message goes once every recipient has it. Returns count."""
+    async def ack(self, recipient: str, message_ids: Sequence[str], actor: Principal | None = None) -> int:
+        """Mark messages delivered to `recipient` (which `actor`, when given, must own) only; a message goes once
+        every recipient has it. Returns how many were waiting."""
         if len(message_ids) > MAX_ACK:
             raise InvalidRequestError(f"acknowledge at most {MAX_ACK} message ids at once")
         for message_id in message_ids:
@@ -279,22 +291,27 @@ class MessageQueue:
                 or _CONTROL.search(message_id)
             ):
                 raise InvalidRequestError(f"message ids are strings of at most {MAX_MESSAGE_ID} characters")
-        if not message_ids:
-            return 0
         async with self.store.transaction() as conn:
             ids = select(mesh_messages.c.id).where(mesh_messages.c.message_id.in_(list(message_ids)))
             result = await conn.execute(
                 delete(mesh_deliveries).where(
-                    mesh_deliveries.c.recipient == recipient, mesh_deliveries.c.message_id.in_(ids)
+                    mesh_deliveries.c.recipient == recipient,
+                    mesh_deliveries.c.message_id.in_(ids),
+                    _owned(recipient, actor),
                 )
             )
+            count = int(result.rowcount or 0)
+            if not count:  # nothing removed: say why (403, 404) unless nothing was waiting
+                if actor is not None:
+                    await check_actor(conn, recipient, actor, allow_absent=True)
+                return 0
             await conn.execute(
                 delete(mesh_messages).where(
                     mesh_messages.c.message_id.in_(list(message_ids)),
                     ~exists().where(mesh_deliveries.c.message_id == mesh_messages.c.id),
                 )
             )
-        return int(result.rowcount or 0)
+        return count
 
     async def pending(self) -> int:
         """Deliveries not yet acknowledged, across all recipients."""

@@ -166,15 +166,17 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         """Queue a message as `source` (the caller's member); source and target must be members (404), nothing is
         stored on any error; 409 `quota_exceeded` when a recipient's inbox is full."""
         check_instance_id(source, "source")
-        await server.mesh().authorize(source, principal(request))
         if data.target_instance is not None:
             check_instance_id(data.target_instance, "target_instance")
         message, recipients = await server.messages().send(
-            source, data.target_instance, data.message_type, data.payload, data.correlation_id
+            source,
+            data.target_instance,
+            data.message_type,
+            data.payload,
+            data.correlation_id,
+            actor=principal(request),
         )
-        status = (
-            "queued" if recipients else "no_recipients"
-        )  # a broadcast with no other member stores nothing
+        status = "queued" if recipients else "no_recipients"  # a broadcast to nobody stores nothing
         return {"message_id": message.message_id, "status": status, "delivered_to": recipients}
 
     @get("/messages/{instance_id:str}", operation_id="MeshInbox", tags=["mesh"], guards=[mesh_only])
@@ -187,12 +189,9 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         """One page of the messages not yet acknowledged by this recipient, oldest first: at most `limit` and
         `[mesh] max_inbox_bytes` of payloads; `more` says others wait (read them with `after=<cursor>`)."""
         check_instance_id(instance_id)
-        member = await server.mesh().authorize(instance_id, principal(request), allow_absent=True)
-        page = await server.messages().inbox(instance_id, limit, parse_cursor(after))
-        if not page.messages and not member:
-            await server.mesh().member(
-                instance_id
-            )  # 404 for a name that is no member and has nothing waiting
+        page = await server.messages().inbox(
+            instance_id, limit, parse_cursor(after), actor=principal(request)
+        )
         return {"messages": [m.as_dict() for m in page.messages], "more": page.more, "cursor": page.cursor}
 
     @post(
@@ -205,8 +204,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
     async def ack(request: Request, instance_id: FromPath[str], data: JSONBody[AckIn]) -> None:
         """Acknowledge messages for this recipient only (others still receive them)."""
         check_instance_id(instance_id)
-        await server.mesh().authorize(instance_id, principal(request), allow_absent=True)
-        await server.messages().ack(instance_id, data.message_ids)
+        await server.messages().ack(instance_id, data.message_ids, actor=principal(request))
 
     return [register, members, heartbeat, deregister, peer_token, send, inbox, ack]
 
