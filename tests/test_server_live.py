@@ -472,6 +472,7 @@ def test_every_protected_route_rejects_missing_and_bad_tokens(auth_live: ServerP
     bodies["/messages/send/{source}"] = {"message_type": "Query"}
     bodies["/messages/ack/{instance_id}"] = {"message_ids": []}
     bodies["/auth/keys"] = {"name": "probe"}
+    bodies["/graph/sessions/{session_id}/shares"] = {"username": "nobody"}
     session = {"session_id": "s"}
     queries = {"/graph/nodes": session, "/graph/edges": session, "/graph/stream": session}
     # authenticated, these get past auth and fail on their empty body (or, for /bootstrap, on a home that is no repo)
@@ -480,6 +481,7 @@ def test_every_protected_route_rejects_missing_and_bad_tokens(auth_live: ServerP
         ("/graph/edges", "POST"),
         ("/bootstrap", "POST"),
         ("/registry/register", "POST"),
+        ("/registry/peer-token", "POST"),
     }
 
     with auth_live.client() as client:
