@@ -302,3 +302,60 @@ async def test_upgrading_a_version_2_database_keeps_its_graph(db_settings: objec
         assert [m.instance_id for m in (await registry.view()).members] == ["self"]
     finally:
         await old.close()
+
+
+# --- owners and bounds -------------------------------------------------------------------------------------------
+
+
+async def test_an_instance_id_belongs_to_the_account_that_registered_it(registry: MeshRegistry) -> None:
+    await registry.register(info("a"), ALICE)
+    for attempt in (
+        registry.register(MemberInfo("a", "evil", 6666, fingerprint="BB"), BOB),
+        registry.heartbeat("a", BOB),
+        registry.deregister("a", BOB),
+        registry.heartbeat("a", peer_principal("b")),  # a peer token acts only for its own instance
+    ):
+        with pytest.raises(ForbiddenError):
+            await attempt
+    assert (await registry.member("a")).hostname == "127.0.0.1"
+    await registry.heartbeat("a", ADMIN)  # admins may act for any
+    with pytest.raises(ForbiddenError):
+        await registry.register(info("self"), BOB)  # the server's own entry belongs to the server
+
+
+async def test_members_learned_from_the_registry_belong_to_their_own_peer_identity(
+    registry: MeshRegistry,
+) -> None:
+    now = utcnow().isoformat()
+    peer = {"hostname": "h", "port": 1, "base_url": "https://h:1", "created_at": now, "last_heartbeat": now}
+    await registry.learn([{"instance_id": "m", **peer}])
+    await registry.heartbeat("m", peer_principal("m"))
+    with pytest.raises(ForbiddenError):
+        await registry.heartbeat("m", ALICE)
+
+
+async def test_members_per_account_and_messages_per_inbox_are_bounded(store: Store) -> None:
+    registry = MeshRegistry(store, "self", 15, max_members_per_account=2)
+    for name in ("a", "b"):
+        await registry.register(info(name), ALICE)
+    with pytest.raises(QuotaExceededError):
+        await registry.register(info("c"), ALICE)
+    await registry.register(info("c"), BOB)
+    queue = MessageQueue(store, 1024, max_queued_messages=2)
+    for n in range(2):
+        await queue.send("a", "b", "Query", n, actor=ALICE)
+    with pytest.raises(QuotaExceededError):
+        await queue.send("a", "b", "Query", 2, actor=ALICE)
+    with pytest.raises(ForbiddenError):
+        await queue.send("a", "c", "Query", "as alice", actor=BOB)
+    with pytest.raises(ForbiddenError):
+        await queue.inbox("b", actor=BOB)
+    waiting = (await queue.inbox("b", actor=ALICE)).messages
+    with pytest.raises(ForbiddenError):
+        await queue.ack("b", [m.message_id for m in waiting], actor=BOB)
+    assert len((await queue.inbox("b")).messages) == 2  # bob's ack removed nothing
+    with pytest.raises(InvalidRequestError):
+        await queue.ack("b", ["x"] * (MAX_ACK + 1), actor=ALICE)
+    for bad in ("1²", "-1", "١"):
+        with pytest.raises(InvalidRequestError):
+            parse_cursor(bad)
