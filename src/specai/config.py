@@ -84,10 +84,6 @@ class MeshSettings:
     max_members_per_account: int = 16
     max_queued_messages: int = 10_000  # per recipient
     max_inbox_bytes: int = 1_048_576  # of payloads per inbox page
-    trusted_fingerprints: tuple[str, ...] = ()  # peers that may receive the mesh password (besides the join pin)
-    max_members_per_account: int = 16
-    max_queued_messages: int = 10_000  # per recipient
-    max_inbox_bytes: int = 1_048_576  # of payloads per inbox page
 
 
 @dataclass(frozen=True)
