@@ -80,8 +80,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     home, client_home = base / "server", base / "client"
     home.mkdir(mode=0o700)
     client_home.mkdir(mode=0o700)
-    added = run_cli(home, "auth", "add-user", "alice", "--password-stdin", input=PASSWORD + "\n")
-    assert added.returncode == 0, added.stderr
+    for user, role in (("alice", "admin"), ("carol", "user"), ("mallory", "mesh")):
+        added = run_cli(
+            home, "auth", "add-user", user, "--role", role, "--password-stdin", input=PASSWORD + "\n"
+        )
+        assert added.returncode == 0, added.stderr
     (home / "spec-ai.config.toml").write_text(
         "[auth]\nenabled = true\n"
         f"[mesh]\nleader_timeout_secs = {LEADER_TIMEOUT}\nmax_payload_bytes = {MAX_PAYLOAD}\n"
@@ -294,6 +297,39 @@ def test_inbox_follows_pages_and_ack_reaches_beyond_the_first(mesh: Mesh) -> Non
     acked = ok(mesh.run("ack", "p2", sent[4], sent[0]))
     assert acked.stdout.strip() == "acknowledged 2 messages for p2"
     assert [m["message_id"] for m in mesh.json("inbox", "p2")["messages"]] == sent[1:4]
+
+
+def test_a_user_account_is_refused_and_a_mesh_account_acts_only_for_its_own_members(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    mesh.register("owned-1")  # by alice, the admin
+    tokens = {}
+    with mesh.server.client() as http:
+        for user in ("carol", "mallory"):
+            answer = http.post("/auth/token", json={"username": user, "password": PASSWORD})
+            assert answer.status_code == 200, answer.text
+            tokens[user] = answer.json()["token"]
+    home = tmp_path / "other"
+    home.mkdir(mode=0o700)
+    pinned = {"SPECAI_FINGERPRINT": mesh.server.fingerprint}
+    as_carol = {**pinned, "SPECAI_TOKEN": tokens["carol"]}
+    for args in (
+        ("members",),
+        ("inbox", "owned-1"),
+        ("send", "--from", "owned-1", "--to", mesh.self_id, "--type", "Query", "--payload", "1"),
+    ):
+        assert "mesh" in one_error_line(mesh.run(*args, home=home, **as_carol), 1), args
+    as_mallory = {**pinned, "SPECAI_TOKEN": tokens["mallory"]}
+    assert ok(mesh.run("members", home=home, **as_mallory)).stdout
+    for args in (
+        ("inbox", "owned-1"),
+        ("ack", "owned-1", "some-id"),
+        ("send", "--to", "owned-1", "--type", "Query", "--payload", "1"),  # --from: the server itself
+        ("send", "--from", "owned-1", "--to", mesh.self_id, "--type", "Query", "--payload", "1"),
+    ):
+        line = one_error_line(mesh.run(*args, home=home, **as_mallory), 1)
+        assert "belongs to another account" in line, (args, line)
+    assert mesh.inbox("owned-1") == []
 
 
 # --- errors -------------------------------------------------------------------------------------------------------
