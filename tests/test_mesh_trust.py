@@ -409,3 +409,17 @@ def test_a_member_accepts_a_peer_token_only_for_its_instance_and_only_on_mesh_ro
         )
         # a local mesh account of the member cannot take over a-1, which registered itself with its peer token
         assert_error(member.register("bob", "a-1", base_url="https://127.0.0.1:6666"), 403, "forbidden")
+
+
+def test_a_default_page_of_64_kb_messages_stays_within_one_mib(db_settings: Settings) -> None:
+    for mesh in build(db_settings):  # the defaults: 100 per page, 1 MiB of payloads, 64 KiB per payload
+        mesh.register("alice", "a-1")
+        mesh.register("alice", "a-2")
+        blob = "x" * (65_536 - 2)  # a JSON string of exactly 64 KiB
+        for _ in range(40):
+            assert mesh.send("alice", "a-1", "a-2", blob).status_code == 200
+        page = mesh.client.get("/messages/a-2", headers=mesh.tokens["alice"])
+        body = page.json()
+        assert len(body["messages"]) == 16 and body["more"] is True  # 16 x 64 KiB = 1 MiB
+        assert len(page.content) < 1_048_576 + 16 * 1024  # the payloads plus their envelopes
+        assert len(read_all(mesh, "a-2")) == 40
