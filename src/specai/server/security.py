@@ -148,4 +148,9 @@ def principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
 
 def mesh_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Route guard: mesh and sync routes need a `mesh` or `admin` account with a token of that scope (else 403)."""
-    principal(connection).require("mesh", "the mesh routes")
+    who = principal(connection)
+    if not who.allows("mesh"):
+        raise ForbiddenError(
+            f"mesh routes are for mesh and admin accounts with a token of that scope "
+            f"('{who.name}' is a {who.role} account, this token's scope is '{who.scope}')"
+        )
