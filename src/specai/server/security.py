@@ -109,7 +109,11 @@ class BearerAuthMiddleware(ASGIMiddleware):
         method = scope.get("method")
         if method != "OPTIONS":  # CORS preflight carries no credentials
             token = bearer(scope)
-            if self.peers is not None and looks_like_peer_token(token):
+            if (
+                self.peers is not None
+                and not token.startswith(auth.TOKEN_PREFIX)
+                and looks_like_peer_token(token)
+            ):
                 who = self._peer(token, scope["path"])
             else:
                 who = await self.verifier.principal(token)
