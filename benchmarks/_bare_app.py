@@ -1,8 +1,9 @@
 """Baseline for bench_http.py: a bare Litestar app with one `GET /agents` handler under embedded granian.
 
-It is served with the same granian settings as src/specai/server/run.py (ASGI, TLS 1.2+, one embedded worker,
-backlog 1024) and answers a body the size of specai's /agents answer, so the difference from specai is what
-specai adds (auth, CORS, error handling, request tracking).
+It is served with exactly the granian settings of src/specai/server/run.py (`granian_options`: ASGI, HTTP/1.1,
+TLS 1.2+, header read timeout, backlog and backpressure from the default `[server]` settings, one embedded worker)
+and answers a body the size of specai's /agents answer, so the difference from specai is what specai adds (auth,
+request limits, security headers, error handling, request tracking).
 
 Usage: python benchmarks/_bare_app.py PORT CERT_PEM KEY_PEM   (serves 127.0.0.1:PORT until SIGTERM)
 """
@@ -14,10 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from granian.constants import Interfaces, SSLProtocols
-from granian.log import LogLevels
 from granian.server.embed import Server
 from litestar import Litestar, get
+
+from specai.config import ServerSettings
+from specai.server.run import granian_options
+from specai.tls import CertPaths
 
 AGENTS: dict[str, Any] = {
     "agents": [
@@ -47,17 +50,10 @@ def health() -> dict[str, str]:
 
 def main(port: int, cert: Path, key: Path) -> None:
     """Serve until the process is terminated."""
-    server = Server(
-        Litestar(route_handlers=[list_agents, health], debug=False),
-        address="127.0.0.1",
-        port=port,
-        interface=Interfaces.ASGI,
-        ssl_cert=cert,
-        ssl_key=key,
-        ssl_protocol_min=SSLProtocols.tls12,
-        log_level=LogLevels.warning,
-        backlog=1024,
+    options = granian_options(
+        ServerSettings(), "127.0.0.1", port, CertPaths(cert=cert, key=key, generated=False)
     )
+    server = Server(Litestar(route_handlers=[list_agents, health], debug=False), **options)
     asyncio.run(server.serve())
 
 
