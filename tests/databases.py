@@ -40,3 +40,18 @@ async def pg_admin(url: str, sql: str) -> None:
 def pg_execute(url: str, sql: str) -> None:
     """`pg_admin` for synchronous fixtures."""
     asyncio.run(pg_admin(url, sql))
+
+
+def fresh_database_url(request: pytest.FixtureRequest) -> str | None:
+    """For a fixture parametrized by ENGINES: None on SQLite, else this module's PostgreSQL database, emptied."""
+    if request.param != "postgresql":
+        return None
+    url: str = request.getfixturevalue("pg_url")
+    pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    return url
+
+
+def database_toml(request: pytest.FixtureRequest) -> str:
+    """The `[database]` config section for the engine of `request.param` (empty on SQLite: the default file)."""
+    url = fresh_database_url(request)
+    return f'[database]\nurl = "{url}"\n' if url else ""

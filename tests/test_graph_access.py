@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from databases import ENGINES, pg_execute
+from databases import ENGINES, database_toml
 from litestar.testing import TestClient
 
 from helpers import assert_error
@@ -63,11 +63,7 @@ def tiny_repository(root: Path) -> Path:
 
 @pytest.fixture(params=ENGINES)
 def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
-    database = ""
-    if request.param == "postgresql":
-        url: str = request.getfixturevalue("pg_url")
-        pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        database = f'[database]\nurl = "{url}"\n'
+    database = database_toml(request)
     (tmp_path / "spec-ai.config.toml").write_text(
         f'[auth]\nenabled = true\ntoken_secret = "{SECRET}"\n{database}'
         f'[graph]\nbootstrap_root = "{tiny_repository(tmp_path)}"\nmax_nodes_per_account = 40\n{AGENTS}'

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import httpx
 import pytest
-from databases import ENGINES, pg_execute
+from databases import ENGINES, database_toml
 
 from conftest import PASSWORD
 from helpers import ServerProcess, assert_error, cli_env, parse_sse, run_cli
@@ -68,11 +68,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     (repo / "main.py").write_text("print('hi')\n")
     for name, role in (("root", "admin"), ("alice", "user"), ("bob", "user")):
         add_user(home, name, role)
-    database = ""
-    if request.param == "postgresql":
-        url: str = request.getfixturevalue("pg_url")
-        pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        database = f'[database]\nurl = "{url}"\n'
+    database = database_toml(request)
     (home / "spec-ai.config.toml").write_text(
         f"[auth]\nenabled = true\n[server]\nsse_keepalive_secs = 1\n{database}"
         f'[graph]\nbootstrap_root = "{repo}"\n{AGENT}'

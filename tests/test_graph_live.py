@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from databases import ENGINES, pg_execute
+from databases import ENGINES, fresh_database_url
 
 from conftest import PASSWORD
 from helpers import ServerProcess, assert_error, run_cli
@@ -76,10 +76,7 @@ def make_home(root: Path) -> Path:
 def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """One server per engine for the module (the tests use distinct sessions)."""
     home = make_home(tmp_path_factory.mktemp(f"graph-{request.param}"))
-    url = None
-    if request.param == "postgresql":
-        url = request.getfixturevalue("pg_url")
-        pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    url = fresh_database_url(request)
     write_config(home, url, GRAPH_AGENT)
     server = ServerProcess(home).start()
     http = login(server)

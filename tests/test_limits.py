@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from databases import ENGINES, pg_execute
+from databases import ENGINES, database_toml
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import TestClient
@@ -341,11 +341,7 @@ def test_an_ack_of_100000_ids_is_400_not_500(client: TestClient[Litestar]) -> No
 @pytest.fixture(params=ENGINES)
 def engine_client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient[Litestar]]:
     """Auth on, admin alice logged in, the store on SQLite or PostgreSQL."""
-    database = ""
-    if request.param == "postgresql":
-        url: str = request.getfixturevalue("pg_url")
-        pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        database = f'[database]\nurl = "{url}"\n'
+    database = database_toml(request)
     app = _app(tmp_path, '[auth]\nenabled = true\ntoken_secret = "' + "t" * 40 + '"\n' + database)
     with TestClient(app) as test_client:
         login = test_client.post("/auth/token", json={"username": "alice", "password": PASSWORD})

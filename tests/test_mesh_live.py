@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from databases import ENGINES, pg_execute
+from databases import ENGINES, fresh_database_url
 
 from conftest import PASSWORD
 from helpers import ServerProcess, assert_error, free_port, run_cli
@@ -117,10 +117,7 @@ def mesh(
 ) -> Iterator[dict[str, Node]]:
     """A registry (its store on each engine in turn) and two members that joined it with --join."""
     root = tmp_path_factory.mktemp(f"mesh-{request.param}")
-    url = None
-    if request.param == "postgresql":
-        url = request.getfixturevalue("pg_url")
-        pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    url = fresh_database_url(request)
     registry = make_node(root, "registry", url, mesh_users=("mesh-a", "mesh-b", "mesh-intruder")).start()
     assert registry.process is not None
     join = ("--join", registry.process.url, "--join-fingerprint", registry.process.fingerprint)

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 import jwt
 import pytest
-from databases import ENGINES, pg_execute
+from databases import ENGINES, fresh_database_url
 from test_mesh_live import LEADER_TIMEOUT, Node, make_node, wait_until
 
 from conftest import PASSWORD
@@ -156,10 +156,7 @@ def mesh(
 ) -> Iterator[dict[str, Node]]:
     """A registry with mesh accounts for a, b and a rogue; members a and b joined with --join."""
     root = tmp_path_factory.mktemp(f"mesh-trust-{request.param}")
-    url = None
-    if request.param == "postgresql":
-        url = request.getfixturevalue("pg_url")
-        pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    url = fresh_database_url(request)
     registry = make_node(
         root,
         "registry",

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from databases import ENGINES, pg_execute
+from databases import ENGINES, database_toml
 from hypothesis import HealthCheck, Phase, given, settings
 from litestar import Litestar
 from schemathesis import GenerationMode
@@ -52,11 +52,7 @@ class Target:
 
 @pytest.fixture(params=ENGINES)
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    database = ""
-    if request.param == "postgresql":
-        url: str = request.getfixturevalue("pg_url")
-        pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        database = f'[database]\nurl = "{url}"\n'
+    database = database_toml(request)
     (tmp_path / "spec-ai.config.toml").write_text(
         f'[auth]\nenabled = true\ntoken_secret = "{secrets.token_hex(24)}"\n[model]\nmock_delay_ms = 0\n'
         f"[server]\nsse_keepalive_secs = 0.5\n{database}"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from databases import ENGINES, pg_execute
+from databases import ENGINES, database_toml
 
 from helpers import ServerProcess, assert_error, run_cli
 
@@ -24,11 +24,7 @@ def add_user(home: Path, name: str, *extra: str, password: str = PASSWORD) -> No
 def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server per engine with admin root and users alice and bob."""
     home = tmp_path_factory.mktemp(f"tokens-{request.param}")
-    database = ""
-    if request.param == "postgresql":
-        url: str = request.getfixturevalue("pg_url")
-        pg_execute(url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        database = f'[database]\nurl = "{url}"\n'
+    database = database_toml(request)
     (home / "spec-ai.config.toml").write_text("[auth]\nenabled = true\n" + database)
     for name in ("root", "alice", "bob"):
         add_user(home, name)
