@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -122,3 +123,14 @@ def start_specai_server(
     ctx = wait_ready(proc, port, log, marker="listening")
     note(f"specai server ready on {HOST}:{port}")
     return port, ctx
+
+
+def in_scratch(name: str, run: Callable[[Path, contextlib.ExitStack], T]) -> T | None:
+    """Run a benchmark in a throwaway folder, stopping whatever it started; a failure is one line and None."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="specai-bench-") as tmp, contextlib.ExitStack() as stack:
+            return run(Path(tmp), stack)
+    except (BenchError, subprocess.CalledProcessError, OSError) as exc:
+        detail = f"\n{exc.stderr}" if isinstance(exc, subprocess.CalledProcessError) else ""
+        note(f"{name}: {exc}{detail}")
+        return None

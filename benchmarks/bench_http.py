@@ -26,7 +26,6 @@ import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from _common import (
     BenchError,
     call,
     free_port,
+    in_scratch,
     note,
     running,
     specai_command,
@@ -290,12 +290,8 @@ def run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory(prefix="specai-bench-") as tmp, contextlib.ExitStack() as stack:
-            result = run(args, Path(tmp), stack)
-    except (BenchError, subprocess.CalledProcessError, OSError) as exc:
-        detail = f"\n{exc.stderr}" if isinstance(exc, subprocess.CalledProcessError) else ""
-        note(f"bench_http: {exc}{detail}")
+    result = in_scratch("bench_http", lambda tmp, stack: run(args, tmp, stack))
+    if result is None:
         return 1
     if args.json:
         print(json.dumps(result))

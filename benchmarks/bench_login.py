@@ -32,7 +32,6 @@ import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from _common import (
     HOST,
     START_TIMEOUT,
     BenchError,
+    in_scratch,
     note,
     specai_command,
     specai_env,
@@ -263,12 +263,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory(prefix="specai-bench-") as tmp, contextlib.ExitStack() as stack:
-            result = run(args, Path(tmp), stack)
-    except (BenchError, subprocess.CalledProcessError, OSError) as exc:
-        detail = f"\n{exc.stderr}" if isinstance(exc, subprocess.CalledProcessError) else ""
-        note(f"bench_login: {exc}{detail}")
+    result = in_scratch("bench_login", lambda tmp, stack: run(args, tmp, stack))
+    if result is None:
         return 1
     if args.json:
         print(json.dumps(result))

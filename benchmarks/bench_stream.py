@@ -28,7 +28,6 @@ import re
 import ssl
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import HOST, BenchError, note, running, specai_env, start_specai_server, wait_until
+from _common import HOST, BenchError, in_scratch, note, running, specai_env, start_specai_server, wait_until
 from _fake_openai import MODEL, answer_tokens
 from httpx_sse import SSEError, aconnect_sse
 
@@ -323,11 +322,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory(prefix="specai-bench-") as tmp, contextlib.ExitStack() as stack:
-            result = run(args, Path(tmp), stack)
-    except (BenchError, OSError) as exc:
-        note(f"bench_stream: {exc}")
+    result = in_scratch("bench_stream", lambda tmp, stack: run(args, tmp, stack))
+    if result is None:
         return 1
     if args.json:
         print(json.dumps(result))
