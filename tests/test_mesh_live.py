@@ -111,6 +111,16 @@ def make_node(
     return Node(name, home, free_port())
 
 
+def start_members(root: Path, nodes: dict[str, Node], names: tuple[str, ...]) -> None:
+    """Start members that join `nodes["registry"]` (pinned to its fingerprint), adding each to `nodes` as it runs."""
+    registry = nodes["registry"].process
+    assert registry is not None
+    for name in names:
+        node = make_node(root, name)
+        node.join = ("--join", registry.url, "--join-fingerprint", registry.fingerprint)
+        nodes[name] = node.start()
+
+
 @pytest.fixture(scope="module", params=ENGINES)
 def mesh(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -119,14 +129,9 @@ def mesh(
     root = tmp_path_factory.mktemp(f"mesh-{request.param}")
     url = fresh_database_url(request)
     registry = make_node(root, "registry", url, mesh_users=("mesh-a", "mesh-b", "mesh-intruder")).start()
-    assert registry.process is not None
-    join = ("--join", registry.process.url, "--join-fingerprint", registry.process.fingerprint)
     nodes = {"registry": registry}
     try:
-        for name in ("a", "b"):
-            node = make_node(root, name)
-            node.join = join
-            nodes[name] = node.start()
+        start_members(root, nodes, ("a", "b"))
         yield nodes
     finally:
         for node in nodes.values():

@@ -21,7 +21,7 @@ import httpx
 import jwt
 import pytest
 from databases import ENGINES, fresh_database_url
-from test_mesh_live import LEADER_TIMEOUT, Node, make_node, wait_until
+from test_mesh_live import LEADER_TIMEOUT, Node, make_node, start_members, wait_until
 
 from conftest import PASSWORD
 from helpers import assert_error
@@ -164,14 +164,9 @@ def mesh(
         mesh_users=("mesh-a", "mesh-b", "rogue"),
         mesh_extra="max_members_per_account = 64\n",
     ).start()
-    assert registry.process is not None
-    join = ("--join", registry.process.url, "--join-fingerprint", registry.process.fingerprint)
     nodes = {"registry": registry}
     try:
-        for name in ("a", "b"):
-            node = make_node(root, name)
-            node.join = join
-            nodes[name] = node.start()
+        start_members(root, nodes, ("a", "b"))
         ids = {n.instance_id for n in nodes.values()}
         wait_until(
             lambda: all(set(n.live().values()) == {"live"} and set(n.live()) == ids for n in nodes.values()),
