@@ -19,8 +19,8 @@ from granian.server.embed import Server
 from litestar import Litestar, get
 
 from specai.config import ServerSettings
+from specai.identity.tls import CertPaths
 from specai.server.run import granian_options
-from specai.tls import CertPaths
 
 AGENTS: dict[str, Any] = {
     "agents": [

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from specai.errors import SpecaiError
-from specai.tls import fetch_peer_cert, pinned_ssl_context
+from specai.identity.tls import fetch_peer_cert, pinned_ssl_context
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0

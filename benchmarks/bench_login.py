@@ -47,7 +47,7 @@ from _common import (
     start_specai_server,
 )
 
-from specai.tls import fetch_peer_cert, pinned_ssl_context
+from specai.identity.tls import fetch_peer_cert, pinned_ssl_context
 
 USER, PASSWORD = "alice", "pw-alice-1"
 TARGET_RATIO = 2.0

@@ -137,7 +137,7 @@ class ServerProcess:
 
     def client(self, token: str | None = None) -> httpx.Client:
         """An httpx client that trusts exactly this server's certificate."""
-        from specai.tls import fetch_peer_cert, pinned_ssl_context
+        from specai.identity.tls import fetch_peer_cert, pinned_ssl_context
 
         der = fetch_peer_cert("127.0.0.1", self.port)
         headers = {"Authorization": f"Bearer {token}"} if token else {}

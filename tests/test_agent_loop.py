@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from specai.agents import AgentEvent, AgentRuntime, QueryInput
+from specai.agents.runtime import AgentEvent, AgentRuntime, QueryInput
+from specai.agents.sessions import SessionStore
 from specai.config import AgentSettings, ModelSettings, Settings
 from specai.errors import NotFoundError
 from specai.providers import (
@@ -23,7 +24,6 @@ from specai.providers import (
     UpstreamError,
     Usage,
 )
-from specai.sessions import SessionStore
 from specai.store import Store
 
 CALC_SCRIPT = [

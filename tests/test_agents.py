@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from specai.agents import AgentEvent, AgentRuntime, QueryInput, Run
+from specai.agents.runtime import AgentEvent, AgentRuntime, QueryInput, Run
 from specai.config import AgentSettings, ModelSettings, Settings
 from specai.errors import AgentNotFoundError, InvalidRequestError, ProviderUnavailableError
 from specai.providers import MOCK_MODEL, MOCK_REPLY, ChatMessage

@@ -38,7 +38,7 @@ from fakes import (
     Turn,
 )
 from helpers import ServerProcess, assert_error, cli_env, run_cli
-from specai.tls import fetch_peer_cert, pinned_ssl_context
+from specai.identity.tls import fetch_peer_cert, pinned_ssl_context
 
 pytestmark = pytest.mark.live
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from specai.bootstrap import BOOTSTRAP_SOURCE, MAX_DOCS, ROOT_KEY, scan_repository
 from specai.errors import NotARepositoryError
-from specai.graph import GraphPlan, GraphStore, PlannedNode
+from specai.graph.bootstrap import BOOTSTRAP_SOURCE, MAX_DOCS, ROOT_KEY, scan_repository
+from specai.graph.store import GraphPlan, GraphStore, PlannedNode
 from specai.store import Store
 
 PROJECT = Path(__file__).resolve().parent.parent

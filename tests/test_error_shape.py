@@ -11,9 +11,9 @@ from litestar.testing import TestClient
 from helpers import assert_error
 from specai import auth
 from specai.config import load_settings
+from specai.identity.tls import ensure_server_cert, read_cert
 from specai.server.app import create_app
-from specai.tls import ensure_server_cert, read_cert
-from specai.users import add_user, get_user
+from specai.users.directory import add_user, get_user
 
 SECRET = "s" * 40
 

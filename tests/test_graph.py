@@ -19,7 +19,7 @@ from specai.errors import (
     UnprocessableError,
     VersionConflictError,
 )
-from specai.graph import NODE_TYPES, Change, GraphPlan, GraphStore, PlannedEdge, PlannedNode
+from specai.graph.store import NODE_TYPES, Change, GraphPlan, GraphStore, PlannedEdge, PlannedNode
 from specai.store import SCHEMA_VERSION, Store, graph_changelog, graph_edges, graph_nodes, sessions, utcnow
 
 pytestmark = pytest.mark.anyio

@@ -19,15 +19,15 @@ from litestar.testing import TestClient
 
 from helpers import assert_error
 from specai import auth
-from specai.access import Principal
 from specai.config import load_settings
 from specai.errors import ForbiddenError, InvalidRequestError, NotFoundError
-from specai.graph import GraphStore
-from specai.graph_access import SessionNotFoundError
+from specai.graph.access import SessionNotFoundError
+from specai.graph.store import GraphStore
+from specai.identity.tls import ensure_server_cert, read_cert
 from specai.server.app import create_app
 from specai.store import Store
-from specai.tls import ensure_server_cert, read_cert
-from specai.users import add_user
+from specai.users.access import Principal
+from specai.users.directory import add_user
 
 SECRET = "g" * 40
 SESSION = "a-s"

@@ -16,10 +16,10 @@ from litestar.testing import TestClient
 
 from helpers import ServerProcess, assert_error
 from specai.config import load_settings
+from specai.identity.tls import ensure_server_cert, read_cert
 from specai.server.app import create_app
 from specai.server.limits import MAX_JSON_DEPTH, has_nul, too_deep
-from specai.tls import ensure_server_cert, read_cert
-from specai.users import add_user
+from specai.users.directory import add_user
 
 PASSWORD = "pw-one-two"
 DEEP = b"[" * 10_000 + b"]" * 10_000

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from helpers import ServerProcess, assert_error, run_cli
-from specai.tls import fetch_peer_cert, pinned_ssl_context
+from specai.identity.tls import fetch_peer_cert, pinned_ssl_context
 
 pytestmark = pytest.mark.anyio
 PASSWORD = "pw-one-two"

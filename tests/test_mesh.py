@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
-from specai.access import Principal
 from specai.errors import (
     CorruptFileError,
     ForbiddenError,
@@ -20,10 +19,11 @@ from specai.errors import (
     UnknownInstanceError,
     UnprocessableError,
 )
-from specai.mesh import MemberInfo, MeshRegistry, elect, load_instance_id
-from specai.mesh_queue import MAX_ACK, MessageQueue, parse_cursor, parse_message_type
-from specai.peer_token import peer_principal
+from specai.mesh.peer_token import peer_principal
+from specai.mesh.queue import MAX_ACK, MessageQueue, parse_cursor, parse_message_type
+from specai.mesh.registry import MemberInfo, MeshRegistry, elect, load_instance_id
 from specai.store import Store, mesh_deliveries, mesh_members, mesh_messages, utcnow
+from specai.users.access import Principal
 
 pytestmark = pytest.mark.anyio
 ALICE = Principal("u-alice", "alice", "mesh", "mesh")  # a mesh account
@@ -87,7 +87,7 @@ async def test_the_earliest_registered_live_member_leads(registry: MeshRegistry,
 
 async def test_ties_are_broken_by_instance_id() -> None:
     now = utcnow()
-    from specai.mesh import Member
+    from specai.mesh.registry import Member
 
     def member(name: str) -> Member:
         return Member(name, "h", 1, "https://h:1", None, [], [], now, now, True)

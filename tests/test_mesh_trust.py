@@ -17,12 +17,13 @@ from litestar.testing import TestClient
 from sqlalchemy import insert
 
 from helpers import assert_error
-from specai import auth, users
+from specai import auth
 from specai.config import AuthSettings, MeshSettings, Settings
-from specai.peer_token import PeerTokenVerifier
+from specai.identity.tls import ensure_server_cert, read_cert
+from specai.mesh.peer_token import PeerTokenVerifier
 from specai.server.app import create_app
 from specai.store import Store, mesh_members, utcnow
-from specai.tls import ensure_server_cert, read_cert
+from specai.users import directory as users
 
 SECRET = "m" * 40
 PASSWORD = "pw-one-two"

@@ -27,12 +27,12 @@ from conftest import PASSWORD
 from helpers import assert_error
 from specai.config import MeshSettings, Settings
 from specai.errors import TrustError
-from specai.fingerprint import fingerprint_der
-from specai.mesh import Member, MemberInfo, MeshRegistry
+from specai.identity.fingerprint import fingerprint_der
+from specai.identity.tls import create_self_signed
+from specai.identity.trust import KnownServers, parse_server
+from specai.mesh.registry import Member, MemberInfo, MeshRegistry
 from specai.server.mesh_link import MeshLink
 from specai.server.mesh_peer import Credentials, Peer
-from specai.tls import create_self_signed
-from specai.trust import KnownServers, parse_server
 
 FAKES = 40
 

@@ -25,9 +25,9 @@ from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from specai.config import load_settings
+from specai.identity.tls import ensure_server_cert, read_cert
 from specai.server.app import create_app
-from specai.tls import ensure_server_cert, read_cert
-from specai.users import add_user
+from specai.users.directory import add_user
 
 # per operation and generation mode; SPECAI_FUZZ_EXAMPLES=200 explores deeper (and randomly) by hand
 EXAMPLES = int(os.environ.get("SPECAI_FUZZ_EXAMPLES", "8"))

@@ -9,9 +9,16 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from specai.agents.sessions import (
+    NewMessage,
+    Session,
+    SessionStore,
+    StoredMessage,
+    check_session_id,
+    new_session_id,
+)
 from specai.config import Settings
 from specai.errors import InvalidRequestError, NotFoundError
-from specai.sessions import NewMessage, Session, SessionStore, StoredMessage, check_session_id, new_session_id
 from specai.store import Store
 from specai.store import messages as messages_table
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from specai.errors import ThrottledError
-from specai.throttle import (
+from specai.users.throttle import (
     KNOWN_FOR,
     MAX_LOCKOUT,
     Attempt,

@@ -21,8 +21,8 @@ from cryptography.x509.oid import NameOID
 
 from specai.config import ServerSettings, Settings
 from specai.errors import TlsError
-from specai.fingerprint import fingerprint_der, normalize_fingerprint
-from specai.tls import (
+from specai.identity.fingerprint import fingerprint_der, normalize_fingerprint
+from specai.identity.tls import (
     create_self_signed,
     ensure_server_cert,
     fetch_peer_cert,

@@ -9,10 +9,10 @@ import pytest
 from litestar.testing import TestClient
 
 from helpers import assert_error
-from specai import users
 from specai.config import AuthSettings, Settings
+from specai.identity.tls import ensure_server_cert, read_cert
 from specai.server.app import create_app
-from specai.tls import ensure_server_cert, read_cert
+from specai.users import directory as users
 
 SECRET = "t" * 40
 PASSWORD = "pw-one-two"

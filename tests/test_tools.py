@@ -7,10 +7,7 @@ import json
 
 import pytest
 
-from specai.access import Principal
-from specai.graph import GraphStore
-from specai.store import Store
-from specai.tools import (
+from specai.agents.tools import (
     BUILTIN_TOOLS,
     ToolContext,
     ToolFailure,
@@ -19,6 +16,9 @@ from specai.tools import (
     offered_tools,
     run_tool,
 )
+from specai.graph.store import GraphStore
+from specai.store import Store
+from specai.users.access import Principal
 
 
 @pytest.mark.parametrize(

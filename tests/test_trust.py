@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from specai.errors import InvalidRequestError, SpecaiError, TlsError, TrustError
-from specai.trust import KnownServers, LastSessions, SavedTokens, ServerAddress, parse_server, verify_identity
+from specai.identity.trust import (
+    KnownServers,
+    LastSessions,
+    SavedTokens,
+    ServerAddress,
+    parse_server,
+    verify_identity,
+)
 
 FP_A = ":".join(["AA"] * 32)
 FP_B = ":".join(["BB"] * 32)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from specai import auth, users
+from specai import auth
 from specai.errors import ConflictError, CredentialsError, InvalidRequestError, NotFoundError
-from specai.users import UserDirectory
+from specai.users import directory as users
+from specai.users.directory import UserDirectory
 
 PASSWORD = "correct horse"
 

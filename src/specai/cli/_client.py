@@ -12,7 +12,7 @@ from rich.prompt import Confirm
 
 from specai.cli._console import err
 from specai.config import home_dir
-from specai.trust import KnownServers, SavedTokens, parse_server
+from specai.identity.trust import KnownServers, SavedTokens, parse_server
 
 if TYPE_CHECKING:
     from specai.client import SpecaiClient

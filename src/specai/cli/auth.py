@@ -66,7 +66,7 @@ def add_user(
 
       specai auth add-user mesh --role mesh     # the account servers of a mesh use
     """
-    from specai import users
+    from specai.users import directory as users
 
     path = _path(ctx, credentials_file)
     chosen = users.check_role(role) if role else None
@@ -89,7 +89,7 @@ def passwd(
 
       specai auth passwd alice
     """
-    from specai import users
+    from specai.users import directory as users
 
     path = _path(ctx, credentials_file)
     users.get_user(path, username)  # fail before asking for a password
@@ -111,7 +111,7 @@ def set_role(
 
       specai auth set-role bob admin
     """
-    from specai import users
+    from specai.users import directory as users
 
     users.set_role(_path(ctx, credentials_file), username, users.check_role(role))
     out.print(f"'{username}' is now {role}; every earlier token of theirs is revoked")
@@ -130,7 +130,7 @@ def revoke(
 
       specai auth revoke alice
     """
-    from specai import users
+    from specai.users import directory as users
 
     users.revoke_tokens(_path(ctx, credentials_file), username)
     out.print(f"revoked every token issued to '{username}' so far")
@@ -149,7 +149,7 @@ def remove_user(
 
       specai auth remove-user alice
     """
-    from specai import users
+    from specai.users import directory as users
 
     path = _path(ctx, credentials_file)
     users.remove_user(path, username)
@@ -169,7 +169,7 @@ def list_users(
 
       specai auth list-users --json
     """
-    from specai import users
+    from specai.users import directory as users
 
     path = _path(ctx, credentials_file)
     entries = users.load_users(path) if path.exists() else []

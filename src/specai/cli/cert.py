@@ -9,10 +9,10 @@ import typer
 from specai.cli import _settings
 from specai.cli._console import handle_errors, out, print_json
 from specai.errors import ConnectionFailedError, TlsError
-from specai.trust import parse_server
+from specai.identity.trust import parse_server
 
 if TYPE_CHECKING:
-    from specai.tls import CertInfo
+    from specai.identity.tls import CertInfo
 
 app = typer.Typer(help="Show the server's TLS identity.", no_args_is_help=True)
 
@@ -25,7 +25,11 @@ RemoteOption = Annotated[
 
 
 def _info(ctx: typer.Context, server: str | None) -> CertInfo:
-    from specai.tls import cert_info_from_der, fetch_peer_cert, read_cert  # cryptography loads only here
+    from specai.identity.tls import (  # cryptography loads only here
+        cert_info_from_der,
+        fetch_peer_cert,
+        read_cert,
+    )
 
     if server:
         address = parse_server(server)

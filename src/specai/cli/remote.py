@@ -15,7 +15,7 @@ from specai.cli._console import USAGE, err, fail, handle_errors, out, print_json
 from specai.cli._render import StreamRenderer
 from specai.config import DEFAULT_SERVER_URL, home_dir
 from specai.errors import RemoteError, SpecaiError
-from specai.trust import LastSessions, SavedTokens, parse_server
+from specai.identity.trust import LastSessions, SavedTokens, parse_server
 
 
 @handle_errors

@@ -88,9 +88,9 @@ def run_server(
     join_fingerprint: str | None = None,
 ) -> None:
     """Check, prepare and serve; every failure before serving exits 3 with one line."""
+    from specai.identity.tls import ensure_server_cert, read_cert
     from specai.server.app import create_app
     from specai.server.run import serve
-    from specai.tls import ensure_server_cert, read_cert
 
     host, port = settings.server.host, settings.server.port
     if not settings.auth.enabled and not _is_loopback(host) and not allow_unauthenticated:
@@ -138,9 +138,9 @@ def run_server(
 
 def _check_join(settings: Settings, join: str, fingerprint: str | None) -> None:
     """Refuse a bad --join URL, fingerprint or mesh login setting before anything starts."""
-    from specai.fingerprint import normalize_fingerprint
+    from specai.identity.fingerprint import normalize_fingerprint
+    from specai.identity.trust import parse_server
     from specai.server.mesh_link import mesh_credentials
-    from specai.trust import parse_server
 
     try:
         parse_server(join)

@@ -11,14 +11,14 @@ from litestar.openapi.spec import Components, SecurityScheme
 from specai import __version__, auth
 from specai.config import Settings
 from specai.errors import CredentialsError
+from specai.identity.tls import CertInfo
 from specai.server.errors import EXCEPTION_HANDLERS
 from specai.server.limits import offline_openapi, request_limits, security_headers
 from specai.server.routes import agents, graph, health, mesh, openai, sessions, tokens
 from specai.server.routes import auth as auth_routes
 from specai.server.security import BearerAuthMiddleware, TokenVerifier
 from specai.server.state import ServerState
-from specai.tls import CertInfo
-from specai.users import UserDirectory
+from specai.users.directory import UserDirectory
 
 
 def create_app(

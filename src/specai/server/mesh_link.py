@@ -21,10 +21,10 @@ import httpx
 
 from specai.config import Settings
 from specai.errors import AuthError, ConnectionFailedError, SpecaiError, TlsError, TrustError
-from specai.fingerprint import normalize_fingerprint
-from specai.mesh import Member, MemberInfo, MeshRegistry
+from specai.identity.fingerprint import normalize_fingerprint
+from specai.identity.trust import KnownServers, parse_server
+from specai.mesh.registry import Member, MemberInfo, MeshRegistry
 from specai.server.mesh_peer import REQUEST_TIMEOUT, Credentials, Peer, error_text, mesh_credentials
-from specai.trust import KnownServers, parse_server
 
 __all__ = ["Credentials", "MeshLink", "mesh_credentials"]
 

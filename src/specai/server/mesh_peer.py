@@ -18,9 +18,9 @@ import httpx
 
 from specai.config import Settings, resolve_secret
 from specai.errors import AuthError, ConnectionFailedError, TlsError, TrustError
-from specai.fingerprint import fingerprint_der
-from specai.tls import pinned_ssl_context
-from specai.trust import KnownServers, ServerAddress, verify_identity
+from specai.identity.fingerprint import fingerprint_der
+from specai.identity.tls import pinned_ssl_context
+from specai.identity.trust import KnownServers, ServerAddress, verify_identity
 
 JOIN_TOKEN_ENV = "SPECAI_JOIN_TOKEN"
 REQUEST_TIMEOUT = 5.0

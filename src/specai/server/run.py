@@ -23,8 +23,8 @@ from litestar import Litestar
 
 from specai.config import ServerSettings
 from specai.errors import StartupError
+from specai.identity.tls import CertPaths
 from specai.server.state import ServerState
-from specai.tls import CertPaths
 
 GRACE_SECONDS = 2.0  # in-flight requests get this long to finish after SIGINT/SIGTERM
 HARD_EXIT_SECONDS = 4.5  # after this the process exits whatever is still running

@@ -13,12 +13,12 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from specai import auth
-from specai.access import LOCAL, SCOPES, Principal, max_scope
 from specai.errors import ForbiddenError, TokenError
-from specai.peer_token import looks_like_peer_token
+from specai.mesh.peer_token import looks_like_peer_token
 from specai.store import utcnow
-from specai.tokens import ApiKey, ApiKeyStore, RevocationList, is_api_key
-from specai.users import UserDirectory
+from specai.users.access import LOCAL, SCOPES, Principal, max_scope
+from specai.users.directory import UserDirectory
+from specai.users.keys import ApiKey, ApiKeyStore, RevocationList, is_api_key
 
 _CACHE_SIZE = 4096
 _READ_METHODS = ("GET", "HEAD")

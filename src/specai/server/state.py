@@ -13,22 +13,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from specai.access import Principal
-from specai.agents import AgentRuntime
+from specai.agents.runtime import AgentRuntime
+from specai.agents.sessions import SessionStore
 from specai.config import Settings
 from specai.errors import SpecaiError, TokenError
-from specai.graph import GraphStore
-from specai.mesh import MemberInfo, MeshRegistry, load_instance_id
-from specai.mesh_queue import MessageQueue
-from specai.peer_token import PeerTokenVerifier, load_signing_key, peer_principal
-from specai.peer_token import issue as issue_peer_token
+from specai.graph.store import GraphStore
+from specai.identity.tls import CertInfo, ensure_server_cert
+from specai.mesh.peer_token import PeerTokenVerifier, load_signing_key, peer_principal
+from specai.mesh.peer_token import issue as issue_peer_token
+from specai.mesh.queue import MessageQueue
+from specai.mesh.registry import MemberInfo, MeshRegistry, load_instance_id
 from specai.server.mesh_link import Credentials, MeshLink, mesh_credentials
-from specai.sessions import SessionStore
 from specai.store import Store
-from specai.throttle import LoginThrottle, MemoryLoginThrottle, MemoryRateLimiter, RateLimiter, VerifyGate
-from specai.tls import CertInfo, ensure_server_cert
-from specai.tokens import ApiKeyStore, StoredRevocations
-from specai.users import UserDirectory
+from specai.users.access import Principal
+from specai.users.directory import UserDirectory
+from specai.users.keys import ApiKeyStore, StoredRevocations
+from specai.users.throttle import (
+    LoginThrottle,
+    MemoryLoginThrottle,
+    MemoryRateLimiter,
+    RateLimiter,
+    VerifyGate,
+)
 
 _PRUNE_EVERY_SECS = 3600
 log = logging.getLogger("specai.server")

@@ -11,7 +11,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from specai.agents import AgentEvent, AgentRuntime, QueryInput, Run
+from specai.agents.runtime import AgentEvent, AgentRuntime, QueryInput, Run
 from specai.errors import ExecutionError, InvalidRequestError
 from specai.server.schemas import AgentListOut, AgentOut, QueryIn, QueryOut, ResponseMetadata
 from specai.server.security import principal

@@ -10,8 +10,8 @@ from specai.errors import AuthDisabledError, InvalidCredentialsError
 from specai.server.schemas import HashIn, HashOut, TokenIn, TokenOut
 from specai.server.security import principal
 from specai.server.state import ServerState
-from specai.throttle import Lane, checked_login, client_key
-from specai.users import User, check_password
+from specai.users.directory import User, check_password
+from specai.users.throttle import Lane, checked_login, client_key
 
 
 def routes(server: ServerState) -> list[HTTPRouteHandler]:

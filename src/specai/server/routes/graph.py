@@ -1,7 +1,7 @@
 """The knowledge graph over HTTP: `/graph/nodes`, `/graph/edges`, the `/graph/stream` change feed and `/bootstrap`.
 
 Every route acts as the caller's principal: a session they may not see answers 404 like a missing one, a
-read-only share answers 403 to writes (the rule is in specai.graph_access; sharing routes are in graph_shares).
+read-only share answers 403 to writes (the rule is in specai.graph.access; sharing routes are in graph_shares).
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from specai import bootstrap
-from specai.access import Principal
+from specai.agents.sessions import check_session_id
 from specai.errors import InvalidRequestError, NotFoundError
-from specai.graph import DEFAULT_LIMIT, MAX_LIMIT, Change, GraphStore, Page
-from specai.graph_access import missing
+from specai.graph import bootstrap
+from specai.graph.access import missing
+from specai.graph.store import DEFAULT_LIMIT, MAX_LIMIT, Change, GraphStore, Page
 from specai.ids import parse_whole_number
 from specai.server.routes import graph_shares
 from specai.server.security import principal
 from specai.server.sse import KEEPALIVE, relay
 from specai.server.state import ServerState
-from specai.sessions import check_session_id
+from specai.users.access import Principal
 
 BOOTSTRAP_SESSION = "visionos-dashboard"  # the original's default
 _SHUTTING_DOWN = object()

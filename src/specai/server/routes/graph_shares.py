@@ -10,8 +10,8 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody
 
 from specai.errors import NotFoundError
-from specai.graph import GraphStore
-from specai.graph_access import ShareEntry
+from specai.graph.access import ShareEntry
+from specai.graph.store import GraphStore
 from specai.server.security import principal
 from specai.server.state import ServerState
 

@@ -11,7 +11,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from specai.agents import QueryInput, Run
+from specai.agents.runtime import QueryInput, Run
 from specai.errors import InvalidRequestError
 from specai.providers import ChatMessage
 from specai.server.routes.agents import SHUTTING_DOWN, finish

@@ -6,9 +6,9 @@ from litestar import Request, delete, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, QueryParameter
 
+from specai.agents.sessions import Session, StoredMessage
 from specai.server.routes.agents import owner
 from specai.server.state import ServerState
-from specai.sessions import Session, StoredMessage
 
 
 def routes(server: ServerState) -> list[HTTPRouteHandler]:

@@ -11,11 +11,11 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody
 
 from specai import auth
-from specai.access import check_scope_for_role
 from specai.errors import AuthDisabledError
 from specai.server.security import TokenVerifier, bearer, principal
 from specai.server.state import ServerState
-from specai.tokens import check_key_request, is_api_key
+from specai.users.access import check_scope_for_role
+from specai.users.keys import check_key_request, is_api_key
 
 DEFAULT_KEY_DAYS = 90
 

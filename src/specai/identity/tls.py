@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from specai.config import Settings
 from specai.errors import TlsError
 from specai.files import ensure_private_dir, write_private
-from specai.fingerprint import fingerprint_der
+from specai.identity.fingerprint import fingerprint_der
 
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, delete, exists, func, insert, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from specai.access import Principal
 from specai.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
@@ -21,8 +20,9 @@ from specai.errors import (
     UnknownInstanceError,
     UnprocessableError,
 )
-from specai.mesh import authorize, check_actor
+from specai.mesh.registry import authorize, check_actor
 from specai.store import Store, mesh_deliveries, mesh_members, mesh_messages, utcnow
+from specai.users.access import Principal
 
 INBOX_PAGE = 100  # messages per inbox page unless asked otherwise
 INBOX_MAX_PAGE = 1000

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from specai.access import LOCAL, Principal
+from specai.agents.sessions import NewMessage, check_new_session_id
+from specai.agents.tools import Tool, ToolContext, ToolPolicy, offered_tools, run_tool
 from specai.config import AgentSettings, Settings
 from specai.errors import (
     AgentNotFoundError,
@@ -22,7 +23,7 @@ from specai.errors import (
     ProviderUnavailableError,
     SpecaiError,
 )
-from specai.graph import GraphStore
+from specai.graph.store import GraphStore
 from specai.providers import (
     ChatMessage,
     GenerationOptions,
@@ -37,11 +38,10 @@ from specai.providers import (
     default_model,
 )
 from specai.providers.mock import parse_script
-from specai.sessions import NewMessage, check_new_session_id
-from specai.tools import Tool, ToolContext, ToolPolicy, offered_tools, run_tool
+from specai.users.access import LOCAL, Principal
 
 if TYPE_CHECKING:
-    from specai.sessions import SessionStore, StoredMessage
+    from specai.agents.sessions import SessionStore, StoredMessage
 
 log = logging.getLogger("specai.agents")
 DEFAULT_AGENT = "default"

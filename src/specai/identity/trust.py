@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from specai.errors import CorruptFileError, InvalidRequestError, TrustError
 from specai.files import read_json, write_private_json
-from specai.fingerprint import normalize_fingerprint
+from specai.identity.fingerprint import normalize_fingerprint
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from typing import Any, Literal
 from sqlalchemy import and_, bindparam, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from specai.access import Principal
+from specai.agents.sessions import check_new_session_id
 from specai.errors import ForbiddenError, InvalidRequestError, NotFoundError, QuotaExceededError
-from specai.sessions import check_new_session_id
 from specai.store import graph_nodes, graph_sessions, graph_shares, insert_ignore, utcnow
+from specai.users.access import Principal
 
 Level = Literal["none", "read", "write"]
 _OWNER_CACHE = 65_536  # an owner never changes, so a known one is kept (bounded, oldest dropped first)

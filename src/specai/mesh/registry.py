@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from specai.access import Principal
 from specai.errors import (
     ConflictError,
     CorruptFileError,
@@ -24,8 +23,9 @@ from specai.errors import (
     UnknownInstanceError,
 )
 from specai.files import write_private
-from specai.peer_token import PEER_PREFIX, bound_instance
+from specai.mesh.peer_token import PEER_PREFIX, bound_instance
 from specai.store import Store, insert_ignore, mesh_members, utcnow
+from specai.users.access import Principal
 
 INSTANCE_ID_FILE = "instance_id"
 MAX_INSTANCE_ID = 128

@@ -379,7 +379,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sessions and messages", _v1_sessions),
     Migration(2, "knowledge graph and its changelog", _v2_graph),
     Migration(3, "mesh members and message queue", _v3_mesh),
-    Migration(4, "access model: API keys, revoked tokens, graph owners and shares, mesh member owners", _v4_access),
+    Migration(
+        4, "access model: API keys, revoked tokens, graph owners and shares, mesh member owners", _v4_access
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, cast
 
 from specai import auth
-from specai.access import ROLES, Role
 from specai.errors import ConflictError, CredentialsError, InvalidRequestError, NotFoundError
 from specai.files import ensure_private_dir, write_private_json
+from specai.users.access import ROLES, Role
 
 log = logging.getLogger("specai.users")
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")

@@ -14,8 +14,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Row, Select, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from specai.access import Principal
-from specai.changefeed import ChangeFeed, ChangeNotifier
+from specai.agents.sessions import check_session_id
 from specai.errors import (
     InvalidNodeTypeError,
     InvalidRequestError,
@@ -23,9 +22,9 @@ from specai.errors import (
     UnprocessableError,
     VersionConflictError,
 )
-from specai.graph_access import Grant, GraphAccess, Level, SessionEntry, ShareEntry
+from specai.graph.access import Grant, GraphAccess, Level, SessionEntry, ShareEntry
+from specai.graph.feed import ChangeFeed, ChangeNotifier
 from specai.ids import is_ascii_number
-from specai.sessions import check_session_id
 from specai.store import (
     Store,
     graph_changelog,
@@ -35,6 +34,7 @@ from specai.store import (
     insert_ignore,
     utcnow,
 )
+from specai.users.access import Principal
 
 NODE_TYPES = ("entity", "concept", "fact", "message", "tool_result", "event", "goal")
 EDGE_TYPES = (

@@ -13,9 +13,9 @@ from httpx_sse import ServerSentEvent, SSEError, connect_sse
 
 from specai import __version__
 from specai.errors import ConnectionFailedError, RemoteError, TrustError
-from specai.fingerprint import fingerprint_der
-from specai.tls import fetch_peer_cert, pinned_ssl_context
-from specai.trust import KnownServers, ServerAddress, parse_server, verify_identity
+from specai.identity.fingerprint import fingerprint_der
+from specai.identity.tls import fetch_peer_cert, pinned_ssl_context
+from specai.identity.trust import KnownServers, ServerAddress, parse_server, verify_identity
 
 
 class SpecaiClient:

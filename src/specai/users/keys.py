@@ -12,9 +12,9 @@ from typing import Any, Protocol, cast
 
 from sqlalchemy import delete, func, insert, select, update
 
-from specai.access import SCOPES, Principal, Scope, check_scope_for_role
 from specai.errors import InvalidRequestError, NotFoundError, QuotaExceededError
 from specai.store import Store, api_keys, insert_ignore, revoked_tokens, utcnow
+from specai.users.access import SCOPES, Principal, Scope, check_scope_for_role
 
 KEY_PREFIX = "spk_"
 MAX_KEYS_PER_ACCOUNT = 100

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from specai.access import Principal
 from specai.errors import SpecaiError
-from specai.graph import EDGE_TYPES, NODE_TYPES, GraphStore
-from specai.graph_access import SessionNotFoundError
+from specai.graph.access import SessionNotFoundError
+from specai.graph.store import EDGE_TYPES, NODE_TYPES, GraphStore
 from specai.providers.base import ToolSpec
+from specai.users.access import Principal
 
 _MAX_EXPRESSION = 200
 _MAX_EXPONENT = 100

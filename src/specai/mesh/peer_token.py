@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
-from specai.access import Principal
 from specai.errors import TlsError, TokenError
+from specai.users.access import Principal
 
 PEER_TYP = "mesh-peer"
 PEER_PREFIX = "peer:"  # user ids of peer principals; account names cannot contain ':'

@@ -1,0 +1,1 @@
+"""Server identity: the TLS certificate, its fingerprint, and the client's pinned trust store."""

@@ -1,0 +1,1 @@
+"""The mesh: members bound to their accounts, the registry, the message queue and peer tokens."""
