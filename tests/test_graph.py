@@ -20,7 +20,10 @@ from specai.errors import (
     VersionConflictError,
 )
 from specai.graph.store import NODE_TYPES, Change, GraphPlan, GraphStore, PlannedEdge, PlannedNode
-from specai.store import SCHEMA_VERSION, Store, graph_changelog, graph_edges, graph_nodes, sessions, utcnow
+from specai.store import Store
+from specai.store.migrations import SCHEMA_VERSION
+from specai.store.schema import graph_changelog, graph_edges, graph_nodes, sessions
+from specai.store.types import utcnow
 
 pytestmark = pytest.mark.anyio
 

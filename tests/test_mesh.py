@@ -22,7 +22,9 @@ from specai.errors import (
 from specai.mesh.peer_token import peer_principal
 from specai.mesh.queue import MAX_ACK, MessageQueue, parse_cursor, parse_message_type
 from specai.mesh.registry import MemberInfo, MeshRegistry, elect, load_instance_id
-from specai.store import Store, mesh_deliveries, mesh_members, mesh_messages, utcnow
+from specai.store import Store
+from specai.store.schema import mesh_deliveries, mesh_members, mesh_messages
+from specai.store.types import utcnow
 from specai.users.access import Principal
 
 pytestmark = pytest.mark.anyio
@@ -273,7 +275,8 @@ async def test_a_broadcast_with_no_other_member_stores_nothing(
 
 
 async def test_upgrading_a_version_2_database_keeps_its_graph(db_settings: object) -> None:
-    from specai.store import SCHEMA_VERSION, graph_nodes
+    from specai.store.migrations import SCHEMA_VERSION
+    from specai.store.schema import graph_nodes
 
     old = await Store.open(db_settings, migrate=False)  # type: ignore[arg-type]
     try:

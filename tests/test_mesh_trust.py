@@ -22,7 +22,9 @@ from specai.config import AuthSettings, MeshSettings, Settings
 from specai.identity.tls import ensure_server_cert, read_cert
 from specai.mesh.peer_token import PeerTokenVerifier
 from specai.server.app import create_app
-from specai.store import Store, mesh_members, utcnow
+from specai.store import Store
+from specai.store.schema import mesh_members
+from specai.store.types import utcnow
 from specai.users import directory as users
 
 SECRET = "m" * 40

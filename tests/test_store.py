@@ -27,20 +27,14 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import StatementError
 
+import specai
 from specai.config import DatabaseSettings, Settings
 from specai.errors import ConfigError, DatabaseUnavailableError, SchemaVersionError
-from specai.store import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    JSONText,
-    Migration,
-    Store,
-    UTCDateTime,
-    database_url,
-    metadata,
-    schema_version,
-    sessions,
-)
+from specai.store import Store, locks
+from specai.store.migrations import MIGRATIONS, SCHEMA_VERSION, Migration
+from specai.store.schema import metadata, schema_version, sessions
+from specai.store.types import JSONText, UTCDateTime
+from specai.store.urls import database_url
 
 pytestmark = pytest.mark.anyio
 
@@ -55,6 +49,11 @@ async def table_names(store: Store) -> set[str]:
 async def set_version(store: Store, version: int) -> None:
     async with store.transaction() as conn:
         await conn.execute(update(schema_version).values(version=version))
+
+
+def url_text(settings: Settings) -> str:
+    """`database_url` written out in full, password included, as the engine will receive it."""
+    return database_url(settings).render_as_string(hide_password=False)
 
 
 # --- URLs -------------------------------------------------------------------------------------------------------
@@ -80,28 +79,28 @@ async def set_version(store: Store, version: int) -> None:
 )
 def test_database_url_converts_configured_urls(given: str, expected: str, tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, database=DatabaseSettings(url=given))
-    assert database_url(settings) == expected
+    assert url_text(settings) == expected
 
 
 def test_database_url_expands_tilde_in_sqlite_urls(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, database=DatabaseSettings(url="sqlite:///~/specai/x.db"))
-    assert database_url(settings) == f"sqlite+aiosqlite:///{Path.home()}/specai/x.db"
+    assert url_text(settings) == f"sqlite+aiosqlite:///{Path.home()}/specai/x.db"
 
 
 def test_database_url_defaults_to_sqlite_in_home(tmp_path: Path) -> None:
-    assert database_url(Settings(home=tmp_path)) == f"sqlite+aiosqlite:///{tmp_path}/specai.db"
+    assert url_text(Settings(home=tmp_path)) == f"sqlite+aiosqlite:///{tmp_path}/specai.db"
 
 
 def test_database_url_uses_database_path(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, database=DatabaseSettings(path=tmp_path / "elsewhere" / "my.db"))
-    assert database_url(settings) == f"sqlite+aiosqlite:///{tmp_path}/elsewhere/my.db"
+    assert url_text(settings) == f"sqlite+aiosqlite:///{tmp_path}/elsewhere/my.db"
 
 
 def test_database_url_prefers_url_over_path(tmp_path: Path) -> None:
     settings = Settings(
         home=tmp_path, database=DatabaseSettings(path=tmp_path / "x.db", url="postgres://u@h/d")
     )
-    assert database_url(settings) == "postgresql+asyncpg://u@h/d"
+    assert url_text(settings) == "postgresql+asyncpg://u@h/d"
 
 
 @pytest.mark.parametrize(
@@ -446,3 +445,20 @@ async def test_type_decorators_round_trip_none_and_json(store: Store) -> None:
     async with store.connect() as conn:
         rows = {r.id: (r.at, r.doc) for r in await conn.execute(select(table))}
     assert rows == {"a": (None, None), "b": (UTC_NOON, value)}
+
+
+# --- advisory locks ---------------------------------------------------------------------------------------------
+
+
+def test_every_advisory_lock_key_lives_in_store_locks() -> None:
+    package = Path(specai.__file__).parent
+    takers = [
+        p for p in package.rglob("*.py") if "pg_advisory" in p.read_text() and p != Path(locks.__file__)
+    ]
+    assert len(takers) >= 2  # migrations and graph writes
+    for path in takers:
+        assert "from specai.store.locks import" in path.read_text(), (
+            f"{path} takes a lock key not in store/locks.py"
+        )
+    keys = [value for name, value in vars(locks).items() if name.endswith("_LOCK")]
+    assert len(keys) == len(set(keys)) >= 2

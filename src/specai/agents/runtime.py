@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from specai.agents.sessions import NewMessage, check_new_session_id
+from specai.agents.sessions import NewMessage, check_new_session_id, new_session_id
 from specai.agents.tools import Tool, ToolContext, ToolPolicy, offered_tools, run_tool
 from specai.config import AgentSettings, Settings
 from specai.errors import (
@@ -220,7 +220,7 @@ class AgentRuntime:
         The run's graph tools act as `principal` (by default the owner as an ordinary user; LOCAL when auth is off).
         """
         agent = self._check(query)
-        session_id = query.session_id or str(uuid.uuid4())
+        session_id = query.session_id or new_session_id()
         history: Sequence[StoredMessage] = ()
         if self.sessions is not None and query.session_id is not None:
             found = await self.sessions.owner_of(session_id)

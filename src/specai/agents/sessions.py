@@ -14,9 +14,12 @@ from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from specai.errors import InvalidRequestError, NotFoundError
-from specai.store import MESSAGE_ROLES, Store, insert_ignore, utcnow
-from specai.store import messages as messages_table
-from specai.store import sessions as sessions_table
+from specai.store import Store
+from specai.store.engine import insert_ignore
+from specai.store.schema import MESSAGE_ROLES
+from specai.store.schema import messages as messages_table
+from specai.store.schema import sessions as sessions_table
+from specai.store.types import utcnow
 
 MAX_SESSION_ID_LENGTH = 128
 SESSION_ID_CHARACTERS = "letters, digits and - _ . : @"
@@ -150,10 +153,6 @@ class SessionStore:
         """Who owns the session, or None when it does not exist (for callers that must refuse before a model call)."""
         async with self._store.connect() as conn:
             return await conn.scalar(select(sessions_table.c.owner).where(sessions_table.c.id == session_id))
-
-    async def check_access(self, session_id: str, owner: str) -> bool:
-        """True when `owner` may use this id: the session is theirs or does not exist yet."""
-        return (await self.owner_of(session_id)) in (None, owner)
 
     async def get(self, session_id: str, owner: str) -> Session:
         """The owner's session; NotFoundError when it is missing or belongs to someone else."""

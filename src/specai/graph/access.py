@@ -16,7 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from specai.agents.sessions import check_new_session_id
 from specai.errors import ForbiddenError, InvalidRequestError, NotFoundError, QuotaExceededError
-from specai.store import graph_nodes, graph_sessions, graph_shares, insert_ignore, utcnow
+from specai.store.engine import insert_ignore
+from specai.store.schema import graph_nodes, graph_sessions, graph_shares
+from specai.store.types import utcnow
 from specai.users.access import Principal
 
 Level = Literal["none", "read", "write"]

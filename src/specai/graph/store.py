@@ -25,15 +25,11 @@ from specai.errors import (
 from specai.graph.access import Grant, GraphAccess, Level, SessionEntry, ShareEntry
 from specai.graph.feed import ChangeFeed, ChangeNotifier
 from specai.ids import is_ascii_number
-from specai.store import (
-    Store,
-    graph_changelog,
-    graph_changelog_state,
-    graph_edges,
-    graph_nodes,
-    insert_ignore,
-    utcnow,
-)
+from specai.store import Store
+from specai.store.engine import insert_ignore
+from specai.store.locks import GRAPH_SESSION_LOCK
+from specai.store.schema import graph_changelog, graph_changelog_state, graph_edges, graph_nodes
+from specai.store.types import utcnow
 from specai.users.access import Principal
 
 NODE_TYPES = ("entity", "concept", "fact", "message", "tool_result", "event", "goal")
@@ -54,7 +50,6 @@ MAX_EDGE_TYPE_LENGTH = 64
 CHANGE_BATCH = 500
 _EDGE_TYPE = re.compile(r"[A-Z][A-Z0-9_]*")
 MAX_ID = 2**63 - 1  # ids are 64-bit; a larger number names nothing
-_SESSION_LOCK = 0x5EC  # first key of pg_advisory_xact_lock(int, int): graph writes of one session, in order
 
 T = TypeVar("T")
 
@@ -374,7 +369,7 @@ class GraphStore:
             if conn.dialect.name == "postgresql":
                 await conn.execute(
                     text("SELECT pg_advisory_xact_lock(:key, hashtext(:session))"),
-                    {"key": _SESSION_LOCK, "session": session_id},
+                    {"key": GRAPH_SESSION_LOCK, "session": session_id},
                 )
             if who is None:
                 owner_id = await self.access.owner(conn, session_id)

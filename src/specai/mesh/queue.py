@@ -21,7 +21,9 @@ from specai.errors import (
     UnprocessableError,
 )
 from specai.mesh.registry import authorize, check_actor
-from specai.store import Store, mesh_deliveries, mesh_members, mesh_messages, utcnow
+from specai.store import Store
+from specai.store.schema import mesh_deliveries, mesh_members, mesh_messages
+from specai.store.types import utcnow
 from specai.users.access import Principal
 
 INBOX_PAGE = 100  # messages per inbox page unless asked otherwise

@@ -24,7 +24,10 @@ from specai.errors import (
 )
 from specai.files import write_private
 from specai.mesh.peer_token import PEER_PREFIX, bound_instance
-from specai.store import Store, insert_ignore, mesh_members, utcnow
+from specai.store import Store
+from specai.store.engine import insert_ignore
+from specai.store.schema import mesh_members
+from specai.store.types import utcnow
 from specai.users.access import Principal
 
 INSTANCE_ID_FILE = "instance_id"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -156,8 +156,3 @@ async def collect(events: AsyncIterator[ModelEvent]) -> ModelResponse:
             response.finish_reason = event.reason
     response.text = "".join(parts)
     return response
-
-
-def messages_text(messages: Sequence[ChatMessage]) -> str:
-    """The last user message's text (handy for simple providers)."""
-    return next((m.content for m in reversed(messages) if m.role == "user"), "")

@@ -15,7 +15,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from specai import auth
 from specai.errors import ForbiddenError, TokenError
 from specai.mesh.peer_token import looks_like_peer_token
-from specai.store import utcnow
+from specai.store.types import utcnow
 from specai.users.access import LOCAL, SCOPES, Principal, max_scope
 from specai.users.directory import UserDirectory
 from specai.users.keys import ApiKey, ApiKeyStore, RevocationList, is_api_key

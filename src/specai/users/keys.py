@@ -13,7 +13,10 @@ from typing import Any, Protocol, cast
 from sqlalchemy import delete, func, insert, select, update
 
 from specai.errors import InvalidRequestError, NotFoundError, QuotaExceededError
-from specai.store import Store, api_keys, insert_ignore, revoked_tokens, utcnow
+from specai.store import Store
+from specai.store.engine import insert_ignore
+from specai.store.schema import api_keys, revoked_tokens
+from specai.store.types import utcnow
 from specai.users.access import SCOPES, Principal, Scope, check_scope_for_role
 
 KEY_PREFIX = "spk_"

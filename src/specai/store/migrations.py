@@ -1,0 +1,62 @@
+"""The versioned schema steps, oldest first: each builds its version's frozen table shapes, never today's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, MetaData
+
+from specai.store.schema import (
+    NAMING_CONVENTION,
+    v1_session_tables,
+    v2_graph_tables,
+    v3_mesh_tables,
+    v4_access_tables,
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: `apply` runs on a sync connection inside the step's own transaction."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _v1_sessions(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    v1_session_tables(md)
+    md.create_all(conn)
+
+
+def _v2_graph(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    v2_graph_tables(md)
+    md.create_all(conn)
+
+
+def _v3_mesh(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    v3_mesh_tables(md)
+    md.create_all(conn)
+
+
+def _v4_access(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    v4_access_tables(md)
+    md.create_all(conn)
+    conn.exec_driver_sql("ALTER TABLE mesh_members ADD COLUMN owner_id TEXT")
+
+
+# Append new steps at the end; never edit or reorder a released step (upgrade tests rely on them).
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "sessions and messages", _v1_sessions),
+    Migration(2, "knowledge graph and its changelog", _v2_graph),
+    Migration(3, "mesh members and message queue", _v3_mesh),
+    Migration(
+        4, "access model: API keys, revoked tokens, graph owners and shares, mesh member owners", _v4_access
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
