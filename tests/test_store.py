@@ -376,7 +376,7 @@ async def test_concurrent_write_transactions_all_commit(store: Store) -> None:
     async with store.connect() as conn:
         owners = sorted(int(o) for o in await conn.scalars(select(sessions.c.owner)))
     assert len(owners) == 25
-    if store.dialect == "sqlite":  # BEGIN IMMEDIATE: each writer saw every earlier commit
+    if store.engine.dialect.name == "sqlite":  # BEGIN IMMEDIATE: each writer saw every earlier commit
         assert owners == list(range(25))
 
 

@@ -132,11 +132,6 @@ class Store:
         return self._engine
 
     @property
-    def dialect(self) -> str:
-        """`sqlite` or `postgresql`."""
-        return self._engine.dialect.name
-
-    @property
     def url(self) -> str:
         """The database URL with any password masked, for messages."""
         return redacted(self._engine.url)
