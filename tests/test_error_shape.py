@@ -1,11 +1,14 @@
-"""Every HTTP error path answers `{"error", "code", "details"?}` with the right status (in-process app)."""
+"""Every HTTP error path answers `{"error", "code", "details"?}` with the right status (in-process app, both engines)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from databases import ENGINES, database_toml
 from litestar.testing import TestClient
 
 from helpers import assert_error
@@ -18,11 +21,12 @@ from specai.users.directory import add_user, get_user
 SECRET = "s" * 40
 
 
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    """An in-process app with auth on, user alice, a 2 KB body limit."""
+@pytest.fixture(params=ENGINES)
+def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
+    """An in-process app with auth on, user alice (an admin: the only user), a 2 KB body limit, on each engine."""
     (tmp_path / "spec-ai.config.toml").write_text(
         f'[server]\nmax_body_bytes = 2048\n[auth]\nenabled = true\ntoken_secret = "{SECRET}"\n'
+        f"{database_toml(request)}"
     )
     settings = load_settings(env={"SPECAI_HOME": str(tmp_path)}, cwd=tmp_path)
     add_user(settings.credentials_file, "alice", "pw-one-two")
@@ -78,6 +82,109 @@ def test_nul_in_message_or_session_id(client: TestClient, headers: dict[str, str
     assert_error(client.post("/query", json={"message": "a\x00b"}, headers=headers), 400, "invalid_request")
     body = {"message": "hi", "session_id": "s\x00"}
     assert_error(client.post("/query", json=body, headers=headers), 400, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/sessions/a%00b"),
+        ("DELETE", "/sessions/a%00b"),
+        ("GET", "/graph/sessions/a%00b/shares"),
+        ("GET", "/graph/nodes?session_id=a%00b"),
+        ("GET", "/messages/a%00b"),
+    ],
+)
+def test_nul_in_an_id_in_the_path_or_query(
+    client: TestClient, headers: dict[str, str], method: str, path: str
+) -> None:
+    # PostgreSQL cannot even compare with a NUL: each engine answers the same 400, never a 500
+    assert_error(client.request(method, path, headers=headers), 400, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/query", {"message": "hi", "session_id": "s" * 129}),
+        ("POST", "/query", {"message": "hi", "session_id": "new one"}),  # not one URL path segment
+        ("GET", "/sessions/" + "s" * 129, None),
+        ("DELETE", "/sessions/" + "s" * 129, None),
+        ("POST", "/graph/nodes", {"session_id": "s" * 129, "node_type": "fact", "label": "x"}),
+        ("POST", "/graph/nodes", {"session_id": "new one", "node_type": "fact", "label": "x"}),
+        ("GET", "/graph/nodes?session_id=" + "s" * 129, None),
+        ("GET", "/graph/sessions/" + "s" * 129 + "/shares", None),
+        ("POST", "/registry/heartbeat/-starts-with-a-dash", None),
+        ("GET", "/messages/" + "i" * 129, None),
+        ("POST", "/registry/peer-token", {"source": "ok", "audience": "not ok"}),
+    ],
+)
+def test_one_rule_per_kind_of_id(
+    client: TestClient, headers: dict[str, str], method: str, path: str, body: Any
+) -> None:
+    """Session and instance ids get the same 400 from every route that takes them (specai.ids)."""
+    assert_error(client.request(method, path, json=body, headers=headers), 400, "invalid_request")
+
+
+def test_a_missing_session_is_404(client: TestClient, headers: dict[str, str]) -> None:
+    assert_error(client.get("/sessions/nobody-has-this", headers=headers), 404, "not_found")
+    assert_error(client.delete("/sessions/nobody-has-this", headers=headers), 404, "not_found")
+
+
+def _last_data(text: str) -> tuple[str | None, Any]:
+    """(event name, decoded data) of the last event with JSON data in an SSE body."""
+    events = [block for block in text.replace("\r\n", "\n").split("\n\n") if "data:" in block]
+    fields: dict[str, str] = {}
+    for line in events[-1].splitlines():
+        name, _, value = line.partition(":")
+        fields[name] = value.strip()
+    return fields.get("event"), json.loads(fields["data"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected"),
+    [
+        (
+            "POST",
+            "/stream",
+            {"message": "hi"},
+            (None, {"type": "error", "message": "server is shutting down", "code": "shutting_down"}),
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"model": "default", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+            (
+                None,
+                {
+                    "error": {
+                        "message": "server is shutting down",
+                        "type": "upstream_error",
+                        "code": "shutting_down",
+                    }
+                },
+            ),
+        ),
+        (
+            "GET",
+            "/graph/stream?session_id=bye",
+            None,
+            ("error", {"error": "server is shutting down", "code": "shutting_down"}),
+        ),
+    ],
+    ids=["stream", "chat-completions", "graph-stream"],
+)
+def test_every_stream_ends_with_one_shutting_down_event(
+    client: TestClient, headers: dict[str, str], method: str, path: str, body: Any, expected: Any
+) -> None:
+    """On shutdown each stream's last event is `shutting_down`, in the error envelope of that stream's protocol."""
+    client.app.state.specai.stopping.set()  # what the runner does on SIGTERM, before it cancels requests
+    response = client.request(method, path, json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    text = response.text
+    if path.startswith("/v1/"):
+        assert text.rstrip().endswith("data: [DONE]")
+        text = text.rstrip().removesuffix("data: [DONE]")
+    assert _last_data(text) == expected
 
 
 def test_out_of_range_temperature(client: TestClient, headers: dict[str, str]) -> None:

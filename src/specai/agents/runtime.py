@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from specai.agents.sessions import NewMessage, check_new_session_id, new_session_id
+from specai.agents.sessions import NewMessage, new_session_id
 from specai.agents.tools import Tool, ToolContext, ToolPolicy, offered_tools, run_tool
 from specai.config import AgentSettings, Settings
 from specai.errors import (
@@ -24,6 +24,7 @@ from specai.errors import (
     SpecaiError,
 )
 from specai.graph.store import GraphStore
+from specai.ids import check_new_session_id, check_session_id
 from specai.providers import (
     ChatMessage,
     GenerationOptions,
@@ -223,7 +224,7 @@ class AgentRuntime:
         session_id = query.session_id or new_session_id()
         history: Sequence[StoredMessage] = ()
         if self.sessions is not None and query.session_id is not None:
-            found = await self.sessions.owner_of(session_id)
+            found = await self.sessions.owner_of(check_session_id(session_id))
             if found is None:
                 check_new_session_id(session_id)  # refused before anything streams, not at the end
             if found is not None and found != owner:

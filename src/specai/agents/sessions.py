@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,16 +13,13 @@ from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from specai.errors import InvalidRequestError, NotFoundError
+from specai.ids import check_new_session_id, check_session_id
 from specai.store import Store
 from specai.store.engine import insert_ignore
 from specai.store.schema import MESSAGE_ROLES
 from specai.store.schema import messages as messages_table
 from specai.store.schema import sessions as sessions_table
 from specai.store.types import utcnow
-
-MAX_SESSION_ID_LENGTH = 128
-SESSION_ID_CHARACTERS = "letters, digits and - _ . : @"
-_NEW_SESSION_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")  # safe as one URL path segment, unescaped
 
 
 @dataclass(frozen=True)
@@ -76,30 +72,6 @@ class NewMessage:
 def new_session_id() -> str:
     """A fresh, unguessable session id."""
     return str(uuid.uuid4())
-
-
-def check_session_id(session_id: str) -> str:
-    """Return the id when it is 1-128 characters (no NUL), else raise InvalidRequestError."""
-    if not isinstance(session_id, str) or not 1 <= len(session_id) <= MAX_SESSION_ID_LENGTH:
-        raise InvalidRequestError(f"session id must be 1 to {MAX_SESSION_ID_LENGTH} characters")
-    if "\x00" in session_id:
-        raise InvalidRequestError("session id must not contain NUL characters")
-    return session_id
-
-
-def check_new_session_id(session_id: str) -> str:
-    """The rule for ids of sessions being created: ASCII letters, digits and `-_.:@`, not `.` or `..`.
-
-    Every such id is one path segment that `/sessions/{id}` and `/graph/sessions/{id}/shares` can reach; ids
-    stored before this rule still work where they are looked up (`check_session_id`), they just cannot be new.
-    """
-    check_session_id(session_id)
-    if not _NEW_SESSION_ID.fullmatch(session_id) or session_id in (".", ".."):
-        raise InvalidRequestError(
-            f"session id {session_id!r} may only hold {SESSION_ID_CHARACTERS} (1 to {MAX_SESSION_ID_LENGTH}), "
-            "and must not be '.' or '..'"
-        )
-    return session_id
 
 
 def _not_found(session_id: str) -> NotFoundError:

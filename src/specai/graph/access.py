@@ -14,8 +14,8 @@ from typing import Any, Literal
 from sqlalchemy import and_, bindparam, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from specai.agents.sessions import check_new_session_id
 from specai.errors import ForbiddenError, InvalidRequestError, NotFoundError, QuotaExceededError
+from specai.ids import check_new_session_id
 from specai.store.engine import insert_ignore
 from specai.store.schema import graph_nodes, graph_sessions, graph_shares
 from specai.store.types import utcnow

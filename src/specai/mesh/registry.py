@@ -23,6 +23,7 @@ from specai.errors import (
     UnknownInstanceError,
 )
 from specai.files import write_private
+from specai.ids import check_instance_id, is_instance_id
 from specai.mesh.peer_token import PEER_PREFIX, bound_instance
 from specai.store import Store
 from specai.store.engine import insert_ignore
@@ -31,10 +32,8 @@ from specai.store.types import utcnow
 from specai.users.access import Principal
 
 INSTANCE_ID_FILE = "instance_id"
-MAX_INSTANCE_ID = 128
 MAX_FIELD = 2048  # hostname, base_url, fingerprint, capability and profile names
 MAX_LIST = 256  # capabilities, agent profiles
-_INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 
 
 # --- identity ----------------------------------------------------------------------------------------------------
@@ -52,18 +51,9 @@ def load_instance_id(home: Path) -> str:
         return found
     except OSError as exc:
         raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not _INSTANCE_ID.fullmatch(found) or len(found) > MAX_INSTANCE_ID:
+    if not is_instance_id(found):
         raise CorruptFileError(f"{path} does not hold an instance id; delete it to get a new one")
     return found
-
-
-def check_instance_id(value: Any, name: str = "instance_id") -> str:
-    """1-128 letters, digits and `._:-`, starting with a letter or digit."""
-    if not isinstance(value, str) or len(value) > MAX_INSTANCE_ID or not _INSTANCE_ID.fullmatch(value):
-        raise InvalidRequestError(
-            f"{name} must be 1 to {MAX_INSTANCE_ID} letters, digits or . _ : - (starting with a letter or digit)"
-        )
-    return value
 
 
 def _text(value: Any, name: str, *, empty: bool = False) -> str:

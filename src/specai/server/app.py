@@ -14,7 +14,7 @@ from specai.errors import CredentialsError
 from specai.identity.tls import CertInfo
 from specai.server.errors import EXCEPTION_HANDLERS
 from specai.server.limits import offline_openapi, request_limits, security_headers
-from specai.server.routes import agents, graph, health, mesh, openai, sessions, tokens
+from specai.server.routes import agents, graph, graph_shares, health, mesh, openai, sessions, tokens
 from specai.server.routes import auth as auth_routes
 from specai.server.security import BearerAuthMiddleware, TokenVerifier
 from specai.server.state import ServerState
@@ -64,6 +64,7 @@ def create_app(
             *agents.routes(state),
             *sessions.routes(state),
             *openai.routes(state),
+            *graph_shares.routes(state),
             *graph.routes(state),
             *mesh.routes(state),
         ],

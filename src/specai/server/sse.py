@@ -1,21 +1,49 @@
-"""Relaying an event source to an SSE response: keep-alives in silences, a last word on shutdown, clean cancel."""
+"""Relaying an event source to an SSE response: keep-alives in silences, one last word on shutdown, clean cancel.
+
+Every stream (`/stream`, `/v1/chat/completions`, `/graph/stream`) ends the same way when the server stops: one
+event built by `shutting_down`, message "server is shutting down" and code `shutting_down`, written in the error
+envelope that stream already uses for its other errors (an agent `error` event, an OpenAI error object, the
+`{"error", "code"}` body), so a client that handles a stream's errors handles shutdown too.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
+from litestar.response import ServerSentEventMessage
 
 KEEPALIVE = object()  # marker yielded by `relay` during long silences
+STOPPING = object()  # marker yielded by `relay`, last, when the server shuts down
+SHUTTING_DOWN = "shutting_down"
+SHUTDOWN_MESSAGE = "server is shutting down"
 
 
-async def relay(
-    events: AsyncIterator[Any], stopping: asyncio.Event, keepalive: float, farewell: Any
-) -> AsyncIterator[Any]:
-    """Relay events; yield KEEPALIVE after `keepalive` s of silence; on shutdown end with `farewell`.
+def error_body(message: str, code: str) -> dict[str, Any]:
+    """The server's error shape, `{"error", "code"}`, as the data of an SSE `error` event."""
+    return {"error": message, "code": code}
+
+
+def shutting_down(
+    envelope: Callable[[str, str], Any] = error_body, *, event: str | None = None, event_id: str | None = None
+) -> ServerSentEventMessage:
+    """The one last event of every stream the server stops; `envelope(message, code)` is that stream's error."""
+    return ServerSentEventMessage(
+        data=json.dumps(envelope(SHUTDOWN_MESSAGE, SHUTTING_DOWN)), event=event, id=event_id
+    )
+
+
+def keepalive_comment() -> ServerSentEventMessage:
+    """A comment line that keeps proxies and clients from timing out a silent stream."""
+    return ServerSentEventMessage(comment="keep-alive", data=None)
+
+
+async def relay(events: AsyncIterator[Any], stopping: asyncio.Event, keepalive: float) -> AsyncIterator[Any]:
+    """Relay events; yield KEEPALIVE after `keepalive` s of silence; on shutdown end with STOPPING.
 
     One producer task per stream feeds a queue, so relaying an event costs no new task. Closing this generator
     (the client went away) cancels the producer, which closes the upstream request.
@@ -23,7 +51,7 @@ async def relay(
     queue: asyncio.Queue[Any] = asyncio.Queue()
     producer = asyncio.ensure_future(_produce(events, queue))
     stop = asyncio.ensure_future(stopping.wait())
-    stop.add_done_callback(lambda _: queue.put_nowait(_STOPPING))
+    stop.add_done_callback(lambda _: queue.put_nowait(STOPPING))
     try:
         while True:
             try:
@@ -34,8 +62,8 @@ async def relay(
                 continue
             if item is _DONE:
                 return
-            if item is _STOPPING:
-                yield farewell
+            if item is STOPPING:
+                yield STOPPING
                 return
             if isinstance(item, _Failure):
                 raise item.error
@@ -57,7 +85,6 @@ class _Failure:
 
 
 _DONE = object()
-_STOPPING = object()
 
 
 async def _produce(events: AsyncIterator[Any], queue: asyncio.Queue[Any]) -> None:

@@ -12,13 +12,12 @@ from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from specai.agents.runtime import AgentEvent, AgentRuntime, QueryInput, Run
-from specai.errors import ExecutionError, InvalidRequestError
+from specai.errors import InvalidRequestError
+from specai.server.runs import finish
 from specai.server.schemas import AgentListOut, AgentOut, QueryIn, QueryOut, ResponseMetadata
 from specai.server.security import principal
-from specai.server.sse import KEEPALIVE, relay
+from specai.server.sse import KEEPALIVE, STOPPING, keepalive_comment, relay, shutting_down
 from specai.server.state import ServerState
-
-SHUTTING_DOWN = AgentEvent("error", {"message": "server is shutting down", "code": "shutting_down"})
 
 
 def routes(server: ServerState) -> list[HTTPRouteHandler]:
@@ -81,22 +80,6 @@ def owner(request: Request) -> str:
     return principal(request).user_id
 
 
-async def finish(run: Run) -> tuple[str, dict[str, Any]]:
-    """Run to the end; return the text and metadata, or raise the run's failure (502/504/500)."""
-    parts: list[str] = []
-    metadata: dict[str, Any] = {}
-    async for event in run.events():
-        if event.type == "chunk":
-            parts.append(event.data["text"])
-        elif event.type == "end":
-            metadata = event.data["metadata"]
-    if run.failure is not None:
-        raise run.failure
-    if not metadata:
-        raise ExecutionError("the agent ended without an answer")
-    return "".join(parts), metadata
-
-
 async def _prepare(runtime: AgentRuntime, data: QueryIn, request: Request) -> Run:
     query = QueryInput(
         message=data.message,
@@ -112,9 +95,17 @@ async def _sse(
     events: AsyncIterator[AgentEvent], stopping: asyncio.Event, keepalive: float
 ) -> AsyncIterator[ServerSentEventMessage]:
     number = 0
-    async for item in relay(events, stopping, keepalive, SHUTTING_DOWN):
+    async for item in relay(events, stopping, keepalive):
         if item is KEEPALIVE:
-            yield ServerSentEventMessage(comment="keep-alive", data=None)
+            yield keepalive_comment()
             continue
         number += 1
+        if item is STOPPING:
+            yield shutting_down(agent_error, event_id=str(number))
+            return
         yield ServerSentEventMessage(data=json.dumps(item.as_dict()), id=str(number))
+
+
+def agent_error(message: str, code: str) -> dict[str, Any]:
+    """An `error` event of an agent stream (the StreamChunk shape)."""
+    return AgentEvent("error", {"message": message, "code": code}).as_dict()

@@ -19,20 +19,17 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from specai.agents.sessions import check_session_id
 from specai.errors import InvalidRequestError, NotFoundError
 from specai.graph import bootstrap
 from specai.graph.access import missing
 from specai.graph.store import DEFAULT_LIMIT, MAX_LIMIT, Change, GraphStore, Page
-from specai.ids import parse_whole_number
-from specai.server.routes import graph_shares
+from specai.ids import check_session_id, parse_whole_number
 from specai.server.security import principal
-from specai.server.sse import KEEPALIVE, relay
+from specai.server.sse import KEEPALIVE, STOPPING, keepalive_comment, relay, shutting_down
 from specai.server.state import ServerState
 from specai.users.access import Principal
 
 BOOTSTRAP_SESSION = "visionos-dashboard"  # the original's default
-_SHUTTING_DOWN = object()
 
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description=f"page size, 1 to {MAX_LIMIT}")]
 Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page")]
@@ -272,7 +269,6 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         delete_edge,
         stream,
         run_bootstrap,
-        *graph_shares.routes(server),
     ]
 
 
@@ -320,13 +316,11 @@ async def _sse(
 ) -> AsyncIterator[ServerSentEventMessage]:
     for message in first:
         yield message
-    async for item in relay(changes, stopping, keepalive, _SHUTTING_DOWN):
+    async for item in relay(changes, stopping, keepalive):
         if item is KEEPALIVE:
-            yield ServerSentEventMessage(comment="keep-alive", data=None)
-        elif item is _SHUTTING_DOWN:
-            yield ServerSentEventMessage(
-                event="error", data=json.dumps({"error": "server is shutting down", "code": "shutting_down"})
-            )
+            yield keepalive_comment()
+        elif item is STOPPING:
+            yield shutting_down(event="error")
         elif isinstance(item, ServerSentEventMessage):  # the last word: access was taken back
             yield item
             return

@@ -14,9 +14,10 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from specai.errors import ConflictError, ForbiddenError, InvalidRequestError
+from specai.ids import check_instance_id
 from specai.mesh.peer_token import bound_instance
 from specai.mesh.queue import INBOX_MAX_PAGE, INBOX_PAGE, parse_cursor
-from specai.mesh.registry import MemberInfo, check_instance_id
+from specai.mesh.registry import MemberInfo
 from specai.server.security import mesh_only, principal
 from specai.server.state import ServerState
 

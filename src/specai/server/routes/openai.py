@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from litestar import get, post
+from litestar import Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -14,8 +14,8 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from specai.agents.runtime import QueryInput, Run
 from specai.errors import InvalidRequestError
 from specai.providers import ChatMessage
-from specai.server.routes.agents import SHUTTING_DOWN, finish
-from specai.server.sse import KEEPALIVE, relay
+from specai.server.runs import finish
+from specai.server.sse import KEEPALIVE, STOPPING, keepalive_comment, relay, shutting_down
 from specai.server.state import ServerState
 
 _ROLES = ("system", "user", "assistant")
@@ -54,17 +54,17 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         return {"object": "list", "data": data}
 
     @post("/v1/chat/completions", operation_id="ChatCompletions", tags=["openai"], status_code=200)
-    async def chat_completions(data: JSONBody[ChatCompletionIn]) -> Any:
+    async def chat_completions(
+        data: JSONBody[ChatCompletionIn],
+    ) -> Response[dict[str, Any]] | ServerSentEvent:
         """Run the agent named by `model` over the given messages (nothing is stored)."""
         run = server.runtime.prepare_stateless(data.model, _messages(data), _query(data))
         if data.stream:
             keepalive = server.settings.server.sse_keepalive_secs
-            return ServerSentEvent(
-                _chunks(run, relay(run.events(), server.stopping, keepalive, SHUTTING_DOWN))
-            )
+            return ServerSentEvent(_chunks(run, relay(run.events(), server.stopping, keepalive)))
         text, metadata = await finish(run)
         usage = metadata.get("usage") or {}
-        return {
+        body = {
             "id": run.session_id,
             "object": "chat.completion",
             "created": int(time.time()),
@@ -78,6 +78,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
                 "total_tokens": usage.get("total_tokens", 0),
             },
         }
+        return Response(body, status_code=200)
 
     return [list_models, chat_completions]
 
@@ -118,19 +119,20 @@ async def _chunks(run: Run, events: AsyncIterator[Any]) -> AsyncIterator[ServerS
     yield chunk({"role": "assistant", "content": ""})
     async for event in events:
         if event is KEEPALIVE:
-            yield ServerSentEventMessage(comment="keep-alive", data=None)
+            yield keepalive_comment()
+        elif event is STOPPING:
+            yield shutting_down(_error)
+            break
         elif event.type == "chunk":
             yield chunk({"content": event.data["text"]})
         elif event.type == "error":
-            error = {
-                "error": {
-                    "message": event.data["message"],
-                    "type": "upstream_error",
-                    "code": event.data["code"],
-                }
-            }
-            yield ServerSentEventMessage(data=json.dumps(error))
+            yield ServerSentEventMessage(data=json.dumps(_error(event.data["message"], event.data["code"])))
             break
         elif event.type == "end":
             yield chunk({}, "stop")
     yield ServerSentEventMessage(data="[DONE]")
+
+
+def _error(message: str, code: str) -> dict[str, Any]:
+    """An error in a completion stream, in OpenAI's shape (its SDKs raise it as an APIError)."""
+    return {"error": {"message": message, "type": "upstream_error", "code": code}}

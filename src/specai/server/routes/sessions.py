@@ -7,7 +7,8 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, QueryParameter
 
 from specai.agents.sessions import Session, StoredMessage
-from specai.server.routes.agents import owner
+from specai.ids import check_session_id
+from specai.server.security import principal
 from specai.server.state import ServerState
 
 
@@ -19,21 +20,22 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         request: Request, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
     ) -> dict[str, Any]:
         """The caller's sessions, most recently used first."""
-        found = await server.sessions().list(owner(request), limit=limit)
+        found = await server.sessions().list(principal(request).user_id, limit=limit)
         return {"sessions": [_session(s) for s in found]}
 
     @get("/sessions/{session_id:str}", operation_id="GetSession", tags=["sessions"])
     async def get_session(session_id: FromPath[str], request: Request) -> dict[str, Any]:
         """One session and all of its messages, oldest first."""
+        check_session_id(session_id)
         sessions = server.sessions()
-        session = await sessions.get(session_id, owner(request))
-        messages = await sessions.messages(session_id, owner(request))
+        session = await sessions.get(session_id, principal(request).user_id)
+        messages = await sessions.messages(session_id, principal(request).user_id)
         return {**_session(session), "messages": [_message(m) for m in messages]}
 
     @delete("/sessions/{session_id:str}", operation_id="DeleteSession", tags=["sessions"], status_code=204)
     async def delete_session(session_id: FromPath[str], request: Request) -> None:
         """Delete a session and its messages."""
-        await server.sessions().delete(session_id, owner(request))
+        await server.sessions().delete(check_session_id(session_id), principal(request).user_id)
 
     return [list_sessions, get_session, delete_session]
 
