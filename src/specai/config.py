@@ -119,6 +119,14 @@ class AgentSettings:
 
 
 @dataclass(frozen=True)
+class JoinSettings:
+    """`specai server --join URL [--join-fingerprint FP]`: the mesh registry to join once serving (CLI only)."""
+
+    url: str
+    fingerprint: str | None = None  # None: the registry's pin in known_servers.json
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything specai needs to run, resolved from defaults, the config file and the environment."""
 
@@ -133,6 +141,7 @@ class Settings:
     agents: Mapping[str, AgentSettings] = field(default_factory=dict)
     mesh: MeshSettings = field(default_factory=MeshSettings)
     sync: Mapping[str, Any] = field(default_factory=dict)
+    join: JoinSettings | None = None  # set by `specai server --join`, never by the file or the environment
     warnings: tuple[str, ...] = ()
 
     @property

@@ -14,7 +14,7 @@ import typer
 
 from specai.cli import _settings
 from specai.cli._console import STARTUP_FAILURE, USAGE, err, exit_code_for, fail, out, print_warnings, warn
-from specai.config import Settings
+from specai.config import JoinSettings, Settings
 from specai.errors import AuthError, ConfigError, SpecaiError, StartupError, TrustError
 
 
@@ -78,16 +78,13 @@ def server(
     if join_fingerprint and not join:
         fail("--join-fingerprint needs --join URL", USAGE)
     settings = _apply_flags(settings, host, port, cert, key, tuple(san or ()))
-    run_server(settings, allow_unauthenticated, join, join_fingerprint)
+    if join is not None:
+        settings = dataclasses.replace(settings, join=JoinSettings(join, join_fingerprint))
+    run_server(settings, allow_unauthenticated)
 
 
-def run_server(
-    settings: Settings,
-    allow_unauthenticated: bool,
-    join: str | None = None,
-    join_fingerprint: str | None = None,
-) -> None:
-    """Check, prepare and serve; every failure before serving exits 3 with one line."""
+def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
+    """Check, prepare and serve (joining `settings.join` once serving); every failure before serving exits 3."""
     from specai.identity.tls import ensure_server_cert, read_cert
     from specai.server.app import create_app
     from specai.server.run import serve
@@ -100,13 +97,13 @@ def run_server(
             STARTUP_FAILURE,
         )
     try:
-        if join is not None:
-            _check_join(settings, join, join_fingerprint)
+        if settings.join is not None:
+            _check_join(settings, settings.join)
         paths = ensure_server_cert(settings)
         info = read_cert(paths.cert)
         print_warnings(paths.warnings)
         _check_port_free(host, port)
-        app = create_app(settings, info, join_url=join, join_fingerprint=join_fingerprint)
+        app = create_app(settings, info)
         asyncio.run(_check_database(settings))
     except ConfigError as exc:
         fail(exc.message)
@@ -123,10 +120,11 @@ def run_server(
     def ready(url: str) -> None:
         out.print(f"specai server listening on [bold]{url}[/] fingerprint {info.fingerprint}")
 
-    app.state.specai.announce = lambda message: out.print(message, markup=False, highlight=False)
+    def announce(message: str) -> None:
+        out.print(message, markup=False, highlight=False)
 
     try:
-        serve(app, host, port, paths, ready)
+        serve(app, host, port, paths, ready, announce)
     except (TrustError, AuthError) as exc:  # a refused --join: the registry's identity, or our mesh login
         fail(f"cannot join the mesh: {exc.message}", exit_code_for(exc))
     except SpecaiError as exc:
@@ -136,16 +134,16 @@ def run_server(
     err.print("specai server stopped")
 
 
-def _check_join(settings: Settings, join: str, fingerprint: str | None) -> None:
+def _check_join(settings: Settings, join: JoinSettings) -> None:
     """Refuse a bad --join URL, fingerprint or mesh login setting before anything starts."""
     from specai.identity.fingerprint import normalize_fingerprint
     from specai.identity.trust import parse_server
     from specai.server.mesh_link import mesh_credentials
 
     try:
-        parse_server(join)
-        if fingerprint is not None:
-            normalize_fingerprint(fingerprint)
+        parse_server(join.url)
+        if join.fingerprint is not None:
+            normalize_fingerprint(join.fingerprint)
     except SpecaiError as exc:
         fail(f"--join: {exc.message}", USAGE)
     mesh_credentials(settings)

@@ -1,7 +1,8 @@
-"""`create_app(settings)`: the only place routes, auth, errors, CORS and OpenAPI are assembled."""
+"""`create_app(settings)`: the only place routes, middleware, services, backends and background work are assembled."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from litestar import Litestar
@@ -9,41 +10,39 @@ from litestar.config.cors import CORSConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from specai import __version__, auth
+from specai.agents.runtime import AgentRuntime
 from specai.config import Settings
 from specai.errors import CredentialsError
-from specai.identity.tls import CertInfo
+from specai.graph.feed import ChangeNotifier
+from specai.identity.tls import CertInfo, ensure_server_cert, read_cert
+from specai.mesh.registry import load_instance_id
 from specai.server.errors import EXCEPTION_HANDLERS
+from specai.server.lifespan import Lifespan
 from specai.server.limits import offline_openapi, request_limits, security_headers
 from specai.server.routes import agents, graph, graph_shares, health, mesh, openai, sessions, tokens
 from specai.server.routes import auth as auth_routes
 from specai.server.security import BearerAuthMiddleware, TokenVerifier
 from specai.server.state import ServerState
+from specai.store import Store
 from specai.users.directory import UserDirectory
+from specai.users.throttle import MemoryLoginThrottle, MemoryRateLimiter, VerifyGate
 
 
-def create_app(
-    settings: Settings, cert: CertInfo, *, join_url: str | None = None, join_fingerprint: str | None = None
-) -> Litestar:
-    """Build the Litestar app for `settings`, serving `cert`; fails closed when auth is on but unusable.
+def create_app(settings: Settings, cert: CertInfo | None = None, *, store: Store | None = None) -> Litestar:
+    """Build the Litestar app for `settings`; fails closed when auth is on but unusable.
 
-    With `join_url`, the server joins that mesh registry once it answers (pinned to `join_fingerprint`).
+    `cert` is the certificate served (default: the one `settings` name or generate); with `store` the app uses
+    that open store (its caller closes it) instead of opening `[database]`. With `settings.join`, the server
+    joins that mesh registry once it answers.
     """
-    users: UserDirectory | None = None
-    verifier: TokenVerifier | None = None
-    if settings.auth.enabled:
-        users = UserDirectory(settings.credentials_file)
-        if not len(users):
-            raise CredentialsError(
-                f"auth is enabled but {settings.credentials_file} has no users; "
-                "add one with `specai auth add-user`"
-            )
-    secret = auth.load_token_secret(settings)
-    state = ServerState.build(settings, cert, secret, users)
-    state.join_url, state.join_fingerprint = join_url, join_fingerprint
+    users = _users(settings)
+    state = _state(settings, cert or read_cert(ensure_server_cert(settings).cert), users)
+    lifespan = Lifespan(state, store)
     middleware: list[Any] = []
     openapi = offline_openapi("specai", __version__)
+    verifier: TokenVerifier | None = None
     if users is not None:
-        verifier = TokenVerifier(secret, users, state.keys, state.revocations)
+        verifier = TokenVerifier(state.token_secret, users, state.keys, state.revocations)
         middleware.append(BearerAuthMiddleware(verifier, peers=state.peer))
         openapi.components = Components(
             security_schemes={
@@ -64,12 +63,12 @@ def create_app(
             *agents.routes(state),
             *sessions.routes(state),
             *openai.routes(state),
-            *graph_shares.routes(state),
             *graph.routes(state),
+            *graph_shares.routes(state),
             *mesh.routes(state),
         ],
-        on_startup=[state.start],
-        on_shutdown=[state.stop],
+        on_startup=[lifespan.startup],
+        on_shutdown=[lifespan.shutdown],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=middleware,
         cors_config=cors,
@@ -79,4 +78,40 @@ def create_app(
         debug=False,
     )
     app.state.specai = state
+    app.state.lifespan = lifespan
     return app
+
+
+def _users(settings: Settings) -> UserDirectory | None:
+    """The user directory when auth is on (None when off); no users at all refuses to start."""
+    if not settings.auth.enabled:
+        return None
+    users = UserDirectory(settings.credentials_file)
+    if not len(users):
+        raise CredentialsError(
+            f"auth is enabled but {settings.credentials_file} has no users; add one with `specai auth add-user`"
+        )
+    return users
+
+
+def _state(settings: Settings, cert: CertInfo, users: UserDirectory | None) -> ServerState:
+    """The complete server state, with today's in-process backends; the login throttles follow `[auth]`."""
+    config, secret = settings.auth, auth.load_token_secret(settings)
+    instance_id = load_instance_id(settings.home)
+    return ServerState(
+        settings=settings,
+        runtime=AgentRuntime(settings),
+        cert=cert,
+        token_secret=secret,
+        instance_id=instance_id,
+        users=users,
+        login_throttle=MemoryLoginThrottle(
+            pair_limit=config.max_failed_logins,
+            address_limit=config.max_failed_logins_per_address,
+            user_limit=config.max_failed_logins_per_user,
+            lockout=config.lockout_secs,
+        ),
+        password_gate=VerifyGate(os.cpu_count() or 1, config.max_waiting_logins),
+        hash_limit=MemoryRateLimiter(config.hash_per_minute),
+        notifier=ChangeNotifier(),
+    )

@@ -24,6 +24,7 @@ from litestar import Litestar
 from specai.config import ServerSettings
 from specai.errors import StartupError
 from specai.identity.tls import CertPaths
+from specai.server.lifespan import Lifespan
 from specai.server.state import ServerState
 
 GRACE_SECONDS = 2.0  # in-flight requests get this long to finish after SIGINT/SIGTERM
@@ -73,15 +74,31 @@ class _QuietEmbedWarning(logging.Filter):
         return "experimental" not in record.getMessage()
 
 
-def serve(app: Litestar, host: str, port: int, cert: CertPaths, on_ready: Callable[[str], None]) -> None:
-    """Serve until SIGINT/SIGTERM; call `on_ready(url)` once `/health` answers over TLS."""
-    asyncio.run(_serve(app, host, port, cert, on_ready))
+def serve(
+    app: Litestar,
+    host: str,
+    port: int,
+    cert: CertPaths,
+    on_ready: Callable[[str], None],
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Serve until SIGINT/SIGTERM; call `on_ready(url)` once `/health` answers over TLS.
+
+    `announce` is how background work (the mesh link) tells the operator something.
+    """
+    asyncio.run(_serve(app, host, port, cert, on_ready, announce))
 
 
 async def _serve(
-    app: Litestar, host: str, port: int, cert: CertPaths, on_ready: Callable[[str], None]
+    app: Litestar,
+    host: str,
+    port: int,
+    cert: CertPaths,
+    on_ready: Callable[[str], None],
+    announce: Callable[[str], None],
 ) -> None:
     state: ServerState = app.state.specai
+    lifespan: Lifespan = app.state.lifespan
     tracker = _RequestTracker(app)
     server = Server(tracker, **granian_options(state.settings.server, host, port, cert))
     logging.getLogger("_granian").addFilter(_QuietEmbedWarning())
@@ -102,7 +119,6 @@ async def _serve(
         loop.call_later(GRACE_SECONDS, tracker.cancel_all)
         loop.call_later(0.2, server.stop)
 
-    state.request_stop = request_stop
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, request_stop)
     serving = asyncio.ensure_future(server.serve())
@@ -116,7 +132,7 @@ async def _serve(
                 await asyncio.wait_for(serving, 3)
         raise
     on_ready(url)
-    state.serving()
+    lifespan.serving(announce, request_stop)
     try:
         await serving
     except (TimeoutError, asyncio.CancelledError):
@@ -124,8 +140,8 @@ async def _serve(
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-    if state.fatal is not None:
-        raise state.fatal
+    if lifespan.fatal is not None:
+        raise lifespan.fatal
 
 
 def granian_options(server: ServerSettings, host: str, port: int, cert: CertPaths) -> dict[str, Any]:
