@@ -11,7 +11,8 @@ import pytest
 
 from specai.errors import NotARepositoryError
 from specai.graph.bootstrap import BOOTSTRAP_SOURCE, MAX_DOCS, ROOT_KEY, scan_repository
-from specai.graph.store import GraphPlan, GraphStore, PlannedNode
+from specai.graph.model import GraphPlan, PlannedNode
+from specai.graph.store import GraphStore
 from specai.store import Store
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,8 @@ from specai.errors import (
     UnprocessableError,
     VersionConflictError,
 )
-from specai.graph.store import NODE_TYPES, Change, GraphPlan, GraphStore, PlannedEdge, PlannedNode
+from specai.graph.model import NODE_TYPES, Change, GraphPlan, PlannedEdge, PlannedNode
+from specai.graph.store import GraphStore
 from specai.store import Store
 from specai.store.migrations import SCHEMA_VERSION
 from specai.store.schema import graph_changelog, graph_edges, graph_nodes, sessions

@@ -17,7 +17,7 @@ from databases import ENGINES, fresh_database_url
 
 from conftest import PASSWORD
 from helpers import ServerProcess, assert_error, run_cli
-from specai.graph.store import NODE_TYPES
+from specai.graph.model import NODE_TYPES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRAPH_AGENT = """

@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from specai.errors import SpecaiError
 from specai.graph.access import SessionNotFoundError
-from specai.graph.store import EDGE_TYPES, NODE_TYPES, GraphStore
+from specai.graph.model import EDGE_TYPES, NODE_TYPES
+from specai.graph.store import GraphStore
 from specai.providers.base import ToolSpec
 from specai.users.access import Principal
 

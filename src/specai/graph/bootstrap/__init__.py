@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from specai.errors import NotARepositoryError
-from specai.graph.store import GraphPlan, PlannedEdge, PlannedNode
+from specai.graph.model import GraphPlan, PlannedEdge, PlannedNode
 
 BOOTSTRAP_SOURCE = "universal-code-plugin"
 ROOT_KEY = "repository"

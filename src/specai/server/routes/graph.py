@@ -22,7 +22,9 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from specai.errors import InvalidRequestError, NotFoundError
 from specai.graph import bootstrap
 from specai.graph.access import missing
-from specai.graph.store import DEFAULT_LIMIT, MAX_LIMIT, Change, GraphStore, Page
+from specai.graph.model import Change, Page
+from specai.graph.store import GraphStore
+from specai.graph.validate import DEFAULT_LIMIT, MAX_LIMIT
 from specai.ids import check_session_id, parse_whole_number
 from specai.server.security import principal
 from specai.server.sse import KEEPALIVE, STOPPING, keepalive_comment, relay, shutting_down
