@@ -28,8 +28,20 @@ C = TypeVar("C", bound=Sequenced)
 Reader = Callable[[str, int, int], Awaitable[list[C]]]  # (session, after id, limit) -> changes, oldest first
 
 
+class Notifier(Protocol):
+    """What the change feed needs to hear of commits: this process's writes today, every process's later."""
+
+    def event(self, session_id: str) -> asyncio.Event:
+        """The event the next commit to `session_id` sets; take it *before* reading, so no commit is missed."""
+        ...
+
+    def notify(self, session_id: str) -> None:
+        """A write to `session_id` committed: wake everyone waiting on it."""
+        ...
+
+
 class ChangeNotifier:
-    """Wakes the readers of a session when a write to it commits in this process."""
+    """The in-process `Notifier`: wakes the readers of a session when a write to it commits in this process."""
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
@@ -68,7 +80,7 @@ class _SessionReader(Generic[C]):
         self.watchers: set[_Watcher[C]] = set()
         self.task: asyncio.Task[None] | None = None
 
-    async def run(self, read: Reader[C], notifier: ChangeNotifier, poll_secs: float) -> None:
+    async def run(self, read: Reader[C], notifier: Notifier, poll_secs: float) -> None:
         while True:
             woken = notifier.event(self.session_id)
             try:
@@ -91,7 +103,7 @@ class ChangeFeed(Generic[C]):
     """Every change of a session after a given id, in order, exactly once, for as many watchers as there are."""
 
     def __init__(
-        self, read: Reader[C], latest: Callable[[], Awaitable[int]], notifier: ChangeNotifier
+        self, read: Reader[C], latest: Callable[[], Awaitable[int]], notifier: Notifier
     ) -> None:
         self._read = read
         self._latest = latest

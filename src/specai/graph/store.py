@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from specai.errors import NotFoundError, UnprocessableError
 from specai.graph.access import Grant, GraphAccess, Level, SessionEntry, ShareEntry
 from specai.graph.changelog import CHANGE_BATCH, Changelog
-from specai.graph.feed import ChangeFeed, ChangeNotifier
+from specai.graph.feed import ChangeFeed, ChangeNotifier, Notifier
 from specai.graph.model import Change, Edge, GraphPlan, Node, Page, PlanResult
 from specai.graph.plan import apply_plan
 from specai.graph.rows import containing, edge_or_404, find, missing, node_or_404, page, session_of
@@ -40,7 +40,7 @@ class GraphStore:
     """Graph reads and writes; every write and its changelog rows commit in one transaction."""
 
     def __init__(
-        self, store: Store, notifier: ChangeNotifier | None = None, *, max_nodes_per_account: int = 0
+        self, store: Store, notifier: Notifier | None = None, *, max_nodes_per_account: int = 0
     ) -> None:
         self.store = store
         self.notifier = notifier or ChangeNotifier()

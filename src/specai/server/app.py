@@ -21,7 +21,7 @@ from specai.server.lifespan import Lifespan
 from specai.server.limits import offline_openapi, request_limits, security_headers
 from specai.server.routes import agents, graph, graph_shares, health, mesh, openai, sessions, tokens
 from specai.server.routes import auth as auth_routes
-from specai.server.security import BearerAuthMiddleware, TokenVerifier
+from specai.server.security import BearerAuthMiddleware, MemoryTokenCache, TokenVerifier
 from specai.server.state import ServerState
 from specai.store import Store
 from specai.users.directory import UserDirectory
@@ -42,7 +42,7 @@ def create_app(settings: Settings, cert: CertInfo | None = None, *, store: Store
     openapi = offline_openapi("specai", __version__)
     verifier: TokenVerifier | None = None
     if users is not None:
-        verifier = TokenVerifier(state.token_secret, users, state.keys, state.revocations)
+        verifier = TokenVerifier(state.token_secret, users, state.keys, state.revocations, MemoryTokenCache())
         middleware.append(BearerAuthMiddleware(verifier, peers=state.peer))
         openapi.components = Components(
             security_schemes={
@@ -95,7 +95,7 @@ def _users(settings: Settings) -> UserDirectory | None:
 
 
 def _state(settings: Settings, cert: CertInfo, users: UserDirectory | None) -> ServerState:
-    """The complete server state, with today's in-process backends; the login throttles follow `[auth]`."""
+    """The complete server state with today's backends (in-process, file); the login throttles follow `[auth]`."""
     config, secret = settings.auth, auth.load_token_secret(settings)
     instance_id = load_instance_id(settings.home)
     return ServerState(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
@@ -15,15 +17,69 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from specai import auth
 from specai.errors import ForbiddenError, TokenError
 from specai.mesh.peer_token import looks_like_peer_token
-from specai.store.types import utcnow
 from specai.users.access import LOCAL, SCOPES, Principal, max_scope
-from specai.users.directory import UserDirectory
+from specai.users.directory import Directory, User
 from specai.users.keys import ApiKey, ApiKeyStore, RevocationList, is_api_key
 
 _CACHE_SIZE = 4096
 _READ_METHODS = ("GET", "HEAD")
 LOGOUT_PATH = "/auth/logout"  # any token may revoke itself
 MESH_PATHS = ("/registry/", "/messages/")  # where peer tokens are accepted
+_EXPIRED = "token expired; run `specai login` again"
+_BAD_KEY = "invalid, expired or revoked API key"
+
+
+@dataclass(slots=True)
+class Verified:
+    """A token checked once (signature or database): later requests re-check only in memory.
+
+    `user` is the account as the directory gave it when `principal` was derived; while the directory hands back
+    that same object, the principal still holds.
+    """
+
+    expires: float  # epoch seconds; infinite for a key that never expires
+    claims: auth.TokenClaims | None = None  # a JWT's
+    key: ApiKey | None = None  # an API key's
+    user: User | None = None
+    principal: Principal | None = None
+
+
+class TokenCache(Protocol):
+    """Verified tokens by their raw text: in-process today; any backend must forget a revoked key at once."""
+
+    def get(self, token: str) -> Verified | None: ...
+
+    def put(self, token: str, verified: Verified) -> None: ...
+
+    def discard(self, token: str) -> None: ...
+
+    def discard_key(self, key_id: str) -> None:
+        """Forget every cached token of API key `key_id` (it was revoked)."""
+        ...
+
+
+class MemoryTokenCache:
+    """The in-process `TokenCache`: a dict bounded to `size` entries, the oldest dropped first."""
+
+    def __init__(self, size: int = _CACHE_SIZE) -> None:
+        self.size = size
+        self._entries: dict[str, Verified] = {}
+        self.get = self._entries.get  # the hot path: a dict lookup, no frame of ours
+
+    def put(self, token: str, verified: Verified) -> None:
+        """Remember a verified token."""
+        if len(self._entries) >= self.size:
+            del self._entries[next(iter(self._entries))]
+        self._entries[token] = verified
+
+    def discard(self, token: str) -> None:
+        """Forget one token (it expired)."""
+        self._entries.pop(token, None)
+
+    def discard_key(self, key_id: str) -> None:
+        """Forget every cached token of API key `key_id`."""
+        for token in [t for t, v in self._entries.items() if v.key is not None and v.key.id == key_id]:
+            del self._entries[token]
 
 
 class TokenVerifier:
@@ -36,62 +92,70 @@ class TokenVerifier:
     def __init__(
         self,
         secret: str,
-        users: UserDirectory,
+        users: Directory,
         keys: Callable[[], ApiKeyStore],
         revocations: Callable[[], RevocationList],
+        cache: TokenCache,
     ) -> None:
         self.secret = secret
         self.users = users
         self.keys = keys
         self.revocations = revocations
-        self._claims: dict[str, auth.TokenClaims] = {}
-        self._keys: dict[str, ApiKey] = {}
+        self.cache = cache
 
     async def principal(self, token: str) -> Principal:
         """The account a valid token speaks for; raises TokenError otherwise."""
-        if is_api_key(token):
-            return await self._key_principal(token)
-        claims = self._claims.get(token)
+        verified = self.cache.get(token)
+        if verified is None:
+            verified = await self._verify(token)
+        if verified.expires < time.time():
+            self.cache.discard(token)
+            raise TokenError(_EXPIRED if verified.claims is not None else _BAD_KEY)
+        claims = verified.claims
         if claims is None:
-            claims = auth.decode_token(self.secret, token)
-            _remember(self._claims, token, claims)
-        if claims.exp < time.time():
-            self._claims.pop(token, None)
-            raise TokenError("token expired; run `specai login` again")
+            return self._key_principal(verified)
         user = self.users.get(claims.sub)
-        if user is None or user.id != claims.uid:
-            raise TokenError(f"user '{claims.sub}' no longer exists; run `specai login` again")
-        if user.token_generation != claims.gen or self.revocations().is_revoked(claims.jti):
+        if user is not verified.user or verified.principal is None:
+            if user is None or user.id != claims.uid:
+                raise TokenError(f"user '{claims.sub}' no longer exists; run `specai login` again")
+            if user.token_generation != claims.gen:
+                raise TokenError("token revoked; run `specai login` again")
+            verified.user, verified.principal = (
+                user,
+                Principal(user.id, user.username, user.role, max_scope(user.role)),
+            )
+        if self.revocations().is_revoked(claims.jti):
             raise TokenError("token revoked; run `specai login` again")
-        return Principal(user.id, user.username, user.role, max_scope(user.role))
+        return verified.principal
 
-    async def _key_principal(self, token: str) -> Principal:
-        key = self._keys.get(token)
-        if key is None:
+    async def _verify(self, token: str) -> Verified:
+        """Check a token not seen before: a JWT's signature and claims, or an API key in the database."""
+        if is_api_key(token):
             key = await self.keys().verify(token)
             if key is None:
-                raise TokenError("invalid, expired or revoked API key")
-            _remember(self._keys, token, key)
-        elif not key.usable(utcnow()):
-            self._keys.pop(token, None)
-            raise TokenError("invalid, expired or revoked API key")
+                raise TokenError(_BAD_KEY)
+            verified = Verified(key.expires_at.timestamp() if key.expires_at else math.inf, key=key)
+        else:
+            claims = auth.decode_token(self.secret, token)
+            verified = Verified(float(claims.exp), claims=claims)
+        self.cache.put(token, verified)
+        return verified
+
+    def _key_principal(self, verified: Verified) -> Principal:
+        key = verified.key
+        assert key is not None
         user = self.users.by_id(key.owner_id)
         if user is None:
             raise TokenError(f"the account of key '{key.name}' no longer exists")
-        widest = max_scope(user.role)
-        scope = key.scope if SCOPES.index(key.scope) <= SCOPES.index(widest) else widest
-        return Principal(user.id, user.username, user.role, scope)
+        if user is not verified.user or verified.principal is None:
+            widest = max_scope(user.role)
+            scope = key.scope if SCOPES.index(key.scope) <= SCOPES.index(widest) else widest
+            verified.user, verified.principal = user, Principal(user.id, user.username, user.role, scope)
+        return verified.principal
 
     def forget_key(self, key_id: str) -> None:
         """Drop a revoked key from the cache at once."""
-        for token in [t for t, key in self._keys.items() if key.id == key_id]:
-            del self._keys[token]
-
-
-def _remember(cache: dict[str, Any], token: str, value: Any) -> None:
-    if len(cache) >= _CACHE_SIZE:
-        del cache[next(iter(cache))]  # oldest first
-    cache[token] = value
+        self.cache.discard_key(key_id)
 
 
 class BearerAuthMiddleware(ASGIMiddleware):

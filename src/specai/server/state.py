@@ -12,7 +12,7 @@ from specai.agents.runtime import AgentRuntime
 from specai.agents.sessions import SessionStore
 from specai.config import Settings
 from specai.errors import TokenError
-from specai.graph.feed import ChangeNotifier
+from specai.graph.feed import Notifier
 from specai.graph.store import GraphStore
 from specai.identity.tls import CertInfo, ensure_server_cert
 from specai.mesh.peer_token import PeerTokenVerifier, load_signing_key, peer_principal
@@ -21,7 +21,7 @@ from specai.mesh.queue import MessageQueue
 from specai.mesh.registry import MemberInfo, MeshRegistry
 from specai.store import Store
 from specai.users.access import Principal
-from specai.users.directory import UserDirectory
+from specai.users.directory import Directory
 from specai.users.keys import ApiKeyStore, StoredRevocations
 from specai.users.throttle import LoginThrottle, RateLimiter, VerifyGate
 
@@ -39,7 +39,7 @@ class Services:
     messages: MessageQueue
 
     @classmethod
-    def bind(cls, store: Store, settings: Settings, instance_id: str, notifier: ChangeNotifier) -> Services:
+    def bind(cls, store: Store, settings: Settings, instance_id: str, notifier: Notifier) -> Services:
         """Every store-backed service of this server, on `store`."""
         mesh, quota = settings.mesh, settings.graph.max_nodes_per_account
         return cls(
@@ -64,11 +64,11 @@ class ServerState:
     cert: CertInfo
     token_secret: str
     instance_id: str
-    users: UserDirectory | None
+    users: Directory | None
     login_throttle: LoginThrottle
     password_gate: VerifyGate  # bounds running and queued password checks (logins and /auth/hash)
     hash_limit: RateLimiter
-    notifier: ChangeNotifier  # wakes change-stream readers when a graph write commits
+    notifier: Notifier  # wakes change-stream readers when a graph write commits
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = field(default_factory=time.monotonic)
     _services: Services | None = None

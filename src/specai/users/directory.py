@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from specai import auth
 from specai.errors import ConflictError, CredentialsError, InvalidRequestError, NotFoundError
@@ -242,6 +242,28 @@ def _locked(path: Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+class Directory(Protocol):
+    """Where the server finds its users: the credentials file today (`UserDirectory`), a shared table later.
+
+    Lookups run on every authenticated request: they must answer from memory, and hand back the same `User`
+    object while nothing changed (callers cache what they derived from it by identity).
+    """
+
+    def __len__(self) -> int: ...
+
+    def get(self, username: str) -> User | None:
+        """The user of that name as it is now, or None."""
+        ...
+
+    def by_id(self, user_id: str) -> User | None:
+        """The user with that id (ids are never reused), or None."""
+        ...
+
+    def authenticate(self, username: str, password: str) -> User | None:
+        """The user when the password is right (slow: run it in a thread), else None."""
+        ...
 
 
 class UserDirectory:
