@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_graph.py
 	$(BIN)/python benchmarks/bench_mesh.py
 	$(BIN)/python benchmarks/bench_login.py
+	$(BIN)/python benchmarks/bench_cli.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

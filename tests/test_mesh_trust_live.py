@@ -25,6 +25,7 @@ from test_mesh_live import LEADER_TIMEOUT, Node, make_node, start_members, wait_
 
 from conftest import PASSWORD
 from helpers import assert_error
+from specai.client.peer import Credentials, Peer
 from specai.config import MeshSettings, Settings
 from specai.errors import TrustError
 from specai.identity.fingerprint import fingerprint_der
@@ -32,7 +33,6 @@ from specai.identity.tls import create_self_signed
 from specai.identity.trust import KnownServers, parse_server
 from specai.mesh.registry import Member, MemberInfo, MeshRegistry
 from specai.server.mesh_link import MeshLink
-from specai.server.mesh_peer import Credentials, Peer
 
 FAKES = 40
 

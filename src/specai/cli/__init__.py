@@ -1,4 +1,7 @@
-"""The `specai` command line: parse, call the core or the client, render."""
+"""The `specai` command line: parse, call the core or the client, render.
+
+Commands are imported when used (see `_lazy`), so `--help`, `--version` and the local-only commands start fast.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,50 @@ from typing import Annotated, Optional
 import typer
 
 from specai import __version__
-from specai.cli import auth, cert, graph, mesh, remote, server, sessions
+from specai.cli._lazy import LazyCommand, LazyGroup
+
+
+class Commands(LazyGroup):
+    """Every `specai` command, in the order `specai --help` lists them."""
+
+    lazy = (
+        LazyCommand("server", "specai.cli.server:server", "Serve agents over HTTPS (TLS is always on)."),
+        LazyCommand(
+            "login",
+            "specai.cli.remote:login",
+            "Pin the server's certificate, exchange a password for a token, and save it (0600).",
+        ),
+        LazyCommand(
+            "logout",
+            "specai.cli.remote:logout",
+            "Revoke the saved token on the server, then forget it (the pin stays).",
+        ),
+        LazyCommand("health", "specai.cli.remote:health", "Check that a server is up."),
+        LazyCommand("agents", "specai.cli.remote:agents", "List the agents a server offers."),
+        LazyCommand(
+            "query",
+            "specai.cli.remote:query",
+            "Ask an agent; the answer streams to the terminal as it is produced.",
+        ),
+        LazyCommand("auth", "specai.cli.auth:app", "Manage users, roles and tokens."),
+        LazyCommand("cert", "specai.cli.cert:app", "Show the server's TLS identity."),
+        LazyCommand("sessions", "specai.cli.sessions:app", "Your conversations on a server."),
+        LazyCommand(
+            "graph",
+            "specai.cli.graph:app",
+            "The knowledge graph on a server: nodes, edges, bootstrap, sharing, and a live feed of changes.",
+        ),
+        LazyCommand(
+            "mesh",
+            "specai.cli.mesh:app",
+            "The mesh a server belongs to: its members (live or stale, and the leader), and messages between them.",
+        ),
+    )
+
 
 app = typer.Typer(
     name="specai",
+    cls=Commands,
     no_args_is_help=True,
     help="Serve AI agents over TLS with bearer-token auth, and talk to them from the terminal.",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -42,19 +85,6 @@ def root(
     ] = False,
 ) -> None:
     """Serve AI agents over TLS with bearer-token auth, and talk to them from the terminal."""
-
-
-app.command(name="server")(server.server)
-app.add_typer(auth.app, name="auth")
-app.add_typer(cert.app, name="cert")
-app.command(name="login")(remote.login)
-app.command(name="logout")(remote.logout)
-app.command(name="health")(remote.health)
-app.command(name="agents")(remote.agents)
-app.command(name="query")(remote.query)
-app.add_typer(sessions.app, name="sessions")
-app.add_typer(graph.app, name="graph")
-app.add_typer(mesh.app, name="mesh")
 
 
 def main() -> None:

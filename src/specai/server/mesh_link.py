@@ -13,27 +13,40 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
-from specai.config import Settings
+from specai.client.errors import error_text, reason
+from specai.client.peer import REQUEST_TIMEOUT, Credentials, Peer
+from specai.config import Settings, resolve_secret
 from specai.errors import AuthError, ConnectionFailedError, SpecaiError, TlsError, TrustError
 from specai.identity.fingerprint import normalize_fingerprint
 from specai.identity.trust import KnownServers, parse_server
 from specai.mesh.registry import Member, MemberInfo, MeshRegistry
-from specai.server.mesh_peer import REQUEST_TIMEOUT, Credentials, Peer, error_text, mesh_credentials
 
 __all__ = ["Credentials", "MeshLink", "mesh_credentials"]
 
 log = logging.getLogger("specai.mesh")
+JOIN_TOKEN_ENV = "SPECAI_JOIN_TOKEN"
 LEAVE_TIMEOUT = 1.0
 EVICT_AFTER_TIMEOUTS = (
     4  # a member silent for this many leader timeouts is removed (it re-registers by itself)
 )
 TOKEN_RENEW_SECS = 45  # renew a peer token in the background once it has less than this left
+
+
+def mesh_credentials(settings: Settings, env: Mapping[str, str] = os.environ) -> Credentials:
+    """`[mesh] username` + `password_source`, else `SPECAI_JOIN_TOKEN`, else none (peers without auth)."""
+    mesh = settings.mesh
+    if mesh.username and mesh.password_source:
+        return Credentials(mesh.username, resolve_secret(mesh.password_source, "[mesh] password_source", env))
+    if mesh.username or mesh.password_source:
+        raise AuthError("[mesh] needs both username and password_source (or set SPECAI_JOIN_TOKEN)")
+    return Credentials(token=env.get(JOIN_TOKEN_ENV) or None)
 
 
 class NoPeerToken(ConnectionFailedError):
@@ -109,9 +122,7 @@ class MeshLink:
                 try:
                     await self.start()
                 except (ConnectionFailedError, httpx.HTTPError) as exc:
-                    log.warning(
-                        "cannot join the mesh at %s yet: %s; retrying", self.join.origin, _reason(exc)
-                    )
+                    log.warning("cannot join the mesh at %s yet: %s; retrying", self.join.origin, reason(exc))
                     await _wait(stopping, interval)
             while not stopping.is_set():
                 await self.sync(stopping)
@@ -196,15 +207,15 @@ class MeshLink:
                 await self.registry.learn(body.get("peers", []))
             await self._heard(instance_id, peer)
         except NoPeerToken as exc:  # the registry is gone: a credential-free probe still tells it is alive
-            await self._probe(instance_id, peer, _reason(exc))
+            await self._probe(instance_id, peer, reason(exc))
         except (httpx.HTTPError, SpecaiError, ValueError) as exc:
-            self._failed(instance_id, peer, _reason(exc))
+            self._failed(instance_id, peer, reason(exc))
 
     async def _probe(self, instance_id: str, peer: Peer, why: str) -> None:
         try:
             alive = await peer.probe()
         except (httpx.HTTPError, SpecaiError) as exc:
-            alive, why = False, f"{why}; {_reason(exc)}"
+            alive, why = False, f"{why}; {reason(exc)}"
         if alive:
             await self._heard(instance_id, peer)
         else:
@@ -243,7 +254,7 @@ class MeshLink:
         try:
             response = await registry.call("POST", "/registry/peer-token", body)
         except (httpx.HTTPError, SpecaiError) as exc:
-            raise NoPeerToken(f"the registry gave no peer token: {_reason(exc)}") from None
+            raise NoPeerToken(f"the registry gave no peer token: {reason(exc)}") from None
         if response.status_code != 200:
             raise NoPeerToken(f"the registry gave no peer token: {error_text(response)}")
         answer = response.json()
@@ -295,7 +306,3 @@ async def _wait(stopping: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await stopping.wait()
-
-
-def _reason(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, SpecaiError) else (str(exc) or type(exc).__name__)
