@@ -1,4 +1,5 @@
-"""Translate every exception into the one JSON error shape `{"error", "code", "details"?}`."""
+"""Translate every exception into the one error body, `ErrorBody` (`{"error", "code", "details"?}`), and say so in
+the OpenAPI description of every operation (`error_responses`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
 
 from specai.errors import SpecaiError, ThrottledError
+from specai.server.schemas.errors import ErrorBody
 
 log = logging.getLogger("specai.server")
 
@@ -24,24 +27,55 @@ _HTTP_CODES = {
     503: "unavailable",
 }
 
+# What each status means on this server, and its codes: the descriptions of the documented error responses.
+ERROR_STATUSES: dict[int, str] = {
+    400: "The request is malformed: validation failed, bad JSON, a NUL character, a malformed id or cursor "
+    "(`invalid_request`, `not_a_repository`)",
+    401: "No valid credentials: a missing, malformed, expired or revoked token (`unauthorized`), or a wrong "
+    "username or password (`invalid_credentials`)",
+    403: "The caller may see this but not do it: role, token scope or a read-only share (`forbidden`)",
+    404: "Not found, or not visible to the caller (`not_found`, `agent_not_found`, `unknown_instance`)",
+    409: "A conflict: it changed since it was read (`version_conflict`), it is this server's own entry "
+    "(`conflict`), or a quota is full (`quota_exceeded`)",
+    413: "The request body is larger than `[server] max_body_bytes` (`payload_too_large`)",
+    422: "Well-formed but not acceptable: an unknown type, a bad weight, properties that are not an object "
+    "(`unprocessable`, `invalid_node_type`)",
+    429: "Too many attempts: retry after `details.retry_after` seconds, also in `Retry-After` (`too_many_attempts`)",
+    500: "A bug or a failed run (`internal_error`, `execution_error`)",
+    502: "The model vendor failed (`upstream_error`)",
+    503: "The server is shutting down (`shutting_down`), or auth, the database or the model provider is not "
+    "available (`auth_disabled`, `database_unavailable`, `provider_unavailable`)",
+    504: "The model vendor did not answer in time (`upstream_timeout`)",
+}
+_SPECS = {
+    status: ResponseSpec(
+        data_container=ErrorBody, description=text, media_type=MediaType.JSON, generate_examples=False
+    )
+    for status, text in ERROR_STATUSES.items()
+}
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """The OpenAPI `responses` of a handler that can fail with these statuses (400 and 503 always: any request
+    can carry a NUL, and any can arrive while the server shuts down)."""
+    return {status: _SPECS[status] for status in sorted({400, 503, *statuses})}
+
 
 def error_response(
     status: int, message: str, code: str, details: Any = None, headers: dict[str, str] | None = None
-) -> Response[dict[str, Any]]:
+) -> Response[ErrorBody]:
     """Build the canonical error response."""
-    body: dict[str, Any] = {"error": message, "code": code}
-    if details is not None:
-        body["details"] = details
+    body = ErrorBody(error=message, code=code, details=details)
     return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
 
 
-def handle_specai_error(_: Request[Any, Any, Any], exc: SpecaiError) -> Response[dict[str, Any]]:
+def handle_specai_error(_: Request[Any, Any, Any], exc: SpecaiError) -> Response[ErrorBody]:
     """Domain errors carry their own status and code."""
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ThrottledError) else None
     return error_response(exc.status, exc.message, exc.code, exc.details, headers)
 
 
-def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
     """Litestar's own errors (validation, routing, body size, auth middleware) in our shape."""
     status = exc.status_code
     code = _HTTP_CODES.get(status, "internal_error" if status >= 500 else "http_error")
@@ -54,7 +88,7 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
     return error_response(status, message, code, details, headers or None)
 
 
-def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     """A bug: log it with its traceback, answer with a generic 500."""
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal server error", "internal_error")
@@ -65,43 +99,3 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }
-
-
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error", "code"],
-    "properties": {
-        "error": {"type": "string", "description": "what went wrong, for people"},
-        "code": {"type": "string", "description": "a stable code, for programs"},
-        "details": {"description": "more about it, when there is more (validation errors, retry_after)"},
-    },
-    "additionalProperties": False,
-}
-
-
-def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
-    """A copy of an OpenAPI schema whose 4xx/5xx responses all describe the `{"error", "code"}` body we send.
-
-    Litestar documents its own `{"status_code", "detail"}` shape for the 400s it adds; our handlers never send it.
-    """
-    paths: dict[str, Any] = {}
-    for path, item in schema.get("paths", {}).items():
-        paths[path] = {
-            method: _with_error_bodies(operation) if isinstance(operation, dict) else operation
-            for method, operation in item.items()
-        }
-    components = dict(schema.get("components", {}))
-    components["schemas"] = {**components.get("schemas", {}), "Error": ERROR_SCHEMA}
-    return {**schema, "paths": paths, "components": components}
-
-
-def _with_error_bodies(operation: dict[str, Any]) -> dict[str, Any]:
-    responses = operation.get("responses")
-    if not isinstance(responses, dict):
-        return operation
-    error_body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-    fixed = {
-        status: {**response, "content": error_body} if str(status)[:1] in "45" else response
-        for status, response in responses.items()
-    }
-    return {**operation, "responses": fixed}

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from itertools import accumulate
 from typing import Any
 
-from litestar import MediaType, Request, Response, Router
+from litestar import MediaType, Response, Router
 from litestar.enums import ScopeType
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
@@ -22,7 +22,6 @@ from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from specai.errors import InvalidRequestError
-from specai.server.errors import document_errors
 
 MAX_JSON_DEPTH = 64
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included (unrolled: linear time)
@@ -192,19 +191,9 @@ def offline_openapi(title: str, version: str) -> OpenAPIConfig:
         title=title,
         version=version,
         path="/schema",
-        render_plugins=[_Json(path="/"), _Json(), _Yaml()],
+        render_plugins=[JsonRenderPlugin(path="/"), JsonRenderPlugin(), YamlRenderPlugin()],
         openapi_router=router,
     )
-
-
-class _Json(JsonRenderPlugin):
-    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        return super().render(request, document_errors(openapi_schema))
-
-
-class _Yaml(YamlRenderPlugin):
-    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        return super().render(request, document_errors(openapi_schema))
 
 
 def _json_not_found(response: Response[Any]) -> Response[Any]:

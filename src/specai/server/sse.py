@@ -12,11 +12,17 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, Reference
 from litestar.response import ServerSentEventMessage
 
+from specai.server.schemas.streams import StreamEvent
+
+EVENT_STREAM = "text/event-stream"
 KEEPALIVE = object()  # marker yielded by `relay` during long silences
 STOPPING = object()  # marker yielded by `relay`, last, when the server shuts down
 SHUTTING_DOWN = "shutting_down"
@@ -40,6 +46,26 @@ def shutting_down(
 def keepalive_comment() -> ServerSentEventMessage:
     """A comment line that keeps proxies and clients from timing out a silent stream."""
     return ServerSentEventMessage(comment="keep-alive", data=None)
+
+
+def event_stream_response(description: str) -> dict[int, ResponseSpec]:
+    """The OpenAPI 200 of a handler that answers with server-sent events (Litestar would call it JSON)."""
+    spec = ResponseSpec(
+        StreamEvent, description=description, media_type=EVENT_STREAM, generate_examples=False
+    )
+    return {200: spec}
+
+
+@dataclass
+class JsonOrEventStream(Operation):
+    """An operation whose 200 is JSON, or server-sent events when the request sets `stream` (the OpenAI API)."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse) and ok.content is not None:
+            # the schema the other streams register (tests/test_openapi.py checks every reference resolves)
+            event = Reference(ref=f"#/components/schemas/{StreamEvent.__name__}")
+            ok.content[EVENT_STREAM] = OpenAPIMediaType(schema=event)
 
 
 async def relay(events: AsyncIterator[Any], stopping: asyncio.Event, keepalive: float) -> AsyncIterator[Any]:

@@ -13,23 +13,45 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from specai.agents.runtime import AgentEvent, AgentRuntime, QueryInput, Run
 from specai.errors import InvalidRequestError
+from specai.server.errors import error_responses
 from specai.server.runs import finish
-from specai.server.schemas import AgentListOut, AgentOut, QueryIn, QueryOut, ResponseMetadata
+from specai.server.schemas.agents import AgentListOut, AgentOut, QueryIn, QueryOut, ResponseMetadata
 from specai.server.security import principal
-from specai.server.sse import KEEPALIVE, STOPPING, keepalive_comment, relay, shutting_down
+from specai.server.sse import (
+    KEEPALIVE,
+    STOPPING,
+    event_stream_response,
+    keepalive_comment,
+    relay,
+    shutting_down,
+)
 from specai.server.state import ServerState
+
+# a run can fail at the vendor (502/504), for want of a provider (503), or in the agent itself (500)
+RUN_ERRORS = error_responses(401, 403, 404, 413, 500, 502, 504)
+STREAM_EVENTS = (
+    "Server-sent events, one JSON object per `data:` line with its `type`: `start`, then `chunk`, `tool_call`, "
+    "`tool_result`..., then `end` (with `metadata`) or `error` (`message`, `code`; `shutting_down` when the "
+    "server stops)"
+)
 
 
 def routes(server: ServerState) -> list[HTTPRouteHandler]:
     """`/agents`, `/query` and `/stream`, bound to this server's state."""
     agents_out = agent_list(server.runtime)  # agents are fixed for the server's lifetime
 
-    @get("/agents", operation_id="ListAgents", tags=["agents"], sync_to_thread=False)
+    @get(
+        "/agents",
+        operation_id="ListAgents",
+        tags=["agents"],
+        sync_to_thread=False,
+        responses=error_responses(401),
+    )
     def list_agents() -> AgentListOut:
         """Every configured agent, sorted by id, with its provider, model and availability."""
         return agents_out
 
-    @post("/query", operation_id="Query", tags=["agents"], status_code=200)
+    @post("/query", operation_id="Query", tags=["agents"], status_code=200, responses=RUN_ERRORS)
     async def query(data: JSONBody[QueryIn], request: Request) -> QueryOut:
         """Run a query to completion and return the whole answer (502/504 when the model vendor fails)."""
         if data.stream:
@@ -44,7 +66,13 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
             tool_calls=run.tool_calls,
         )
 
-    @post("/stream", operation_id="StreamQuery", tags=["agents"], status_code=200)
+    @post(
+        "/stream",
+        operation_id="StreamQuery",
+        tags=["agents"],
+        status_code=200,
+        responses={**RUN_ERRORS, **event_stream_response(STREAM_EVENTS)},
+    )
     async def stream(data: JSONBody[QueryIn], request: Request) -> ServerSentEvent:
         """Stream a query as SSE: `start`, `chunk`/`tool_call`/`tool_result`..., then `end` or `error`."""
         run = await _prepare(server.runtime, data, request)

@@ -7,7 +7,8 @@ from litestar.params import JSONBody
 
 from specai import auth
 from specai.errors import AuthDisabledError, InvalidCredentialsError
-from specai.server.schemas import HashIn, HashOut, TokenIn, TokenOut
+from specai.server.errors import error_responses
+from specai.server.schemas.auth import HashIn, HashOut, TokenIn, TokenOut
 from specai.server.security import principal
 from specai.server.state import ServerState
 from specai.users.directory import User, check_password
@@ -17,7 +18,14 @@ from specai.users.throttle import Lane, checked_login, client_key
 def routes(server: ServerState) -> list[HTTPRouteHandler]:
     """`/auth/token` and `/auth/hash`, bound to this server's state."""
 
-    @post("/auth/token", exclude_from_auth=True, operation_id="CreateToken", tags=["auth"], status_code=200)
+    @post(
+        "/auth/token",
+        exclude_from_auth=True,
+        operation_id="CreateToken",
+        tags=["auth"],
+        status_code=200,
+        responses=error_responses(401, 413, 429),
+    )
     async def create_token(data: JSONBody[TokenIn], request: Request) -> TokenOut:
         """Check username and password (throttled, off the event loop) and return a signed JWT."""
         if server.users is None:
@@ -39,7 +47,13 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         )
         return TokenOut(token=token, token_type="Bearer", expires_in=expiry)
 
-    @post("/auth/hash", operation_id="HashPassword", tags=["auth"], status_code=200)
+    @post(
+        "/auth/hash",
+        operation_id="HashPassword",
+        tags=["auth"],
+        status_code=200,
+        responses=error_responses(401, 403, 413, 429),
+    )
     async def hash_password(data: JSONBody[HashIn], request: Request) -> HashOut:
         """Return an argon2id hash of a password (protected when auth is on; rate-limited per user, and it
         queues behind logins for a password-check slot)."""

@@ -6,15 +6,18 @@ from litestar import get
 from litestar.handlers import HTTPRouteHandler
 
 from specai import __version__
-from specai.server.schemas import CertOut, HealthOut
+from specai.server.errors import error_responses
+from specai.server.schemas.health import CertOut, HealthOut
 from specai.server.state import ServerState
+
+PUBLIC = error_responses()
 
 
 def routes(server: ServerState) -> list[HTTPRouteHandler]:
     """`/health` and `/cert`, bound to this server's state."""
     cert_out = CertOut(**server.cert.as_dict())  # type: ignore[arg-type]
 
-    @get("/health", exclude_from_auth=True, operation_id="GetHealth", tags=["server"])
+    @get("/health", exclude_from_auth=True, operation_id="GetHealth", tags=["server"], responses=PUBLIC)
     async def health() -> HealthOut:
         """Liveness: status, version, uptime and the number of sessions used since start."""
         return HealthOut(
@@ -24,7 +27,14 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
             active_sessions=await server.sessions().count(),
         )
 
-    @get("/cert", exclude_from_auth=True, operation_id="GetCert", tags=["server"], sync_to_thread=False)
+    @get(
+        "/cert",
+        exclude_from_auth=True,
+        operation_id="GetCert",
+        tags=["server"],
+        sync_to_thread=False,
+        responses=PUBLIC,
+    )
     def cert() -> CertOut:
         """The certificate this server presents, so clients can verify its fingerprint."""
         return cert_out

@@ -6,9 +6,8 @@ registered (403 otherwise); a peer token acts only for the instance it names.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import msgspec
 from litestar import Request, delete, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
@@ -18,63 +17,47 @@ from specai.ids import check_instance_id
 from specai.mesh.peer_token import bound_instance
 from specai.mesh.queue import INBOX_MAX_PAGE, INBOX_PAGE, parse_cursor
 from specai.mesh.registry import MemberInfo
+from specai.server.errors import error_responses
+from specai.server.schemas.mesh import (
+    AckIn,
+    HeartbeatIn,
+    HeartbeatOut,
+    InboxOut,
+    MemberOut,
+    MembersOut,
+    MeshMessageOut,
+    PeerTokenIn,
+    PeerTokenOut,
+    RegisterIn,
+    RegisterOut,
+    SendIn,
+    SendOut,
+)
 from specai.server.security import mesh_only, principal
 from specai.server.state import ServerState
 
-
-class RegisterIn(msgspec.Struct):
-    """`POST /registry/register`: the original's fields, plus where and how to reach the instance. A client's
-    `registered_at` is ignored: the registry assigns ranks."""
-
-    instance_id: str
-    hostname: str
-    port: int
-    capabilities: list[str]
-    agent_profiles: list[str]
-    base_url: str | None = None
-    fingerprint: str | None = None
-
-
-class HeartbeatIn(msgspec.Struct):
-    """`POST /registry/heartbeat/{id}` (the body is optional and informational)."""
-
-    status: str = "healthy"
-    metrics: dict[str, Any] | None = None
-
-
-class PeerTokenIn(msgspec.Struct):
-    """`POST /registry/peer-token`: let member `source` (the caller's) call member `audience` for a minute or two."""
-
-    source: str
-    audience: str
-
-
-class SendIn(msgspec.Struct):
-    """`POST /messages/send/{source}`; no `target_instance` means a broadcast to every other member."""
-
-    message_type: Any
-    payload: Any = None
-    target_instance: str | None = None
-    correlation_id: str | None = None
-
-
-class AckIn(msgspec.Struct):
-    """`POST /messages/ack/{instance_id}` (at most 1000 ids)."""
-
-    message_ids: list[str]
+MESH = ["mesh"]
+LOOKUP = error_responses(401, 403, 404)  # 404 `unknown_instance`: register first
+# 409: this server's own entry, a member quota or a full inbox; 422: an unknown message_type
+CHANGE = error_responses(401, 403, 404, 409, 413, 422)
 
 
 def routes(server: ServerState) -> list[HTTPRouteHandler]:
     """The registry and message routes, bound to this server's state; all behind the `mesh_only` guard."""
 
-    async def peers() -> dict[str, Any]:
+    async def peers() -> tuple[str | None, list[MemberOut]]:
         view = await server.mesh().view()
-        return {"leader_id": view.leader_id, "peers": [m.as_dict(view.leader_id) for m in view.members]}
+        return view.leader_id, [MemberOut(**m.as_dict(view.leader_id)) for m in view.members]
 
     @post(
-        "/registry/register", operation_id="MeshRegister", tags=["mesh"], status_code=200, guards=[mesh_only]
+        "/registry/register",
+        operation_id="MeshRegister",
+        status_code=200,
+        responses=error_responses(401, 403, 409, 413),
+        tags=MESH,
+        guards=[mesh_only],
     )
-    async def register(request: Request, data: JSONBody[RegisterIn]) -> dict[str, Any]:
+    async def register(request: Request, data: JSONBody[RegisterIn]) -> RegisterOut:
         """Add (or refresh) a member owned by the caller's account; answers the leader and every member."""
         _not_self(server, data.instance_id)
         info = MemberInfo(
@@ -87,45 +70,44 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
             data.fingerprint,
         )
         await server.mesh().register(info, principal(request))
-        listing = await peers()
-        return {
-            "success": True,
-            "instance_id": data.instance_id,
-            "is_leader": listing["leader_id"] == data.instance_id,
-            **listing,
-        }
+        leader, members = await peers()
+        return RegisterOut(True, data.instance_id, leader == data.instance_id, leader, members)
 
-    @get("/registry/agents", operation_id="MeshMembers", tags=["mesh"], guards=[mesh_only])
-    async def members() -> dict[str, Any]:
+    @get(
+        "/registry/agents",
+        operation_id="MeshMembers",
+        responses=error_responses(401, 403),
+        tags=MESH,
+        guards=[mesh_only],
+    )
+    async def members() -> MembersOut:
         """Every member with its status (`live`/`stale`), the leader, and this server's own id."""
-        listing = await peers()
-        return {
-            "instances": listing["peers"],
-            "leader_id": listing["leader_id"],
-            "self_id": server.instance_id,
-        }
+        leader, listed = await peers()
+        return MembersOut(instances=listed, leader_id=leader, self_id=server.instance_id)
 
     @post(
         "/registry/heartbeat/{instance_id:str}",
         operation_id="MeshHeartbeat",
-        tags=["mesh"],
         status_code=200,
+        responses=error_responses(401, 403, 404, 413),
+        tags=MESH,
         guards=[mesh_only],
     )
     async def heartbeat(
         request: Request, instance_id: FromPath[str], data: JSONBody[HeartbeatIn | None] = None
-    ) -> dict[str, Any]:
+    ) -> HeartbeatOut:
         """Record a member as alive; 404 `unknown_instance` (with a hint) tells it to register again."""
         check_instance_id(instance_id)
         await server.mesh().heartbeat(instance_id, principal(request))
-        listing = await peers()
-        return {"acknowledged": True, "should_sync": False, **listing}
+        leader, listed = await peers()
+        return HeartbeatOut(acknowledged=True, should_sync=False, leader_id=leader, peers=listed)
 
     @delete(
         "/registry/deregister/{instance_id:str}",
         operation_id="MeshDeregister",
-        tags=["mesh"],
         status_code=204,
+        responses=error_responses(401, 403, 404, 409),
+        tags=MESH,
         guards=[mesh_only],
     )
     async def deregister(request: Request, instance_id: FromPath[str]) -> None:
@@ -137,11 +119,12 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
     @post(
         "/registry/peer-token",
         operation_id="MeshPeerToken",
-        tags=["mesh"],
         status_code=200,
+        responses=error_responses(401, 403, 404, 413),
+        tags=MESH,
         guards=[mesh_only],
     )
-    async def peer_token(request: Request, data: JSONBody[PeerTokenIn]) -> dict[str, Any]:
+    async def peer_token(request: Request, data: JSONBody[PeerTokenIn]) -> PeerTokenOut:
         """A short-lived token (signed with this server's TLS key) with which member `source`, owned by the
         caller, may call member `audience` on its mesh routes; members never send each other passwords."""
         who = principal(request)
@@ -154,16 +137,17 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         await server.mesh().authorize(data.source, who)
         await server.mesh().member(data.audience)  # 404 for a non-member
         token, expires = server.issue_peer_token(data.source, data.audience)
-        return {"token": token, "expires_at": expires, "issuer": server.instance_id}
+        return PeerTokenOut(token=token, expires_at=expires, issuer=server.instance_id)
 
     @post(
         "/messages/send/{source:str}",
         operation_id="MeshSend",
-        tags=["mesh"],
         status_code=200,
+        responses=CHANGE,
+        tags=MESH,
         guards=[mesh_only],
     )
-    async def send(request: Request, source: FromPath[str], data: JSONBody[SendIn]) -> dict[str, Any]:
+    async def send(request: Request, source: FromPath[str], data: JSONBody[SendIn]) -> SendOut:
         """Queue a message as `source` (the caller's member); source and target must be members (404), nothing is
         stored on any error; 409 `quota_exceeded` when a recipient's inbox is full."""
         check_instance_id(source, "source")
@@ -178,28 +162,36 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
             actor=principal(request),
         )
         status = "queued" if recipients else "no_recipients"  # a broadcast to nobody stores nothing
-        return {"message_id": message.message_id, "status": status, "delivered_to": recipients}
+        return SendOut(message_id=message.message_id, status=status, delivered_to=recipients)
 
-    @get("/messages/{instance_id:str}", operation_id="MeshInbox", tags=["mesh"], guards=[mesh_only])
+    @get(
+        "/messages/{instance_id:str}",
+        operation_id="MeshInbox",
+        responses=LOOKUP,
+        tags=MESH,
+        guards=[mesh_only],
+    )
     async def inbox(
         request: Request,
         instance_id: FromPath[str],
         limit: Annotated[int, QueryParameter(ge=1, le=INBOX_MAX_PAGE)] = INBOX_PAGE,
         after: FromQuery[str | None] = None,
-    ) -> dict[str, Any]:
+    ) -> InboxOut:
         """One page of the messages not yet acknowledged by this recipient, oldest first: at most `limit` and
         `[mesh] max_inbox_bytes` of payloads; `more` says others wait (read them with `after=<cursor>`)."""
         check_instance_id(instance_id)
         page = await server.messages().inbox(
             instance_id, limit, parse_cursor(after), actor=principal(request)
         )
-        return {"messages": [m.as_dict() for m in page.messages], "more": page.more, "cursor": page.cursor}
+        messages = [MeshMessageOut(**m.as_dict()) for m in page.messages]
+        return InboxOut(messages=messages, more=page.more, cursor=page.cursor)
 
     @post(
         "/messages/ack/{instance_id:str}",
         operation_id="MeshAck",
-        tags=["mesh"],
         status_code=204,
+        responses=error_responses(401, 403, 404, 413),
+        tags=MESH,
         guards=[mesh_only],
     )
     async def ack(request: Request, instance_id: FromPath[str], data: JSONBody[AckIn]) -> None:

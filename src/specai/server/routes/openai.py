@@ -5,58 +5,70 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 from litestar import Response, get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from specai.agents.runtime import QueryInput, Run
 from specai.errors import InvalidRequestError
 from specai.providers import ChatMessage
+from specai.server.errors import error_responses
 from specai.server.runs import finish
-from specai.server.sse import KEEPALIVE, STOPPING, keepalive_comment, relay, shutting_down
+from specai.server.schemas.openai import (
+    AssistantMessage,
+    ChatCompletionIn,
+    ChatCompletionOut,
+    ChoiceOut,
+    ModelListOut,
+    ModelOut,
+    UsageOut,
+)
+from specai.server.sse import KEEPALIVE, STOPPING, JsonOrEventStream, keepalive_comment, relay, shutting_down
 from specai.server.state import ServerState
 
 _ROLES = ("system", "user", "assistant")
-
-
-class ChatMessageIn(msgspec.Struct):
-    """One OpenAI chat message (text content, or a list of text parts)."""
-
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-
-
-class ChatCompletionIn(msgspec.Struct):
-    """The subset of the OpenAI request specai honours; other fields are accepted and ignored."""
-
-    model: str
-    messages: list[ChatMessageIn]
-    stream: bool = False
-    temperature: float | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+COMPLETION = (
+    "The whole completion; with `stream: true`, server-sent events instead: `chat.completion.chunk` objects, "
+    "an OpenAI error object if the run fails (code `shutting_down` when the server stops), then `[DONE]`"
+)
 
 
 def routes(server: ServerState) -> list[HTTPRouteHandler]:
     """`/v1/models` and `/v1/chat/completions`, bound to this server's state."""
     created = int(time.time())
 
-    @get("/v1/models", operation_id="ListModels", tags=["openai"], sync_to_thread=False)
-    def list_models() -> dict[str, Any]:
+    @get(
+        "/v1/models",
+        operation_id="ListModels",
+        tags=["openai"],
+        sync_to_thread=False,
+        responses=error_responses(401),
+    )
+    def list_models() -> ModelListOut:
         """Every available agent as an OpenAI model."""
         data = [
-            {"id": agent.id, "object": "model", "created": created, "owned_by": "specai"}
+            ModelOut(id=agent.id, object="model", created=created, owned_by="specai")
             for agent in server.runtime.agents.values()
             if agent.available
         ]
-        return {"object": "list", "data": data}
+        return ModelListOut(object="list", data=data)
 
-    @post("/v1/chat/completions", operation_id="ChatCompletions", tags=["openai"], status_code=200)
+    @post(
+        "/v1/chat/completions",
+        operation_id="ChatCompletions",
+        tags=["openai"],
+        status_code=200,
+        responses={
+            200: ResponseSpec(ChatCompletionOut, description=COMPLETION, generate_examples=False),
+            **error_responses(401, 403, 404, 413, 500, 502, 504),
+        },
+        operation_class=JsonOrEventStream,
+    )
     async def chat_completions(
         data: JSONBody[ChatCompletionIn],
-    ) -> Response[dict[str, Any]] | ServerSentEvent:
+    ) -> Response[ChatCompletionOut] | ServerSentEvent:
         """Run the agent named by `model` over the given messages (nothing is stored)."""
         run = server.runtime.prepare_stateless(data.model, _messages(data), _query(data))
         if data.stream:
@@ -64,20 +76,18 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
             return ServerSentEvent(_chunks(run, relay(run.events(), server.stopping, keepalive)))
         text, metadata = await finish(run)
         usage = metadata.get("usage") or {}
-        body = {
-            "id": run.session_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": run.agent.id,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            ],
-            "usage": {
-                "prompt_tokens": usage.get("prompt_tokens", 0),
-                "completion_tokens": usage.get("completion_tokens", 0),
-                "total_tokens": usage.get("total_tokens", 0),
-            },
-        }
+        body = ChatCompletionOut(
+            id=run.session_id,
+            object="chat.completion",
+            created=int(time.time()),
+            model=run.agent.id,
+            choices=[ChoiceOut(0, AssistantMessage("assistant", text), "stop")],
+            usage=UsageOut(
+                prompt_tokens=usage.get("prompt_tokens", 0),
+                completion_tokens=usage.get("completion_tokens", 0),
+                total_tokens=usage.get("total_tokens", 0),
+            ),
+        )
         return Response(body, status_code=200)
 
     return [list_models, chat_completions]

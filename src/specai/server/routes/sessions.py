@@ -8,6 +8,8 @@ from litestar.params import FromPath, QueryParameter
 
 from specai.agents.sessions import Session, StoredMessage
 from specai.ids import check_session_id
+from specai.server.errors import error_responses
+from specai.server.schemas.sessions import MessageOut, SessionDetailOut, SessionListOut, SessionOut
 from specai.server.security import principal
 from specai.server.state import ServerState
 
@@ -15,24 +17,35 @@ from specai.server.state import ServerState
 def routes(server: ServerState) -> list[HTTPRouteHandler]:
     """`/sessions` and `/sessions/{session_id}`, bound to this server's state."""
 
-    @get("/sessions", operation_id="ListSessions", tags=["sessions"])
+    @get("/sessions", operation_id="ListSessions", tags=["sessions"], responses=error_responses(401))
     async def list_sessions(
         request: Request, limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100
-    ) -> dict[str, Any]:
+    ) -> SessionListOut:
         """The caller's sessions, most recently used first."""
         found = await server.sessions().list(principal(request).user_id, limit=limit)
-        return {"sessions": [_session(s) for s in found]}
+        return SessionListOut(sessions=[SessionOut(**_session(s)) for s in found])
 
-    @get("/sessions/{session_id:str}", operation_id="GetSession", tags=["sessions"])
-    async def get_session(session_id: FromPath[str], request: Request) -> dict[str, Any]:
+    @get(
+        "/sessions/{session_id:str}",
+        operation_id="GetSession",
+        tags=["sessions"],
+        responses=error_responses(401, 404),
+    )
+    async def get_session(session_id: FromPath[str], request: Request) -> SessionDetailOut:
         """One session and all of its messages, oldest first."""
         check_session_id(session_id)
-        sessions = server.sessions()
-        session = await sessions.get(session_id, principal(request).user_id)
-        messages = await sessions.messages(session_id, principal(request).user_id)
-        return {**_session(session), "messages": [_message(m) for m in messages]}
+        sessions, owner = server.sessions(), principal(request).user_id
+        session = await sessions.get(session_id, owner)
+        messages = await sessions.messages(session_id, owner)
+        return SessionDetailOut(**_session(session), messages=[_message(m) for m in messages])
 
-    @delete("/sessions/{session_id:str}", operation_id="DeleteSession", tags=["sessions"], status_code=204)
+    @delete(
+        "/sessions/{session_id:str}",
+        operation_id="DeleteSession",
+        tags=["sessions"],
+        status_code=204,
+        responses=error_responses(401, 403, 404),
+    )
     async def delete_session(session_id: FromPath[str], request: Request) -> None:
         """Delete a session and its messages."""
         await server.sessions().delete(check_session_id(session_id), principal(request).user_id)
@@ -50,16 +63,13 @@ def _session(session: Session) -> dict[str, Any]:
     }
 
 
-def _message(message: StoredMessage) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "role": message.role,
-        "content": message.content,
-        "created_at": message.created_at.isoformat(),
-    }
-    if message.tool_calls:
-        data["tool_calls"] = message.tool_calls
-    if message.tool_call_id:
-        data["tool_call_id"] = message.tool_call_id
-    if message.name:
-        data["name"] = message.name
-    return data
+def _message(message: StoredMessage) -> MessageOut:
+    """The stored message; tool fields only when set (empty ones are left out, as before)."""
+    return MessageOut(
+        role=message.role,
+        content=message.content,
+        created_at=message.created_at.isoformat(),
+        tool_calls=message.tool_calls or None,
+        tool_call_id=message.tool_call_id or None,
+        name=message.name or None,
+    )

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
-import msgspec
 from litestar import Request, delete, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody
 
 from specai import auth
 from specai.errors import AuthDisabledError
+from specai.server.errors import error_responses
+from specai.server.schemas.auth import ApiKeyListOut, ApiKeyOut, KeyIn, NewApiKeyOut
 from specai.server.security import TokenVerifier, bearer, principal
 from specai.server.state import ServerState
 from specai.users.access import check_scope_for_role
-from specai.users.keys import check_key_request, is_api_key
-
-DEFAULT_KEY_DAYS = 90
-
-
-class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
-    """`POST /auth/keys`: a name to recognise the key by, its scope, and its lifetime in days (null = never)."""
-
-    name: str
-    scope: str = "read"
-    expires_days: int | None = DEFAULT_KEY_DAYS
+from specai.users.keys import ApiKey, check_key_request, is_api_key
 
 
 def routes(server: ServerState, verifier: TokenVerifier | None) -> list[HTTPRouteHandler]:
@@ -38,7 +28,13 @@ def routes(server: ServerState, verifier: TokenVerifier | None) -> list[HTTPRout
             )
         return verifier
 
-    @post("/auth/logout", operation_id="Logout", tags=["auth"], status_code=204)
+    @post(
+        "/auth/logout",
+        operation_id="Logout",
+        tags=["auth"],
+        status_code=204,
+        responses=error_responses(401, 404),
+    )
     async def logout(request: Request) -> None:
         """Revoke the token this request carries (an API key is revoked like `DELETE /auth/keys/{id}`)."""
         checker, token = enabled(), bearer(request.scope)
@@ -52,8 +48,14 @@ def routes(server: ServerState, verifier: TokenVerifier | None) -> list[HTTPRout
         expires = dt.datetime.fromtimestamp(claims.exp, dt.UTC)
         await server.revocations().revoke(claims.jti, who.user_id, expires)
 
-    @post("/auth/keys", operation_id="CreateApiKey", tags=["auth"], status_code=201)
-    async def create_key(data: JSONBody[KeyIn], request: Request) -> dict[str, Any]:
+    @post(
+        "/auth/keys",
+        operation_id="CreateApiKey",
+        tags=["auth"],
+        status_code=201,
+        responses=error_responses(401, 403, 409, 413),
+    )
+    async def create_key(data: JSONBody[KeyIn], request: Request) -> NewApiKeyOut:
         """Make an API key for the caller; the key is in this answer only (only its hash is stored)."""
         enabled()
         name, scope, days = check_key_request(data.name, data.scope, data.expires_days)
@@ -61,22 +63,32 @@ def routes(server: ServerState, verifier: TokenVerifier | None) -> list[HTTPRout
         check_scope_for_role(scope, who.role)
         who.require(scope, f"creating a key of scope '{scope}'")  # a key never widens the token that made it
         key, secret = await server.keys().create(who, name, scope, days)
-        return {**key.as_dict(), "key": secret}
+        return NewApiKeyOut(**key.as_dict(), key=secret)
 
-    @get("/auth/keys", operation_id="ListApiKeys", tags=["auth"])
-    async def list_keys(request: Request) -> dict[str, Any]:
+    @get("/auth/keys", operation_id="ListApiKeys", tags=["auth"], responses=error_responses(401))
+    async def list_keys(request: Request) -> ApiKeyListOut:
         """The caller's keys (an admin sees every account's), newest first, never the keys themselves."""
         enabled()
         who = principal(request)
         keys = await server.keys().list(None if who.is_admin else who.user_id)
-        return {"keys": [key.as_dict() for key in keys]}
+        return ApiKeyListOut(keys=[_key(key) for key in keys])
 
-    @delete("/auth/keys/{key_id:str}", operation_id="RevokeApiKey", tags=["auth"], status_code=200)
-    async def revoke_key(key_id: FromPath[str], request: Request) -> dict[str, Any]:
+    @delete(
+        "/auth/keys/{key_id:str}",
+        operation_id="RevokeApiKey",
+        tags=["auth"],
+        status_code=200,
+        responses=error_responses(401, 403, 404),
+    )
+    async def revoke_key(key_id: FromPath[str], request: Request) -> ApiKeyOut:
         """Revoke one of the caller's keys (an admin: anyone's); 404 for a key that is not theirs."""
         checker, who = enabled(), principal(request)
         key = await server.keys().revoke(key_id, None if who.is_admin else who.user_id)
         checker.forget_key(key.id)
-        return key.as_dict()
+        return _key(key)
 
     return [logout, create_key, list_keys, revoke_key]
+
+
+def _key(key: ApiKey) -> ApiKeyOut:
+    return ApiKeyOut(**key.as_dict())

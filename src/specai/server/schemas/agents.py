@@ -1,35 +1,10 @@
-"""Wire types (msgspec Structs) for request and response bodies."""
+"""Agents and queries: `GET /agents`, `POST /query` (the body of `POST /stream` too)."""
+
+from __future__ import annotations
 
 from typing import Any
 
 import msgspec
-
-
-class TokenIn(msgspec.Struct, forbid_unknown_fields=True):
-    """POST /auth/token body."""
-
-    username: str
-    password: str
-
-
-class TokenOut(msgspec.Struct):
-    """A bearer token and its lifetime."""
-
-    token: str
-    token_type: str
-    expires_in: int
-
-
-class HashIn(msgspec.Struct, forbid_unknown_fields=True):
-    """POST /auth/hash body."""
-
-    password: str
-
-
-class HashOut(msgspec.Struct):
-    """An argon2id PHC string for the credentials file."""
-
-    password_hash: str
 
 
 class QueryIn(msgspec.Struct):
@@ -90,23 +65,3 @@ class AgentListOut(msgspec.Struct):
     """GET /agents."""
 
     agents: list[AgentOut]
-
-
-class HealthOut(msgspec.Struct):
-    """GET /health."""
-
-    status: str
-    version: str
-    uptime_seconds: int
-    active_sessions: int
-
-
-class CertOut(msgspec.Struct):
-    """GET /cert: the server's identity, read from the certificate it serves."""
-
-    fingerprint: str
-    certificate_pem: str
-    not_before: str
-    not_after: str
-    subject: str
-    san: list[str]

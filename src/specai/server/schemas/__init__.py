@@ -1,0 +1,1 @@
+"""Wire types: the msgspec Structs of every request and response body, one module per noun (msgspec only)."""
