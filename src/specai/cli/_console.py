@@ -71,9 +71,15 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 
 def print_json(value: Any) -> None:
-    """Machine output: JSON on stdout, nothing else."""
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+    """Machine output: JSON on stdout, nothing else; wire Structs as the server sent them (same fields, order)."""
+    sys.stdout.write(json.dumps(value, indent=2, default=_builtin) + "\n")
     sys.stdout.flush()
+
+
+def _builtin(value: Any) -> Any:
+    import msgspec  # only commands that print a server's answer have Structs to print
+
+    return msgspec.to_builtins(value)
 
 
 def print_warnings(warnings: tuple[str, ...]) -> None:

@@ -244,9 +244,9 @@ def token_create(
     if json_output:
         print_json(created)
         return
-    print(created["key"])
-    until = created["expires_at"] or "never expires"
-    err.print(f"key {created['id']} '{name}' ({created['scope']}, {until}); it is shown only this once")
+    print(created.key)
+    until = created.expires_at or "never expires"
+    err.print(f"key {created.id} '{name}' ({created.scope}, {until}); it is shown only this once")
 
 
 @token_app.command("list")
@@ -263,7 +263,7 @@ def token_list(
       specai auth token list --json
     """
     with open_client(server, fingerprint) as client:
-        keys = client.keys()["keys"]
+        keys = client.keys().keys
     if json_output:
         print_json({"keys": keys})
         return
@@ -272,15 +272,9 @@ def token_list(
         return
     table = Table("id", "name", "owner", "scope", "created", "expires", "state")
     for key in keys:
-        state = "revoked" if key["revoked_at"] else "active"
+        state = "revoked" if key.revoked_at else "active"
         table.add_row(
-            key["id"],
-            key["name"],
-            key["owner"],
-            key["scope"],
-            key["created_at"][:16],
-            key["expires_at"] or "never",
-            state,
+            key.id, key.name, key.owner, key.scope, key.created_at[:16], key.expires_at or "never", state
         )
     out.print(table)
 
@@ -300,4 +294,4 @@ def token_revoke(
     """
     with open_client(server, fingerprint) as client:
         key = client.revoke_key(key_id)
-    out.print(f"revoked key {key['id']} '{key['name']}'")
+    out.print(f"revoked key {key.id} '{key.name}'")

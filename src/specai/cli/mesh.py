@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.table import Table
@@ -15,6 +15,10 @@ from specai.cli._console import ERROR, USAGE, err, fail, handle_errors, out, pri
 from specai.cli._format import clip, local_time, parse_time
 from specai.config import DEFAULT_SERVER_URL
 from specai.errors import RemoteError
+
+if TYPE_CHECKING:
+    from specai.client import SpecaiClient
+    from specai.server.schemas.mesh import MeshMessageOut
 
 ID_WIDTH = 48  # instance ids up to this long are never folded in the members table
 INBOX_PAGE = 1000  # messages asked for per inbox page (the server may send fewer: it also bounds the bytes)
@@ -66,13 +70,12 @@ def members(
     if json_output:
         print_json(body)
         return
-    instances: list[dict[str, Any]] = body.get("instances") or []
-    self_id, leader_id = body.get("self_id"), body.get("leader_id")
+    instances, self_id, leader_id = body.instances, body.self_id, body.leader_id
     if not instances:
         out.print("no members", markup=False)
         return
     now = dt.datetime.now(dt.UTC)
-    widest = max(len(str(m["instance_id"])) for m in instances)
+    widest = max(len(m.instance_id) for m in instances)
     table = _table(
         "instance",
         "status",
@@ -84,22 +87,20 @@ def members(
         keep={"instance": min(widest, ID_WIDTH)},
     )
     for member in instances:
-        instance_id = str(member["instance_id"])
-        shown = Text(instance_id)
-        if instance_id == self_id:
+        shown = Text(member.instance_id)
+        if member.instance_id == self_id:
             shown.append(" (this server)", style="dim")
-        status = str(member.get("status", "?"))
         table.add_row(
             shown,
-            Text(status, style="green" if status == "live" else "yellow"),
-            "★" if member.get("is_leader") or instance_id == leader_id else "",
-            Text(str(member.get("base_url") or "")),
-            Text(", ".join(member.get("agent_profiles") or [])),
-            _ago(member.get("last_heartbeat"), now),
-            Text(", ".join(member.get("capabilities") or [])),
+            Text(member.status, style="green" if member.status == "live" else "yellow"),
+            "★" if member.is_leader or member.instance_id == leader_id else "",
+            Text(member.base_url),
+            Text(", ".join(member.agent_profiles)),
+            _ago(member.last_heartbeat, now),
+            Text(", ".join(member.capabilities)),
         )
     out.print(table)
-    live = sum(1 for m in instances if m.get("status") == "live")
+    live = sum(1 for m in instances if m.status == "live")
     plural = "" if len(instances) == 1 else "s"
     leader = f"leader: {leader_id}" if leader_id else "no live member, so no leader"
     out.print(f"{len(instances)} member{plural} ({live} live); {leader}", markup=False)
@@ -172,7 +173,7 @@ def send(
     kind = _parse_type(message_type)
     value = _parse_payload(payload)
     with open_client(server, fingerprint) as client:
-        sender = source if source is not None else str(client.mesh_members()["self_id"])
+        sender = source if source is not None else client.mesh_members().self_id
         try:
             body = client.mesh_send(sender, kind, value, target=to, correlation_id=correlation_id)
         except RemoteError as exc:
@@ -180,16 +181,14 @@ def send(
     if json_output:
         print_json(body)
         return
-    recipients = [str(r) for r in body.get("delivered_to") or []]
+    recipients = body.delivered_to
     if not recipients:  # a broadcast from the only member: the server stores nothing
         out.print(
             f"nothing queued: {sender} is the only member, so the broadcast has no recipient", markup=False
         )
         return
     count = len(recipients)
-    line = (
-        f"queued {body['message_id']} for {count} member{'' if count == 1 else 's'}: {', '.join(recipients)}"
-    )
+    line = f"queued {body.message_id} for {count} member{'' if count == 1 else 's'}: {', '.join(recipients)}"
     out.print(line, markup=False)
 
 
@@ -226,21 +225,21 @@ def inbox(
     if not messages:
         out.print(f"no messages for {instance_id}", markup=False)
         return
-    correlated = any(m.get("correlation_id") for m in messages)
+    correlated = any(m.correlation_id for m in messages)
     columns = (
         ["message id", "from", "type", "created"] + (["correlation"] if correlated else []) + ["payload"]
     )
-    table = _table(*columns, keep={"message id": max(len(str(m["message_id"])) for m in messages)})
+    table = _table(*columns, keep={"message id": max(len(m.message_id) for m in messages)})
     for message in messages:
         row: list[Any] = [
-            str(message["message_id"]),
-            Text(str(message.get("source_instance", ""))),
-            Text(show_type(message.get("message_type"))),
-            local_time(message.get("created_at"), seconds=True),
+            message.message_id,
+            Text(message.source_instance),
+            Text(show_type(message.message_type)),
+            local_time(message.created_at, seconds=True),
         ]
         if correlated:
-            row.append(Text(str(message.get("correlation_id") or "")))
-        row.append(Text(_summary(message.get("payload"))))
+            row.append(Text(message.correlation_id or ""))
+        row.append(Text(_summary(message.payload)))
         table.add_row(*row)
     out.print(table)
     count = len(messages)
@@ -285,7 +284,7 @@ def ack(
     wanted = list(dict.fromkeys(message_ids))
     with open_client(server, fingerprint) as client:
         waiting, _ = read_inbox(client, instance_id, 10**9, set(wanted))
-        present = {str(m.get("message_id")) for m in waiting}
+        present = {m.message_id for m in waiting}
         for start in range(0, len(wanted), ACK_BATCH):
             client.mesh_ack(instance_id, wanted[start : start + ACK_BATCH])
     acknowledged = [m for m in wanted if m in present]
@@ -306,17 +305,17 @@ def ack(
 
 
 def read_inbox(
-    client: Any, instance_id: str, limit: int, wanted: set[str] | None = None
-) -> tuple[list[dict[str, Any]], bool]:
+    client: SpecaiClient, instance_id: str, limit: int, wanted: set[str] | None = None
+) -> tuple[list[MeshMessageOut], bool]:
     """Follow the server's inbox pages until `limit` messages (or until every id in `wanted` was seen); returns
     them and whether more are waiting."""
-    messages: list[dict[str, Any]] = []
+    messages: list[MeshMessageOut] = []
     after: str | None = None
     while True:
         page = client.mesh_inbox(instance_id, limit=min(INBOX_PAGE, limit - len(messages)), after=after)
-        messages += page.get("messages") or []
-        more, after = bool(page.get("more")), page.get("cursor")
-        seen = wanted is not None and wanted <= {str(m.get("message_id")) for m in messages}
+        messages += page.messages
+        more, after = page.more, page.cursor
+        seen = wanted is not None and wanted <= {m.message_id for m in messages}
         if not more or not after or len(messages) >= limit or seen:
             return messages, more
 

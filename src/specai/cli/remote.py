@@ -44,8 +44,8 @@ def login(
         password = _prompt.read_password_stdin() if password_stdin else _prompt.ask_password()
         body = client.login(name, password)
     origin = client.server.origin
-    expires_at = int(time.time()) + int(body["expires_in"])
-    SavedTokens(home_dir()).set(origin, {"token": body["token"], "username": name, "expires_at": expires_at})
+    expires_at = int(time.time()) + body.expires_in
+    SavedTokens(home_dir()).set(origin, {"token": body.token, "username": name, "expires_at": expires_at})
     until = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires_at))
     out.print(f"logged in to {origin} as {name} (token valid until {until})")
 
@@ -103,8 +103,8 @@ def health(
         print_json(body)
         return
     out.print(
-        f"{client.server.origin}: {body['status']} (version {body['version']}, up {body['uptime_seconds']} s, "
-        f"{body['active_sessions']} sessions)"
+        f"{client.server.origin}: {body.status} (version {body.version}, up {body.uptime_seconds} s, "
+        f"{body.active_sessions} sessions)"
     )
 
 
@@ -126,12 +126,10 @@ def agents(
         print_json(body)
         return
     table = Table("agent", "provider", "model", "available", "description")
-    for agent in body["agents"]:
-        name = agent["id"] + (" (default)" if agent.get("default") else "")
-        available = "yes" if agent.get("available", True) else f"no: {agent.get('unavailable_reason', '')}"
-        table.add_row(
-            name, agent.get("provider", ""), agent.get("model", ""), available, agent.get("description", "")
-        )
+    for agent in body.agents:
+        name = agent.id + (" (default)" if agent.default else "")
+        available = "yes" if agent.available else f"no: {agent.unavailable_reason or ''}"
+        table.add_row(name, agent.provider, agent.model, available, agent.description)
     out.print(table)
 
 
@@ -175,12 +173,12 @@ def query(
     with open_client(server, fingerprint) as client:
         if json_output or no_stream:
             body = client.query(message, agent=agent, session_id=session)
-            last.set(origin, body["session_id"])
+            last.set(origin, body.session_id)
             if json_output:
                 print_json(body)
             else:
-                out.print(body["response"], markup=False)
-                err.print(f"session {body['session_id']} (continue with --continue)", style="dim")
+                out.print(body.response, markup=False)
+                err.print(f"session {body.session_id} (continue with --continue)", style="dim")
             return
         _stream(client.stream(message, agent=agent, session_id=session), last, origin)
 

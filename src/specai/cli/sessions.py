@@ -33,12 +33,12 @@ def list_sessions(
     if json_output:
         print_json(body)
         return
-    if not body["sessions"]:
+    if not body.sessions:
         out.print("no sessions yet; `specai query` starts one")
         return
     table = Table("session", "agent", "messages", "last used")
-    for session in body["sessions"]:
-        table.add_row(session["id"], session["agent"], str(session["message_count"]), session["updated_at"])
+    for session in body.sessions:
+        table.add_row(session.id, session.agent, str(session.message_count), session.updated_at)
     out.print(table)
 
 
@@ -61,15 +61,14 @@ def show(
     if json_output:
         print_json(body)
         return
-    out.print(f"session {body['id']} with agent {body['agent']}", style="bold")
-    for message in body["messages"]:
-        role = message["role"]
-        if message.get("tool_calls"):
-            for call in message["tool_calls"]:
-                out.print(f"[dim]{role} calls {call['name']}({call.get('arguments', {})})[/]")
-        if message["content"]:
+    out.print(f"session {body.id} with agent {body.agent}", style="bold")
+    for message in body.messages:
+        role = message.role
+        for call in message.tool_calls or []:
+            out.print(f"[dim]{role} calls {call['name']}({call.get('arguments', {})})[/]")
+        if message.content:
             out.print(f"[bold]{role}:[/] ", end="")
-            out.print(message["content"], markup=False)
+            out.print(message.content, markup=False)
 
 
 @app.command("rm")

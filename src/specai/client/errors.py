@@ -7,27 +7,31 @@ import ssl
 from typing import Any
 
 import httpx
+import msgspec
 
 from specai.errors import ConnectionFailedError, RemoteError, SpecaiError, TrustError
 from specai.identity.trust import ServerAddress
+from specai.server.schemas.errors import ErrorBody
 
 
 def remote_error(status: int, body: Any) -> RemoteError:
     """A decoded `{error, code, details}` body as RemoteError; anything else is `HTTP <status>` (`http_error`)."""
     try:
-        message, code, details = body["error"], body["code"], body.get("details")
-    except (KeyError, TypeError, AttributeError):
-        message, code, details = f"HTTP {status}", "http_error", None
-    return RemoteError(message, status=status, code=code, details=details)
+        return _as_remote_error(status, msgspec.convert(body, ErrorBody))
+    except msgspec.ValidationError:
+        return RemoteError(f"HTTP {status}", status=status, code="http_error")
 
 
 def response_error(response: httpx.Response) -> RemoteError:
     """The error a (fully read) error answer stands for."""
     try:
-        body = response.json()
-    except ValueError:
-        body = None
-    return remote_error(response.status_code, body)
+        return _as_remote_error(response.status_code, msgspec.json.decode(response.content, type=ErrorBody))
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return RemoteError(f"HTTP {response.status_code}", status=response.status_code, code="http_error")
+
+
+def _as_remote_error(status: int, body: ErrorBody) -> RemoteError:
+    return RemoteError(body.error, status=status, code=body.code, details=body.details)
 
 
 def error_text(response: httpx.Response) -> str:

@@ -4,19 +4,45 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Generator, Iterator
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import httpx
+import msgspec
 from httpx_sse import ServerSentEvent
 
 from specai import __version__
 from specai.client import sse
 from specai.client.errors import response_error, transport_error
 from specai.client.pinning import check_pin, fetch_cert, pinned_context
-from specai.errors import ConnectionFailedError, RemoteError
+from specai.client.wire import body_of, decode
+from specai.errors import RemoteError
 from specai.identity.fingerprint import fingerprint_der
 from specai.identity.trust import KnownServers, ServerAddress, parse_server
+from specai.server.schemas.agents import AgentListOut, QueryIn, QueryOut
+from specai.server.schemas.auth import ApiKeyListOut, ApiKeyOut, KeyIn, NewApiKeyOut, TokenIn, TokenOut
+from specai.server.schemas.graph import (
+    BootstrapIn,
+    BootstrapOut,
+    EdgeDeletedOut,
+    EdgeIn,
+    EdgeOut,
+    EdgePageOut,
+    GraphSessionListOut,
+    NodeDeletedOut,
+    NodeIn,
+    NodeOut,
+    NodePageOut,
+    SharedOut,
+    ShareIn,
+    SharesOut,
+    UnsharedOut,
+)
+from specai.server.schemas.health import CertOut, HealthOut
+from specai.server.schemas.mesh import AckIn, InboxOut, MembersOut, SendIn, SendOut
+from specai.server.schemas.sessions import SessionDetailOut, SessionListOut
+
+T = TypeVar("T")
 
 
 class SpecaiClient:
@@ -64,59 +90,59 @@ class SpecaiClient:
 
     # -- API ---------------------------------------------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> HealthOut:
         """GET /health."""
-        return self._call("GET", "/health")
+        return self._call("GET", "/health", HealthOut)
 
-    def cert(self) -> dict[str, Any]:
+    def cert(self) -> CertOut:
         """GET /cert."""
-        return self._call("GET", "/cert")
+        return self._call("GET", "/cert", CertOut)
 
-    def agents(self) -> dict[str, Any]:
+    def agents(self) -> AgentListOut:
         """GET /agents."""
-        return self._call("GET", "/agents")
+        return self._call("GET", "/agents", AgentListOut)
 
-    def sessions(self, limit: int = 100) -> dict[str, Any]:
+    def sessions(self, limit: int = 100) -> SessionListOut:
         """GET /sessions."""
-        return self._call("GET", f"/sessions?limit={limit}")
+        return self._call("GET", f"/sessions?limit={limit}", SessionListOut)
 
-    def session(self, session_id: str) -> dict[str, Any]:
+    def session(self, session_id: str) -> SessionDetailOut:
         """GET /sessions/{id}: the session and its messages."""
-        return self._call("GET", f"/sessions/{quote(session_id, safe='')}")
+        return self._call("GET", f"/sessions/{quote(session_id, safe='')}", SessionDetailOut)
 
     def delete_session(self, session_id: str) -> None:
         """DELETE /sessions/{id}."""
-        self._call("DELETE", f"/sessions/{quote(session_id, safe='')}")
+        self._send("DELETE", f"/sessions/{quote(session_id, safe='')}")
 
-    def login(self, username: str, password: str) -> dict[str, Any]:
+    def login(self, username: str, password: str) -> TokenOut:
         """POST /auth/token; remembers the token for later calls."""
-        body = self._call("POST", "/auth/token", {"username": username, "password": password})
-        self.token = body["token"]
+        body = self._call("POST", "/auth/token", TokenOut, TokenIn(username, password))
+        self.token = body.token
         return body
 
     def logout(self) -> None:
         """Revoke the token this client carries, on the server."""
-        self._call("POST", "/auth/logout")
+        self._send("POST", "/auth/logout")
 
-    def create_key(self, name: str, scope: str, expires_days: int | None) -> dict[str, Any]:
+    def create_key(self, name: str, scope: str, expires_days: int | None) -> NewApiKeyOut:
         """A new API key (its `key` is shown only in this answer)."""
-        return self._call("POST", "/auth/keys", {"name": name, "scope": scope, "expires_days": expires_days})
+        return self._call("POST", "/auth/keys", NewApiKeyOut, KeyIn(name, scope, expires_days))
 
-    def keys(self) -> dict[str, Any]:
-        """`{keys:[...]}`: the caller's API keys (an admin's: everyone's)."""
-        return self._call("GET", "/auth/keys")
+    def keys(self) -> ApiKeyListOut:
+        """The caller's API keys (an admin's: everyone's)."""
+        return self._call("GET", "/auth/keys", ApiKeyListOut)
 
-    def revoke_key(self, key_id: str) -> dict[str, Any]:
+    def revoke_key(self, key_id: str) -> ApiKeyOut:
         """Revoke an API key; returns its record."""
-        return self._call("DELETE", f"/auth/keys/{quote(key_id, safe='')}")
+        return self._call("DELETE", f"/auth/keys/{quote(key_id, safe='')}", ApiKeyOut)
 
-    def query(self, message: str, **fields: Any) -> dict[str, Any]:
+    def query(self, message: str, **fields: Any) -> QueryOut:
         """POST /query: the whole answer at once."""
-        return self._call("POST", "/query", _query_body(message, fields))
+        return self._call("POST", "/query", QueryOut, _query_body(message, fields))
 
     def stream(self, message: str, **fields: Any) -> Iterator[dict[str, Any]]:
         """POST /stream: yield each StreamChunk as it arrives."""
-        for event in self._events("POST", "/stream", json=_query_body(message, fields)):
+        for event in self._events("POST", "/stream", json=body_of(_query_body(message, fields))):
             if event.data:
                 yield json.loads(event.data)
 
@@ -129,10 +155,10 @@ class SpecaiClient:
         node_type: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> NodePageOut:
         """GET /graph/nodes: one page, newest first (`next_cursor` fetches the next one)."""
         query = {"session_id": session_id, "node_type": node_type, "limit": limit, "cursor": cursor}
-        return self._call("GET", _with_query("/graph/nodes", query))
+        return self._call("GET", _with_query("/graph/nodes", query), NodePageOut)
 
     def graph_edges(
         self,
@@ -143,7 +169,7 @@ class SpecaiClient:
         target_id: int | None = None,
         limit: int = 100,
         cursor: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> EdgePageOut:
         """GET /graph/edges: one page, newest first, filtered by type, source and/or target."""
         query = {
             "session_id": session_id,
@@ -153,16 +179,13 @@ class SpecaiClient:
             "limit": limit,
             "cursor": cursor,
         }
-        return self._call("GET", _with_query("/graph/edges", query))
+        return self._call("GET", _with_query("/graph/edges", query), EdgePageOut)
 
     def create_node(
         self, session_id: str, node_type: str, label: str, properties: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    ) -> NodeOut:
         """POST /graph/nodes: the created node."""
-        body: dict[str, Any] = {"session_id": session_id, "node_type": node_type, "label": label}
-        if properties is not None:
-            body["properties"] = properties
-        return self._call("POST", "/graph/nodes", body)
+        return self._call("POST", "/graph/nodes", NodeOut, NodeIn(session_id, node_type, label, properties))
 
     def create_edge(
         self,
@@ -174,37 +197,33 @@ class SpecaiClient:
         predicate: str | None = None,
         weight: float | None = None,
         properties: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> EdgeOut:
         """POST /graph/edges: the created edge (the server's default weight is 1.0)."""
-        body: dict[str, Any] = {
-            "session_id": session_id,
-            "source_id": source_id,
-            "target_id": target_id,
-            "edge_type": edge_type,
-        }
-        optional = {"predicate": predicate, "weight": weight, "properties": properties}
-        body.update({key: value for key, value in optional.items() if value is not None})
-        return self._call("POST", "/graph/edges", body)
+        body = EdgeIn(session_id, source_id, target_id, edge_type, predicate=predicate, properties=properties)
+        if weight is not None:
+            body.weight = weight
+        return self._call("POST", "/graph/edges", EdgeOut, body)
 
-    def get_node(self, node_id: int) -> dict[str, Any]:
+    def get_node(self, node_id: int) -> NodeOut:
         """GET /graph/nodes/{id}."""
-        return self._call("GET", f"/graph/nodes/{int(node_id)}")
+        return self._call("GET", f"/graph/nodes/{int(node_id)}", NodeOut)
 
-    def get_edge(self, edge_id: int) -> dict[str, Any]:
+    def get_edge(self, edge_id: int) -> EdgeOut:
         """GET /graph/edges/{id}."""
-        return self._call("GET", f"/graph/edges/{int(edge_id)}")
+        return self._call("GET", f"/graph/edges/{int(edge_id)}", EdgeOut)
 
-    def delete_node(self, node_id: int) -> dict[str, Any]:
-        """DELETE /graph/nodes/{id}: `{"deleted": "node", "id", "edges_deleted"}`."""
-        return self._call("DELETE", f"/graph/nodes/{int(node_id)}")
+    def delete_node(self, node_id: int) -> NodeDeletedOut:
+        """DELETE /graph/nodes/{id}: the id and how many edges went with it."""
+        return self._call("DELETE", f"/graph/nodes/{int(node_id)}", NodeDeletedOut)
 
-    def delete_edge(self, edge_id: int) -> dict[str, Any]:
-        """DELETE /graph/edges/{id}: `{"deleted": "edge", "id"}`."""
-        return self._call("DELETE", f"/graph/edges/{int(edge_id)}")
+    def delete_edge(self, edge_id: int) -> EdgeDeletedOut:
+        """DELETE /graph/edges/{id}."""
+        return self._call("DELETE", f"/graph/edges/{int(edge_id)}", EdgeDeletedOut)
 
-    def bootstrap(self, session_id: str | None = None) -> dict[str, Any]:
+    def bootstrap(self, session_id: str | None = None) -> BootstrapOut:
         """POST /bootstrap: index the server's repository into a session's graph; returns the counts."""
-        return self._call("POST", "/bootstrap", {} if session_id is None else {"session_id": session_id})
+        body = BootstrapIn() if session_id is None else BootstrapIn(session_id)
+        return self._call("POST", "/bootstrap", BootstrapOut, body)
 
     def watch(
         self,
@@ -235,29 +254,29 @@ class SpecaiClient:
         (see `sse.follow`), so none is missed or delivered twice."""
         return sse.follow(lambda last: self.watch(session_id, last, idle_timeout=idle_timeout), since)
 
-    def graph_sessions(self) -> dict[str, Any]:
-        """GET /graph/sessions: `{sessions: [{session_id, owner, access}]}` the caller owns or is shared."""
-        return self._call("GET", "/graph/sessions")
+    def graph_sessions(self) -> GraphSessionListOut:
+        """GET /graph/sessions: the sessions the caller owns or that are shared with them."""
+        return self._call("GET", "/graph/sessions", GraphSessionListOut)
 
-    def graph_shares(self, session_id: str) -> dict[str, Any]:
-        """GET /graph/sessions/{id}/shares: `{session_id, owner, shares: [{username, access}]}`."""
-        return self._call("GET", f"/graph/sessions/{quote(session_id, safe='')}/shares")
+    def graph_shares(self, session_id: str) -> SharesOut:
+        """GET /graph/sessions/{id}/shares: the owner and who else may read or write."""
+        return self._call("GET", f"/graph/sessions/{quote(session_id, safe='')}/shares", SharesOut)
 
-    def share_graph(self, session_id: str, username: str, *, read_only: bool = False) -> dict[str, Any]:
-        """POST /graph/sessions/{id}/shares: `{session_id, username, access}`."""
-        body = {"username": username, "read_only": read_only}
-        return self._call("POST", f"/graph/sessions/{quote(session_id, safe='')}/shares", body)
+    def share_graph(self, session_id: str, username: str, *, read_only: bool = False) -> SharedOut:
+        """POST /graph/sessions/{id}/shares: the share as it now stands."""
+        path = f"/graph/sessions/{quote(session_id, safe='')}/shares"
+        return self._call("POST", path, SharedOut, ShareIn(username, read_only))
 
-    def unshare_graph(self, session_id: str, username: str) -> dict[str, Any]:
-        """DELETE /graph/sessions/{id}/shares/{username}: `{session_id, unshared}`."""
+    def unshare_graph(self, session_id: str, username: str) -> UnsharedOut:
+        """DELETE /graph/sessions/{id}/shares/{username}."""
         path = f"/graph/sessions/{quote(session_id, safe='')}/shares/{quote(username, safe='')}"
-        return self._call("DELETE", path)
+        return self._call("DELETE", path, UnsharedOut)
 
     # -- mesh -------------------------------------------------------------------------------------------------
 
-    def mesh_members(self) -> dict[str, Any]:
-        """GET /registry/agents: `{instances: [MeshInstance], leader_id, self_id}`."""
-        return self._call("GET", "/registry/agents")
+    def mesh_members(self) -> MembersOut:
+        """GET /registry/agents: every member, the leader and the server's own instance id."""
+        return self._call("GET", "/registry/agents", MembersOut)
 
     def mesh_send(
         self,
@@ -266,27 +285,20 @@ class SpecaiClient:
         payload: Any,
         target: str | None = None,
         correlation_id: str | None = None,
-    ) -> dict[str, Any]:
-        """POST /messages/send/{source}: `{message_id, status, delivered_to}`; no `target` broadcasts to every
-        member but the source."""
-        body: dict[str, Any] = {"message_type": message_type, "payload": payload}
-        if target is not None:
-            body["target_instance"] = target
-        if correlation_id is not None:
-            body["correlation_id"] = correlation_id
-        return self._call("POST", f"/messages/send/{quote(source, safe='')}", body)
+    ) -> SendOut:
+        """POST /messages/send/{source}; no `target` broadcasts to every member but the source."""
+        body = SendIn(message_type, payload, target, correlation_id)
+        return self._call("POST", f"/messages/send/{quote(source, safe='')}", SendOut, body)
 
-    def mesh_inbox(
-        self, instance_id: str, *, limit: int | None = None, after: str | None = None
-    ) -> dict[str, Any]:
-        """GET /messages/{id}: one page `{messages: [AgentMessage], more, cursor}` not yet acknowledged by that
-        member, oldest first; pass `cursor` as `after` for the next page."""
+    def mesh_inbox(self, instance_id: str, *, limit: int | None = None, after: str | None = None) -> InboxOut:
+        """GET /messages/{id}: one page not yet acknowledged by that member, oldest first; pass `cursor` as
+        `after` for the next page."""
         path = _with_query(f"/messages/{quote(instance_id, safe='')}", {"limit": limit, "after": after})
-        return self._call("GET", path)
+        return self._call("GET", path, InboxOut)
 
     def mesh_ack(self, instance_id: str, message_ids: list[str]) -> None:
         """POST /messages/ack/{id}: removes the messages from that member's inbox only (204)."""
-        self._call("POST", f"/messages/ack/{quote(instance_id, safe='')}", {"message_ids": list(message_ids)})
+        self._send("POST", f"/messages/ack/{quote(instance_id, safe='')}", AckIn(list(message_ids)))
 
     # -- plumbing ----------------------------------------------------------------------------------------------
 
@@ -303,22 +315,22 @@ class SpecaiClient:
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    def _call(self, method: str, path: str, shape: type[T], body: msgspec.Struct | None = None) -> T:
+        """One request, its answer decoded as `shape` (UnexpectedAnswerError when it does not fit)."""
+        response = self._send(method, path, body)
+        return decode(response.content, shape, f"{self.server.origin}{path}")
+
+    def _send(self, method: str, path: str, body: msgspec.Struct | None = None) -> httpx.Response:
+        """One request with the caller's token; an error answer raises RemoteError."""
         try:
-            response = self.http.request(method, path, json=body, headers=self._auth())
+            response = self.http.request(
+                method, path, json=None if body is None else body_of(body), headers=self._auth()
+            )
         except httpx.HTTPError as exc:
             raise transport_error(self.server, exc) from None
         if response.status_code >= 400:
             raise _remote_error(response)
-        if response.status_code == 204:
-            return {}
-        try:
-            data: dict[str, Any] = response.json()
-        except ValueError:
-            raise ConnectionFailedError(
-                f"{self.server.origin}{path} answered with something that is not JSON"
-            ) from None
-        return data
+        return response
 
 
 def _with_query(path: str, query: dict[str, Any]) -> str:
@@ -326,8 +338,8 @@ def _with_query(path: str, query: dict[str, Any]) -> str:
     return f"{path}?{urlencode(present)}" if present else path
 
 
-def _query_body(message: str, fields: dict[str, Any]) -> dict[str, Any]:
-    return {"message": message, **{k: v for k, v in fields.items() if v is not None}}
+def _query_body(message: str, fields: dict[str, Any]) -> QueryIn:
+    return QueryIn(message, **{k: v for k, v in fields.items() if v is not None})
 
 
 def _remote_error(response: httpx.Response) -> RemoteError:

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import httpx
+import msgspec
 
 from specai.client import sse
 from specai.client.errors import error_text
 from specai.client.pinning import check_pin, fetch_cert_async, pinned_context
+from specai.client.wire import body_of, decode
 from specai.errors import AuthError, RemoteError
 from specai.identity.trust import KnownServers, ServerAddress
+from specai.server.schemas.auth import TokenIn, TokenOut
 
 REQUEST_TIMEOUT = 5.0
+T = TypeVar("T")
 TokenSource = Callable[[bool], Awaitable[str]]  # (refresh) -> a bearer token for one peer
 
 
@@ -61,14 +65,21 @@ class Peer:
         )
         return presented
 
-    async def call(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        """One request with this peer's credentials, renewed once when refused (401)."""
+    async def call(self, method: str, path: str, body: msgspec.Struct | None = None) -> httpx.Response:
+        """One request with this peer's credentials, renewed once when refused (401); the caller reads the
+        status, and the body with `decode`."""
         http = await self._connected()
+        payload = None if body is None else body_of(body)
         for attempt in range(2):
-            response = await http.request(method, path, json=body, headers=await self._headers(attempt > 0))
+            headers = await self._headers(attempt > 0)
+            response = await http.request(method, path, json=payload, headers=headers)
             if response.status_code != 401 or attempt or not self._renewable():
                 return response
         raise AssertionError("unreachable")
+
+    def decode(self, response: httpx.Response, shape: type[T]) -> T:
+        """A successful answer as `shape`, else UnexpectedAnswerError (a ConnectionFailedError) naming the call."""
+        return decode(response.content, shape, f"{self.address.origin}{response.request.url.path}")
 
     async def probe(self) -> bool:
         """Is it up? `GET /health` over the pinned connection, with no credentials at all."""
@@ -139,10 +150,10 @@ class Peer:
     async def _login(self) -> None:
         assert self._http is not None
         assert self.credentials is not None
-        body = {"username": self.credentials.username, "password": self.credentials.password}
+        body = body_of(TokenIn(self.credentials.username or "", self.credentials.password or ""))
         response = await self._http.post("/auth/token", json=body)
         if response.status_code == 200:
-            self._token = response.json()["token"]
+            self._token = self.decode(response, TokenOut).token
         elif response.status_code != 503:  # 503 auth_disabled: no token needed
             raise AuthError(
                 f"{self.address.origin} refused the mesh login of '{self.credentials.username}' "

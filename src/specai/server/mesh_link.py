@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
+import msgspec
 
 from specai.client.errors import error_text, reason
 from specai.client.peer import REQUEST_TIMEOUT, Credentials, Peer
@@ -27,6 +28,16 @@ from specai.errors import AuthError, ConnectionFailedError, SpecaiError, TlsErro
 from specai.identity.fingerprint import normalize_fingerprint
 from specai.identity.trust import KnownServers, parse_server
 from specai.mesh.registry import Member, MemberInfo, MeshRegistry
+from specai.server.schemas.mesh import (
+    HeartbeatIn,
+    HeartbeatOut,
+    MemberOut,
+    MembersOut,
+    PeerTokenIn,
+    PeerTokenOut,
+    RegisterIn,
+    RegisterOut,
+)
 
 __all__ = ["Credentials", "MeshLink", "mesh_credentials"]
 
@@ -100,13 +111,14 @@ class MeshLink:
             ) from None
         body = await self._register(peer)
         listing = await peer.call("GET", "/registry/agents")
-        self.registry_id = str(listing.json()["self_id"]) if listing.status_code == 200 else self.join.origin
+        ok = listing.status_code == 200
+        self.registry_id = peer.decode(listing, MembersOut).self_id if ok else self.join.origin
         self.peers[self.registry_id] = peer
         if self.on_join is not None and peer.der is not None:
             self.on_join(peer.der, self.registry_id)  # from now on, accept the peer tokens it signs
-        await self.registry.learn(body.get("peers", []))
+        await self.registry.learn(_builtins(body.peers))
         self.announce(
-            f"joined the mesh at {self.join.origin} as {self.me.instance_id} (leader {body.get('leader_id')})"
+            f"joined the mesh at {self.join.origin} as {self.me.instance_id} (leader {body.leader_id})"
         )
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -192,19 +204,17 @@ class MeshLink:
 
     async def _beat(self, instance_id: str, peer: Peer) -> None:
         try:
-            response = await peer.call(
-                "POST", f"/registry/heartbeat/{self.me.instance_id}", {"status": "healthy"}
-            )
+            response = await peer.call("POST", f"/registry/heartbeat/{self.me.instance_id}", HeartbeatIn())
             if response.status_code == 404:
                 log.debug("%s does not know this server (any more); registering again", peer.address.origin)
-                body = await self._register(peer)
+                peers = (await self._register(peer)).peers
             elif response.status_code == 200:
-                body = response.json()
+                peers = peer.decode(response, HeartbeatOut).peers
             else:
                 self._failed(instance_id, peer, error_text(response))
                 return
             if instance_id == self.registry_id:  # ranks come from the registry only, never from other peers
-                await self.registry.learn(body.get("peers", []))
+                await self.registry.learn(_builtins(peers))
             await self._heard(instance_id, peer)
         except NoPeerToken as exc:  # the registry is gone: a credential-free probe still tells it is alive
             await self._probe(instance_id, peer, reason(exc))
@@ -250,27 +260,30 @@ class MeshLink:
         registry = self.peers.get(self.registry_id or "")
         if registry is None:
             raise NoPeerToken("not joined to a registry")
-        body = {"source": self.me.instance_id, "audience": audience}
+        body = PeerTokenIn(source=self.me.instance_id, audience=audience)
         try:
             response = await registry.call("POST", "/registry/peer-token", body)
         except (httpx.HTTPError, SpecaiError) as exc:
             raise NoPeerToken(f"the registry gave no peer token: {reason(exc)}") from None
         if response.status_code != 200:
             raise NoPeerToken(f"the registry gave no peer token: {error_text(response)}")
-        answer = response.json()
-        self._tokens[audience] = (str(answer["token"]), float(answer["expires_at"]))
-        return str(answer["token"])
+        try:
+            answer = registry.decode(response, PeerTokenOut)
+        except SpecaiError as exc:
+            raise NoPeerToken(f"the registry gave no peer token: {reason(exc)}") from None
+        self._tokens[audience] = (answer.token, float(answer.expires_at))
+        return answer.token
 
-    async def _register(self, peer: Peer) -> dict[str, Any]:
-        body = {  # no rank: the registry assigns it, and other peers learn it from the registry
-            "instance_id": self.me.instance_id,
-            "hostname": self.me.hostname,
-            "port": self.me.port,
-            "capabilities": list(self.me.capabilities),
-            "agent_profiles": list(self.me.agent_profiles),
-            "base_url": self.me.base_url,
-            "fingerprint": self.me.fingerprint,
-        }
+    async def _register(self, peer: Peer) -> RegisterOut:
+        body = RegisterIn(  # no rank: the registry assigns it, and other peers learn it from the registry
+            instance_id=self.me.instance_id,
+            hostname=self.me.hostname,
+            port=self.me.port,
+            capabilities=list(self.me.capabilities),
+            agent_profiles=list(self.me.agent_profiles),
+            base_url=self.me.base_url,
+            fingerprint=self.me.fingerprint,
+        )
         response = await peer.call("POST", "/registry/register", body)
         if response.status_code in (401, 403):
             raise AuthError(
@@ -279,8 +292,7 @@ class MeshLink:
             )
         if response.status_code != 200:
             raise ConnectionFailedError(f"{peer.address.origin} refused to register: {error_text(response)}")
-        result: dict[str, Any] = response.json()
-        return result
+        return peer.decode(response, RegisterOut)
 
     async def leave(self) -> None:
         """Deregister from every peer, at once, best effort."""
@@ -290,6 +302,12 @@ class MeshLink:
                 await peer.call("DELETE", f"/registry/deregister/{self.me.instance_id}")
 
         await asyncio.gather(*(bye(peer) for peer in self.peers.values()))
+
+
+def _builtins(peers: list[MemberOut]) -> list[dict[str, Any]]:
+    """Members as the registry's `learn` takes them (the core knows no wire Structs)."""
+    result: list[dict[str, Any]] = msgspec.to_builtins(peers)
+    return result
 
 
 def _target(member: Member) -> tuple[Any, str] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.table import Table
@@ -23,6 +23,11 @@ from specai.cli.graph.options import (
     SessionOption,
 )
 from specai.config import DEFAULT_SERVER_URL
+
+if TYPE_CHECKING:
+    from specai.server.schemas.graph import EdgeOut, EdgePageOut, NodeOut, NodePageOut
+
+Item = TypeVar("Item")
 
 
 @handle_errors
@@ -49,8 +54,7 @@ def nodes(
     """
     with open_client(server, fingerprint) as client:
         items, next_cursor = _pages(
-            lambda c: client.graph_nodes(session, node_type=node_type, limit=limit, cursor=c),
-            "nodes",
+            lambda c: _nodes(client.graph_nodes(session, node_type=node_type, limit=limit, cursor=c)),
             cursor,
             all_pages,
         )
@@ -64,11 +68,11 @@ def nodes(
         table = graph_table("id", "type", "label", "properties", "updated")
         for node in items:
             table.add_row(
-                str(node["id"]),
-                node["node_type"],
-                Text(clip(node["label"])),
-                Text(_summary(node.get("properties"))),
-                local_time(node["updated_at"]),
+                str(node.id),
+                node.node_type,
+                Text(clip(node.label)),
+                Text(_summary(node.properties)),
+                local_time(node.updated_at),
             )
         out.print(table)
     _hint(next_cursor, ["nodes", *_session_args(session), *_opt("--type", node_type)], limit)
@@ -100,10 +104,11 @@ def edges(
     """
     with open_client(server, fingerprint) as client:
         items, next_cursor = _pages(
-            lambda c: client.graph_edges(
-                session, edge_type=edge_type, source_id=source, target_id=target, limit=limit, cursor=c
+            lambda c: _edges(
+                client.graph_edges(
+                    session, edge_type=edge_type, source_id=source, target_id=target, limit=limit, cursor=c
+                )
             ),
-            "edges",
             cursor,
             all_pages,
         )
@@ -116,13 +121,13 @@ def edges(
         table = graph_table("id", "type", "source -> target", "predicate", "weight", "properties", "updated")
         for edge in items:
             table.add_row(
-                str(edge["id"]),
-                edge["edge_type"],
-                f"{edge['source_id']} -> {edge['target_id']}",
-                Text(clip(edge.get("predicate") or "")),
-                f"{edge['weight']:g}",
-                Text(_summary(edge.get("properties"))),
-                local_time(edge["updated_at"]),
+                str(edge.id),
+                edge.edge_type,
+                f"{edge.source_id} -> {edge.target_id}",
+                Text(clip(edge.predicate or "")),
+                f"{edge.weight:g}",
+                Text(_summary(edge.properties)),
+                local_time(edge.updated_at),
             )
         out.print(table)
     filters = [*_opt("--type", edge_type), *_opt("--source", source), *_opt("--target", target)]
@@ -148,21 +153,30 @@ def show(
     if json_output:
         print_json(body)
         return
-    for key, value in body.items():
+    import msgspec
+
+    for key, value in msgspec.to_builtins(body).items():
         shown = json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else str(value)
         out.print(f"{key + ':':<12} {shown}", markup=False)
 
 
 def _pages(
-    fetch: Callable[[str | None], dict[str, Any]], key: str, cursor: str | None, all_pages: bool
-) -> tuple[list[dict[str, Any]], str | None]:
-    items: list[dict[str, Any]] = []
+    fetch: Callable[[str | None], tuple[list[Item], str | None]], cursor: str | None, all_pages: bool
+) -> tuple[list[Item], str | None]:
+    items: list[Item] = []
     while True:
-        body = fetch(cursor)
-        items.extend(body[key])
-        cursor = body.get("next_cursor")
+        page, cursor = fetch(cursor)
+        items.extend(page)
         if not all_pages or not cursor:
             return items, cursor
+
+
+def _nodes(page: NodePageOut) -> tuple[list[NodeOut], str | None]:
+    return page.nodes, page.next_cursor
+
+
+def _edges(page: EdgePageOut) -> tuple[list[EdgeOut], str | None]:
+    return page.edges, page.next_cursor
 
 
 def _hint(next_cursor: str | None, args: list[str], limit: int) -> None:

@@ -36,12 +36,12 @@ def sessions(
     if json_output:
         print_json(body)
         return
-    if not body["sessions"]:
+    if not body.sessions:
         out.print("no graph sessions yet (the first node you add to a session makes it yours)", markup=False)
         return
     table = graph_table("session", "owner", "access")
-    for entry in body["sessions"]:
-        table.add_row(Text(entry["session_id"]), Text(entry["owner"]), entry["access"])
+    for entry in body.sessions:
+        table.add_row(Text(entry.session_id), Text(entry.owner), entry.access)
     out.print(table)
 
 
@@ -71,8 +71,8 @@ def share(
     if json_output:
         print_json(body)
         return
-    access = "read-only" if body["access"] == "read" else "read-write"
-    out.print(f"shared graph session {body['session_id']} with {body['username']} ({access})", markup=False)
+    access = "read-only" if body.access == "read" else "read-write"
+    out.print(f"shared graph session {body.session_id} with {body.username} ({access})", markup=False)
 
 
 @handle_errors
@@ -94,4 +94,4 @@ def unshare(
     if json_output:
         print_json(body)
         return
-    out.print(f"graph session {body['session_id']} is no longer shared with {body['unshared']}", markup=False)
+    out.print(f"graph session {body.session_id} is no longer shared with {body.unshared}", markup=False)

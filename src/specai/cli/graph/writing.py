@@ -42,7 +42,7 @@ def add_node(
     if json_output:
         print_json(node)
     else:
-        out.print(str(node["id"]))
+        out.print(str(node.id))
 
 
 @handle_errors
@@ -84,7 +84,7 @@ def add_edge(
     if json_output:
         print_json(edge)
     else:
-        out.print(str(edge["id"]))
+        out.print(str(edge.id))
 
 
 @handle_errors
@@ -106,13 +106,14 @@ def remove(
 
       specai graph rm edge 7 8 9
     """
-    deleted: list[dict[str, Any]] = []
+    from specai.server.schemas.graph import EdgeDeletedOut, NodeDeletedOut
+
+    deleted: list[NodeDeletedOut | EdgeDeletedOut] = []
     failed: list[dict[str, Any]] = []
     with open_client(server, fingerprint) as client:
-        remove_one = client.delete_node if kind is Kind.node else client.delete_edge
         for entity_id in ids:
             try:
-                body = remove_one(entity_id)
+                body = client.delete_node(entity_id) if kind is Kind.node else client.delete_edge(entity_id)
             except RemoteError as exc:
                 if exc.http_status != 404:
                     raise
@@ -121,8 +122,8 @@ def remove(
                 continue
             deleted.append(body)
             if not json_output:
-                if kind is Kind.node:
-                    count = int(body.get("edges_deleted", 0))
+                if isinstance(body, NodeDeletedOut):
+                    count = body.edges_deleted
                     out.print(f"deleted node {entity_id} and {count} edge{'' if count == 1 else 's'} with it")
                 else:
                     out.print(f"deleted edge {entity_id}")
@@ -153,15 +154,14 @@ def bootstrap(
     if json_output:
         print_json(body)
         return
-    root = body.get("root_node_id")
+    root = body.root_node_id
     out.print(
-        f"bootstrapped session {body['session_id']}" + (f" (root node {root})" if root is not None else ""),
+        f"bootstrapped session {body.session_id}" + (f" (root node {root})" if root is not None else ""),
         markup=False,
     )
     out.print(
-        f"nodes: {body['nodes_created']} created, {body['nodes_updated']} updated, "
-        f"{body['nodes_removed']} removed; edges: {body['edges_created']} created, "
-        f"{body['edges_removed']} removed"
+        f"nodes: {body.nodes_created} created, {body.nodes_updated} updated, "
+        f"{body.nodes_removed} removed; edges: {body.edges_created} created, {body.edges_removed} removed"
     )
 
 
