@@ -1,12 +1,13 @@
 # Two commands on a fresh machine with Python 3.11+ and make:
 #   make serve   install into .venv and start the server on https://127.0.0.1:3000
 #   make test    install into .venv (with test extras) and run every test
+# (make test-fast: the same without the tests marked `live`, which start processes)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test lint completions bench clean
+.PHONY: install serve test test-fast lint completions bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +20,26 @@ install: $(STAMP)
 serve: install
 	$(BIN)/specai server
 
+# The tests start a few hundred Python processes (servers, the CLI): with PYTHONDONTWRITEBYTECODE set each would
+# compile specai from source again (~3x slower to start), so compiled modules are cached, and compiled up front.
+unexport PYTHONDONTWRITEBYTECODE
+# Test processes run in parallel (pytest-xdist), each test module in one worker: most of the time is spent waiting
+# on servers, so more workers than cores pays. PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= 4
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+
 # pytest exits 5 when it collected no tests: treat that as a failure, not a pass.
-test: install
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+define run_pytest
+	@$(BIN)/python -m compileall -q src tests >/dev/null
+	@$(PYTEST) $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+endef
+
+test: install
+	$(call run_pytest,)
+
+test-fast: install
+	$(call run_pytest,-m "not live")
 
 lint: install
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'

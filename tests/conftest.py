@@ -1,20 +1,114 @@
-"""Fixtures: an isolated SPECAI_HOME, a user, real server processes (auth on or off), and databases on both engines."""
+"""Fixtures: an isolated SPECAI_HOME, a user, real server processes (auth on or off), databases on both engines;
+and the harness rules: cheap password hashing in this process, and no process started by a test not marked `live`."""
 
 from __future__ import annotations
 
+import os
+import pty
 import secrets
-from collections.abc import AsyncIterator, Iterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from argon2 import PasswordHasher
 from databases import ENGINES, pg_admin_url, pg_execute
+from live import PASSWORD, ServerProcess, add_user
 from sqlalchemy.engine import make_url
 
-from helpers import ServerProcess, run_cli
+from specai import auth
 from specai.config import DatabaseSettings, Settings
 from specai.store import Store
 
-PASSWORD = "pw-one-two"
+__all__ = ["PASSWORD"]
+
+# Fixtures that start a process: a test using one is marked `live` for it.
+PROCESS_FIXTURES = frozenset({"server", "auth_server"})
+
+# --- the harness rules ---------------------------------------------------------------------------------------------
+
+# argon2id at the lowest cost, for hashes made and checked in this process only: a login in an in-process test
+# costs microseconds instead of ~0.2 s. Production defaults stay untouched; homes served by a real server process
+# get full-cost hashes (live.add_user), and test_harness.py checks that the library default is what users get.
+CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+PRODUCTION_HASHER = auth._hasher
+
+_running: pytest.Item | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    auth._hasher = CHEAP_HASHER
+    _guard_process_starts()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.live)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    global _running
+    _running = item
+    try:
+        return (yield)
+    finally:
+        _running = None
+
+
+TESTS = Path(__file__).resolve().parent
+_PLUMBING = {subprocess.__file__, os.__file__, pty.__file__, __file__}
+
+
+def _started_by_tests() -> bool:
+    """True when the code that asked for the process is in tests/ (a library's own, like `uname -p` from
+    `platform`, is no test starting a process)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename in _PLUMBING:
+        frame = frame.f_back  # type: ignore[assignment]
+    return frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(TESTS)
+
+
+def _check_may_start(what: object) -> None:
+    """Fail the running test when it starts a process without the `live` marker."""
+    item = _running
+    shown = " ".join(map(str, what)) if isinstance(what, list | tuple) else str(what)
+    if (log := os.environ.get("PYTEST_PROCESS_LOG")) and item is not None:
+        with open(log, "a") as out:  # which test starts which process: PYTEST_PROCESS_LOG=/tmp/p.log
+            out.write(f"{item.nodeid}\t{shown[:200]}\n")
+    if item is not None and item.get_closest_marker("live") is None and _started_by_tests():
+        pytest.fail(
+            f"{item.nodeid} starts a process ({shown[:120]}) but is not marked live: "
+            "add @pytest.mark.live (or pytestmark = pytest.mark.live), or run it in process",
+            pytrace=False,
+        )
+
+
+def _guard_process_starts() -> None:
+    """Route every way a test starts a process (Popen and so subprocess.run, os.fork, pty.fork) past the check."""
+    popen_init = subprocess.Popen.__init__
+
+    def guarded_init(self: subprocess.Popen[Any], args: Any, *rest: Any, **options: Any) -> None:
+        _check_may_start(args)
+        popen_init(self, args, *rest, **options)
+
+    subprocess.Popen.__init__ = guarded_init  # type: ignore[method-assign]
+
+    def guarded(name: str, start: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **options: Any) -> Any:
+            _check_may_start(name)
+            return start(*args, **options)
+
+        return wrapper
+
+    os.fork = guarded("os.fork", os.fork)
+    pty.fork = guarded("pty.fork", pty.fork)
+
+
+# --- homes and servers ---------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -26,10 +120,17 @@ def home(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def client_home(tmp_path: Path) -> Path:
+    """A separate, empty SPECAI_HOME for the CLI on the client side (no pins, tokens or last sessions)."""
+    path = tmp_path / "client"
+    path.mkdir(mode=0o700)
+    return path
+
+
+@pytest.fixture
 def auth_home(home: Path) -> Path:
     """A home with user alice and a config that enables auth."""
-    result = run_cli(home, "auth", "add-user", "alice", "--password-stdin", input=PASSWORD + "\n")
-    assert result.returncode == 0, result.stderr
+    add_user(home, "alice", PASSWORD)
     (home / "spec-ai.config.toml").write_text("[auth]\nenabled = true\n")
     return home
 

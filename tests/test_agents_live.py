@@ -26,8 +26,8 @@ import httpx
 import httpx2
 import openai
 import pytest
+from live import PASSWORD, ServerProcess, add_user, cli_env, make_home, parse_sse, run_cli, sse_events
 
-from conftest import PASSWORD
 from fakes import (
     DEFAULT_TOKENS,
     FakeAnthropic,
@@ -37,8 +37,8 @@ from fakes import (
     FakeUpstream,
     Turn,
 )
-from helpers import ServerProcess, assert_error, cli_env, run_cli
-from specai.identity.tls import fetch_peer_cert, pinned_ssl_context
+from helpers import assert_error
+from specai.identity.tls import pinned_ssl_context
 
 pytestmark = pytest.mark.live
 
@@ -252,21 +252,7 @@ class Live:
         return rescript(self.fake(agent), **options)
 
     def der(self) -> bytes:
-        return fetch_peer_cert("127.0.0.1", self.proc.port)
-
-
-def make_home(base: Path) -> Path:
-    home = base / "home"
-    home.mkdir(mode=0o700)
-    return home
-
-
-@pytest.fixture
-def client_home(tmp_path: Path) -> Path:
-    """An empty SPECAI_HOME for the CLI client (no pins, tokens or last sessions)."""
-    path = tmp_path / "client"
-    path.mkdir(mode=0o700)
-    return path
+        return self.proc.der()
 
 
 def start_live(base: Path, template: str, users: Sequence[str] = ()) -> Iterator[Live]:
@@ -280,8 +266,7 @@ def start_live(base: Path, template: str, users: Sequence[str] = ()) -> Iterator
     try:
         home = make_home(base)
         for user in users:
-            added = run_cli(home, "auth", "add-user", user, "--password-stdin", input=PASSWORD + "\n")
-            assert added.returncode == 0, added.stderr
+            add_user(home, user)
         config = (
             template.replace("@OPENAI@", fakes["openai"].base_url)
             .replace("@ANTHROPIC@", fakes["anthropic"].base_url)
@@ -321,21 +306,6 @@ def owned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 # -- SSE and wire helpers ------------------------------------------------------------------------------------------
 
 
-def sse_blocks(text: str) -> list[list[tuple[str, str]]]:
-    """The raw SSE blocks of a body: each a list of (field, value); comments have field ''."""
-    blocks = []
-    for raw in text.replace("\r\n", "\n").split("\n\n"):
-        lines = []
-        for line in raw.split("\n"):
-            if not line:
-                continue
-            name, _, value = line.partition(":")
-            lines.append((name, value.removeprefix(" ")))
-        if lines:
-            blocks.append(lines)
-    return blocks
-
-
 def iter_events(
     response: httpx.Response, deadline_secs: float = 30.0
 ) -> Iterator[tuple[float, dict[str, Any]]]:
@@ -344,21 +314,10 @@ def iter_events(
     Blocks without data (keep-alives) are skipped here; the keep-alive test looks at them separately.
     """
     deadline = time.monotonic() + deadline_secs
-    lines: list[str] = []
-    for line in response.iter_lines():
+    for event in sse_events(response.iter_lines()):
         assert time.monotonic() < deadline, "the stream took longer than the test's deadline"
-        if line:
-            lines.append(line)
-            continue
-        fields: dict[str, str] = {}
-        for item in lines:
-            if item.startswith(":"):
-                continue
-            name, _, value = item.partition(":")
-            fields[name] = value.removeprefix(" ")
-        lines = []
-        if fields.get("data"):
-            yield time.monotonic(), {"_id": fields.get("id"), **json.loads(fields["data"])}
+        if event.data not in (None, ""):
+            yield event.at, {"_id": event.id, **event.data}
 
 
 def stream(live: Live, body: dict[str, Any], timeout: float = 30.0) -> list[dict[str, Any]]:
@@ -816,7 +775,7 @@ def test_rejected_key_is_reported_without_leaking_it(failing: Live, agent: str) 
     ) as streamed:
         raw = streamed.read().decode()
     assert SECRET not in raw
-    events = [json.loads(v) for block in sse_blocks(raw) for k, v in block if k == "data" and v]
+    events = [event.data for event in parse_sse(raw)]
     assert events[-1]["type"] == "error" and events[-1]["code"] == "upstream_error"
     assert "API key" in events[-1]["message"]
 
@@ -865,21 +824,19 @@ def test_keepalive_comments_during_silence_and_ids_on_every_event(main: Live) ->
         raw = response.read().decode()
     lines = raw.replace("\r\n", "\n").split("\n")
     assert sum(1 for line in lines if line == ": keep-alive") >= 2, raw
-    blocks = sse_blocks(raw)
-    data_blocks = [b for b in blocks if any(name == "data" for name, _ in b)]
-    comment_blocks = [b for b in blocks if b[0][0] == ""]
-    assert comment_blocks, raw
+    blocks = list(sse_events(lines))
+    data_blocks = [b for b in blocks if any(name == "data" for name, _ in b.fields)]
+    assert any(b.comments for b in blocks), raw
     # A keep-alive must be a pure comment: a `data:` line (even empty) makes it an event that EventSource
     # dispatches and that JSON-decoding clients (the openai SDK among them) choke on.
-    for block in comment_blocks:
-        assert [name for name, _ in block] == [""], f"keep-alive is not a pure comment: {block}"
+    for block in blocks:
+        assert not (block.comments and block.fields), f"keep-alive is not a pure comment: {block}"
     ids = []
     for block in data_blocks:
-        fields = dict(block)
-        assert "id" in fields, f"data event without an id: {block}"
-        ids.append(int(fields["id"]))
+        assert block.id is not None, f"data event without an id: {block}"
+        ids.append(int(block.id))
     assert ids == list(range(1, len(ids) + 1))
-    events = [json.loads(dict(b)["data"]) for b in data_blocks if dict(b)["data"]]
+    events = [b.data for b in data_blocks if b.data not in (None, "")]
     assert text_of(events) == "late reply"
     assert kinds(events)[0] == "start" and kinds(events)[-1] == "end"
 

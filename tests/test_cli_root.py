@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers import run_cli
+import pytest
+from live import run_cli
+
 from specai import __version__
+
+pytestmark = pytest.mark.live  # each test runs the CLI as a process
 
 COMMANDS = ("server", "auth", "cert", "login", "logout", "query", "agents", "health")
 

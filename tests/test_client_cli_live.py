@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
-import select
 import shutil
-import socket
-import ssl
 import stat
 import subprocess
 import sys
-import termios
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,13 +19,7 @@ import jwt
 import pytest
 from argon2 import PasswordHasher
 from argon2.exceptions import VerifyMismatchError
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
-from conftest import PASSWORD
-from helpers import ServerProcess, cli_env, run_cli
+from live import PASSWORD, RecordingTlsServer, ServerProcess, Terminal, add_user, cli_env, make_home, run_cli
 
 pytestmark = pytest.mark.live
 
@@ -65,23 +53,13 @@ def credentials(home: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Auth enabled; users alice and dave (dave is used to observe the login throttle)."""
-    home = tmp_path_factory.mktemp("cli-server") / "home"
-    home.mkdir(mode=0o700)
+    home = make_home(tmp_path_factory.mktemp("cli-server"))
     for name in ("alice", "dave"):
-        result = run_cli(home, "auth", "add-user", name, "--password-stdin", input=PASSWORD + "\n")
-        assert result.returncode == 0, result.stderr
+        add_user(home, name)
     (home / "spec-ai.config.toml").write_text("[auth]\nenabled = true\nmax_failed_logins = 5\n")
     proc = ServerProcess(home).start()
     yield proc
     proc.stop()
-
-
-@pytest.fixture
-def client_home(tmp_path: Path) -> Path:
-    """A separate, empty SPECAI_HOME for the client side (no pins, no tokens)."""
-    path = tmp_path / "client"
-    path.mkdir(mode=0o700)
-    return path
 
 
 def login(
@@ -273,70 +251,8 @@ def test_pin_is_checked_before_the_password_is_sent(cli_server: ServerProcess, c
     assert result.returncode == 0, result.stderr
 
 
-class _RecordingTlsServer:
-    """A TLS listener that records every application byte a client sends after the handshake."""
-
-    def __init__(self, directory: Path) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "recorder")])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256())
-        )
-        cert_path, key_path = directory / "rec.crt", directory / "rec.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        self.fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(cert_path, key_path)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"https://127.0.0.1:{self.port}"
-        self.handshakes = 0
-        self.received = b""
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                raw, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            with raw:
-                raw.settimeout(3)
-                try:
-                    with self.context.wrap_socket(raw, server_side=True) as conn:
-                        self.handshakes += 1
-                        while PASSWORD.encode() not in self.received:
-                            data = conn.recv(65536)
-                            if not data:
-                                break
-                            self.received += data
-                except (OSError, ssl.SSLError):
-                    pass
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.thread.join(5)
-        self.sock.close()
-
-
 def test_nothing_is_sent_to_an_untrusted_server(tmp_path: Path, client_home: Path) -> None:
-    recorder = _RecordingTlsServer(tmp_path)
+    recorder = RecordingTlsServer(tmp_path)
     try:
         for extra in (("--fingerprint", OTHER_FINGERPRINT), ()):
             result = run_cli(
@@ -352,7 +268,7 @@ def test_nothing_is_sent_to_an_untrusted_server(tmp_path: Path, client_home: Pat
             )
             assert result.returncode == 5, (result.returncode, result.stderr)
         assert recorder.handshakes >= 2
-        assert recorder.received == b""
+        assert recorder.raw == b""
         # control: once the pin matches, the request (with the password) does reach the server
         run_cli(
             client_home,
@@ -367,7 +283,7 @@ def test_nothing_is_sent_to_an_untrusted_server(tmp_path: Path, client_home: Pat
             input=PASSWORD + "\n",
             timeout=30,
         )
-        assert b"POST /auth/token" in recorder.received and PASSWORD.encode() in recorder.received
+        assert b"POST /auth/token" in recorder.raw and PASSWORD.encode() in recorder.raw
     finally:
         recorder.close()
 
@@ -451,80 +367,10 @@ def test_query_streams_incrementally(home: Path, client_home: Path) -> None:
 
 # -- the interactive prompt in a real terminal ---------------------------------------------------------------------
 
-_CTTY_SHIM = (
-    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-    "os.execv(sys.executable, [sys.executable, '-m', 'specai', *sys.argv[1:]])"
-)
-
-
-class _Terminal:
-    """Run the CLI on a pseudo-terminal that is its controlling terminal (as in a real shell)."""
-
-    def __init__(self, home: Path, *args: str) -> None:
-        self.master, slave = os.openpty()
-        env = cli_env(home, TERM="xterm")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CTTY_SHIM, *args],
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            env=env,
-            cwd=home,
-            start_new_session=True,
-        )
-        os.close(slave)
-        self.output = b""
-        self.position = 0
-
-    def _read(self, timeout: float) -> bool:
-        ready, _, _ = select.select([self.master], [], [], timeout)
-        if not ready:
-            return True
-        try:
-            data = os.read(self.master, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            return False
-        self.output += data
-        return bool(data)
-
-    def expect(self, text: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while (index := self.output.find(text.encode(), self.position)) < 0:
-            assert time.monotonic() < deadline, f"{text!r} not seen in {self.output!r}"
-            if not self._read(0.1) and self.proc.poll() is not None:
-                raise AssertionError(f"process ended before {text!r}: {self.output!r}")
-        self.position = index + len(text)
-
-    def wait_echo_off(self, timeout: float = 10) -> None:
-        """Wait until the program has switched echo off (termios of the slave, read through the master)."""
-        deadline = time.monotonic() + timeout
-        while termios.tcgetattr(self.master)[3] & termios.ECHO:
-            assert time.monotonic() < deadline, "echo never switched off for a password prompt"
-            self._read(0.02)
-
-    def type_line(self, text: str) -> None:
-        os.write(self.master, text.encode() + b"\r")
-
-    def finish(self, timeout: float = 30) -> int:
-        """Wait for the program to exit, collecting what it still prints."""
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None:
-            assert time.monotonic() < deadline, f"still running: {self.output!r}"
-            self._read(0.1)
-        while select.select([self.master], [], [], 0.05)[0] and self._read(0):
-            pass
-        return self.proc.returncode
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self.master)
-
 
 def test_interactive_add_user_in_a_terminal(home: Path) -> None:
     secrets = ("Mismatch-one-111", "Mismatch-two-222", "Good-secret-999")
-    term = _Terminal(home, "auth", "add-user")
+    term = Terminal(home, "auth", "add-user")
     try:
         term.expect("Username")
         term.type_line("bob")

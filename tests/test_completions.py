@@ -11,6 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECAI = Path(sys.executable).parent / "specai"
+pytestmark = pytest.mark.live  # each test runs the CLI as a process
+
 FILES = {"bash": "specai.bash", "zsh": "_specai", "fish": "specai.fish"}
 
 

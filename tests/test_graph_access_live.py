@@ -5,22 +5,18 @@ after `specai graph share`, 403 on writes after `--read-only`, and a watcher los
 from __future__ import annotations
 
 import json
-import queue
 import subprocess
-import sys
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import pytest
 from databases import ENGINES, database_toml
+from live import PASSWORD, CliProcess, Event, ServerProcess, add_user, run_cli, sse_events
 
-from conftest import PASSWORD
-from helpers import ServerProcess, assert_error, cli_env, parse_sse, run_cli
+from helpers import assert_error
 
 pytestmark = pytest.mark.live
 
@@ -45,16 +41,15 @@ class Live:
 
     def cli(self, user: str, *args: str) -> subprocess.CompletedProcess[str]:
         """`specai ARGS` as `user` (their own home, token saved there by `specai login`)."""
-        return run_cli(
-            self.homes[user], *args, SPECAI_SERVER=self.server.url, SPECAI_FINGERPRINT=self.server.fingerprint
-        )
+        return run_cli(self.homes[user], *args, environ=self.env)
 
+    def watch(self, user: str, *args: str) -> CliProcess:
+        """A running `specai graph watch ARGS` as `user`."""
+        return CliProcess(self.homes[user], "graph", "watch", *args, environ=self.env)
 
-def add_user(home: Path, name: str, role: str) -> None:
-    result = run_cli(
-        home, "auth", "add-user", name, "--role", role, "--password-stdin", input=PASSWORD + "\n"
-    )
-    assert result.returncode == 0, result.stderr
+    @property
+    def env(self) -> dict[str, str]:
+        return {"SPECAI_SERVER": self.server.url, "SPECAI_FINGERPRINT": self.server.fingerprint}
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -67,7 +62,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     (repo / "pyproject.toml").write_text('[project]\nname = "tiny"\nversion = "0.1"\n')
     (repo / "main.py").write_text("print('hi')\n")
     for name, role in (("root", "admin"), ("alice", "user"), ("bob", "user")):
-        add_user(home, name, role)
+        add_user(home, name, role=role)
     database = database_toml(request)
     (home / "spec-ai.config.toml").write_text(
         f"[auth]\nenabled = true\n[server]\nsse_keepalive_secs = 1\n{database}"
@@ -261,103 +256,50 @@ def test_bobs_agent_cannot_read_or_write_alices_graph(live: Live) -> None:
 # --- the change feed -------------------------------------------------------------------------------------------
 
 
-class Reader:
-    """Lines of a pipe, read in a thread so a test can wait with a timeout."""
-
-    def __init__(self, pipe: IO[str]) -> None:
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, args=(pipe,), daemon=True).start()
-
-    def _pump(self, pipe: IO[str]) -> None:
-        try:
-            for line in pipe:
-                self.lines.put(line)
-        except ValueError:
-            pass  # closed when the process was reaped
-
-    def wait_for(self, text: str, timeout: float = 15) -> str:
-        deadline = time.monotonic() + timeout
-        seen = []
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            seen.append(line)
-            if text in line:
-                return line
-        raise AssertionError(f"{text!r} not seen within {timeout} s: {seen}")
-
-
-def watch(live: Live, user: str, *args: str) -> subprocess.Popen[str]:
-    """A running `specai graph watch ARGS` as `user`."""
-    env = cli_env(live.homes[user], SPECAI_SERVER=live.server.url, SPECAI_FINGERPRINT=live.server.fingerprint)
-    return subprocess.Popen(
-        [sys.executable, "-m", "specai", "graph", "watch", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
 def test_a_watcher_whose_share_is_removed_stops_receiving(live: Live) -> None:
     session = "alice-live"
     make_graph(live, session)
     assert live.cli("alice", "graph", "share", session, "bob", "--read-only").returncode == 0
-    with watch(live, "bob", "--session", session, "--json") as watcher:
-        assert watcher.stdout is not None and watcher.stderr is not None
-        out, err = Reader(watcher.stdout), Reader(watcher.stderr)
-        err.wait_for("watching session")
+    with live.watch("bob", "--session", session, "--json") as watcher:
+        watcher.stderr.expect("watching session")
         with live.http["bob"].stream("GET", "/graph/stream", params={"session_id": session}) as stream:
             assert stream.status_code == 200
-            lines = stream.iter_lines()
+            events = sse_events(stream.iter_lines())
             post = {"session_id": session, "node_type": "fact", "label": "while shared"}
             assert live.http["alice"].post("/graph/nodes", json=post).status_code == 201
-            out.wait_for("while shared")
-            received = _events_until(lines, lambda e: e.get("event") != "open")
-            assert received[-1]["data"]["data"]["label"] == "while shared"
+            watcher.stdout.expect("while shared")
+            received = _events_until(events, lambda e: e.event != "open")
+            assert received[-1].data["data"]["label"] == "while shared"
 
             assert live.cli("alice", "graph", "unshare", session, "bob").returncode == 0
             post = {"session_id": session, "node_type": "fact", "label": "after unshare"}
             assert live.http["alice"].post("/graph/nodes", json=post).status_code == 201
-            ended = _events_until(lines, lambda e: e.get("event") == "error")
-            assert ended[-1]["data"] == {"error": f"graph session '{session}' not found", "code": "not_found"}
-            assert "after unshare" not in json.dumps(ended)
-            assert list(lines) == []  # the server ended the stream
-        try:
-            assert watcher.wait(timeout=15) == 1  # the CLI stops instead of reconnecting
-        finally:
-            watcher.kill()
-        err.wait_for(f"error: graph session '{session}' not found")
-        assert "after unshare" not in "".join(list(out.lines.queue))
+            ended = _events_until(events, lambda e: e.event == "error")
+            assert ended[-1].data == {"error": f"graph session '{session}' not found", "code": "not_found"}
+            assert "after unshare" not in json.dumps([e.data for e in ended])
+            assert list(events) == []  # the server ended the stream
+        assert watcher.proc.wait(timeout=15) == 1  # the CLI stops instead of reconnecting
+        watcher.stderr.expect(f"error: graph session '{session}' not found")
+        watcher.stdout.join()
+        assert "after unshare" not in watcher.stdout.text()
 
 
-def _events_until(lines: Iterator[str], done: Any) -> list[dict[str, Any]]:
-    """Read SSE lines until an event for which `done` is true; returns the events so far."""
-    block: list[str] = []
-    events: list[dict[str, Any]] = []
-    for line in lines:
-        if line:
-            block.append(line)
+def _events_until(events: Iterator[Event], done: Callable[[Event], bool]) -> list[Event]:
+    """Read SSE events (those with data) until one for which `done` is true; returns the events so far."""
+    seen: list[Event] = []
+    for event in events:
+        if event.data in (None, ""):
             continue
-        parsed = parse_sse("\n".join(block) + "\n\n")
-        block = []
-        events += parsed
-        if parsed and done(parsed[-1]):
-            return events
-    raise AssertionError(f"the stream ended before the awaited event: {events}")
+        seen.append(event)
+        if done(event):
+            return seen
+    raise AssertionError(f"the stream ended before the awaited event: {[(e.event, e.data) for e in seen]}")
 
 
 def test_watching_a_new_session_claims_it(live: Live) -> None:
-    with watch(live, "bob", "--session", "bobs-demo") as watcher:
-        assert watcher.stderr is not None
-        try:
-            Reader(watcher.stderr).wait_for("watching session bobs-demo")
-            post = {"session_id": "bobs-demo", "node_type": "fact", "label": "alice first?"}
-            assert_error(live.http["alice"].post("/graph/nodes", json=post), 404, "not_found")
-            sessions = json.loads(live.cli("bob", "graph", "sessions", "--json").stdout)["sessions"]
-            assert {"session_id": "bobs-demo", "owner": "bob", "access": "owner"} in sessions
-        finally:
-            watcher.kill()
+    with live.watch("bob", "--session", "bobs-demo") as watcher:
+        watcher.stderr.expect("watching session bobs-demo")
+        post = {"session_id": "bobs-demo", "node_type": "fact", "label": "alice first?"}
+        assert_error(live.http["alice"].post("/graph/nodes", json=post), 404, "not_found")
+        sessions = json.loads(live.cli("bob", "graph", "sessions", "--json").stdout)["sessions"]
+        assert {"session_id": "bobs-demo", "owner": "bob", "access": "owner"} in sessions

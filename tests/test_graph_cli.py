@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-
-from conftest import PASSWORD
-from helpers import ServerProcess, cli_env, run_cli
+from live import PASSWORD, ServerProcess, cli_env, run_cli
 
 pytestmark = pytest.mark.live
 

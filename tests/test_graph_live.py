@@ -14,10 +14,13 @@ from typing import Any
 import httpx
 import pytest
 from databases import ENGINES, fresh_database_url
+from live import Event, ServerProcess, SseReader, add_user
+from live import make_home as empty_home
 
-from conftest import PASSWORD
-from helpers import ServerProcess, assert_error, run_cli
+from helpers import assert_error
 from specai.graph.model import NODE_TYPES
+
+pytestmark = pytest.mark.live
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRAPH_AGENT = """
@@ -57,18 +60,12 @@ def write_config(home: Path, database_url: str | None, extra: str = "") -> None:
 
 
 def login(server: ServerProcess) -> httpx.Client:
-    with server.client() as anonymous:
-        token = anonymous.post("/auth/token", json={"username": "alice", "password": PASSWORD}).json()[
-            "token"
-        ]
-    return server.client(token)
+    return server.client(server.login("alice"))
 
 
 def make_home(root: Path) -> Path:
-    home = root / "home"
-    home.mkdir(mode=0o700)
-    result = run_cli(home, "auth", "add-user", "alice", "--password-stdin", input=PASSWORD + "\n")
-    assert result.returncode == 0, result.stderr
+    home = empty_home(root)
+    add_user(home, "alice")
     return home
 
 
@@ -361,68 +358,52 @@ def test_graph_routes_require_a_token(live: Live) -> None:
 # --- the change stream -----------------------------------------------------------------------------------------
 
 
-class Watcher:
-    """Reads `/graph/stream` in a thread, recording every change event and any other event."""
+class Watcher(SseReader):
+    """`/graph/stream` of one session, read in a thread: its change events, its `open` event, and any other."""
 
     def __init__(
         self, live: Live, session: str, headers: dict[str, str] | None = None, **params: Any
     ) -> None:
-        self.changes: list[dict[str, Any]] = []
-        self.others: list[tuple[str, Any]] = []
-        self.opened: tuple[int, dict[str, Any]] | None = None  # the `open` event: its id and data
-        self.ids: list[int] = []
-        self.connected = threading.Event()
-        self.ended = threading.Event()
         self.stop_after: int | None = None
-        self._live, self._session, self._headers, self._params = live, session, headers or {}, params
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        options = {"params": {"session_id": session, **params}, "headers": headers or {}}
+        super().__init__(live.http, "GET", "/graph/stream", until=self._enough, **options)
 
-    def start(self, stop_after: int | None = None) -> Watcher:
+    def start(self, timeout: float = 10, stop_after: int | None = None) -> Watcher:
+        """Start reading; with `stop_after`, close the stream after that many changes."""
         self.stop_after = stop_after
-        self._thread.start()
-        assert self.connected.wait(10), "the stream did not open"
+        super().start(timeout)
+        assert self.status == 200, (self.status, self.body)
         return self
 
-    def _run(self) -> None:
-        params = {"session_id": self._session, **self._params}
-        try:
-            with self._live.http.stream(
-                "GET", "/graph/stream", params=params, headers=self._headers
-            ) as response:
-                assert response.status_code == 200, response.read()
-                self.connected.set()
-                event, data, event_id = "message", "", None
-                for line in response.iter_lines():
-                    if line.startswith(":"):
-                        continue
-                    if line.startswith("event:"):
-                        event = line[6:].strip()
-                    elif line.startswith("data:"):
-                        data = line[5:].strip()
-                    elif line.startswith("id:"):
-                        event_id = int(line[3:].strip())
-                    elif line == "" and data:
-                        if event == "message":
-                            self.changes.append(json.loads(data))
-                            self.ids.append(event_id or -1)
-                        elif event == "open" and self.opened is None:
-                            self.opened = (event_id if event_id is not None else -1, json.loads(data))
-                        else:
-                            self.others.append((event, json.loads(data)))
-                        event, data, event_id = "message", "", None
-                        if self.stop_after is not None and len(self.changes) >= self.stop_after:
-                            return
-        except httpx.HTTPError:
-            pass
-        finally:
-            self.connected.set()
-            self.ended.set()
+    def _enough(self, events: list[Event]) -> bool:
+        return self.stop_after is not None and len(_changes(events)) >= self.stop_after
 
-    def wait_for(self, count: int, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.changes) < count and time.monotonic() < deadline and not self.ended.is_set():
-            time.sleep(0.01)
-        assert len(self.changes) >= count, (len(self.changes), count, self.others)
+    @property
+    def changes(self) -> list[dict[str, Any]]:
+        return [event.data for event in _changes(self.events)]
+
+    @property
+    def ids(self) -> list[int]:
+        return [int(event.id) if event.id is not None else -1 for event in _changes(self.events)]
+
+    @property
+    def opened(self) -> tuple[int, dict[str, Any]] | None:
+        """The first `open` event: its id and data."""
+        event = next((e for e in self.events if e.event == "open"), None)
+        return None if event is None else (int(event.id) if event.id is not None else -1, event.data)
+
+    @property
+    def others(self) -> list[tuple[str, Any]]:
+        first_open = next((e for e in self.events if e.event == "open"), None)
+        return [(e.event, e.data) for e in self.events if e.event != "message" and e is not first_open]
+
+    def wait_for(self, count: int, timeout: float = 15) -> None:  # type: ignore[override]
+        """Wait for `count` changes."""
+        super().wait_for(lambda events: len(_changes(events)) >= count, timeout)
+
+
+def _changes(events: list[Event]) -> list[Event]:
+    return [event for event in events if event.event == "message"]
 
 
 def test_stream_delivers_changes_with_ids_and_snapshots(live: Live) -> None:

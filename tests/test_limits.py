@@ -13,8 +13,9 @@ from databases import ENGINES, database_toml
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import TestClient
+from live import ServerProcess
 
-from helpers import ServerProcess, assert_error
+from helpers import assert_error
 from specai.config import load_settings
 from specai.identity.tls import ensure_server_cert, read_cert
 from specai.server.app import create_app

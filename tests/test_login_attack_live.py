@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from live import PASSWORD, ServerProcess, add_user, make_home
 
-from helpers import ServerProcess, assert_error, run_cli
+from helpers import assert_error
 from specai.identity.tls import fetch_peer_cert, pinned_ssl_context
 
-pytestmark = pytest.mark.anyio
-PASSWORD = "pw-one-two"
+pytestmark = [pytest.mark.anyio, pytest.mark.live]
 PAIR_LIMIT, ADDRESS_LIMIT, USER_LIMIT, HASH_PER_MINUTE = 5, 10, 20, 3
 CONFIG = f"""[auth]
 enabled = true
@@ -33,11 +33,9 @@ hash_per_minute = {HASH_PER_MINUTE}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server for the module; each test attacks from its own addresses, so their counters do not mix."""
-    home = tmp_path_factory.mktemp("login-attack") / "home"
-    home.mkdir(mode=0o700)
+    home = make_home(tmp_path_factory.mktemp("login-attack"))
     for name in ("alice", "bob", "mallory", "carol"):
-        result = run_cli(home, "auth", "add-user", name, "--password-stdin", input=PASSWORD + "\n")
-        assert result.returncode == 0, result.stderr
+        add_user(home, name)
     (home / "spec-ai.config.toml").write_text(CONFIG)
     proc = ServerProcess(home).start()
     yield proc

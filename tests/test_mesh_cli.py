@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conftest import PASSWORD
-from helpers import ServerProcess, free_port, run_cli
+from live import PASSWORD, ServerProcess, free_port, run_cli
 
 pytestmark = pytest.mark.live
 

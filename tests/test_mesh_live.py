@@ -7,18 +7,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from databases import ENGINES, fresh_database_url
+from live import PASSWORD, Cluster, Node, ServerProcess, add_user, run_cli, wait_until
 
-from conftest import PASSWORD
-from helpers import ServerProcess, assert_error, free_port, run_cli
+from helpers import assert_error
+
+pytestmark = pytest.mark.live
 
 LEADER_TIMEOUT = 2.0
 CONFIG = """\
@@ -33,51 +33,9 @@ leader_timeout_secs = {leader_timeout}
 """
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy (its value), failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (httpx.HTTPError, KeyError, AssertionError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
 @dataclass
-class Node:
-    """One instance: its home, its process, and a logged-in client."""
-
-    name: str
-    home: Path
-    port: int
-    join: tuple[str, ...] = ()
-    process: ServerProcess | None = None
-    http: httpx.Client | None = None
-    token: str = ""
-    instance_id: str = ""
-
-    def start(self) -> Node:
-        self.process = ServerProcess(self.home, *self.join, port=self.port, MESH_PASSWORD=PASSWORD).start()
-        with self.process.client() as anonymous:
-            token = anonymous.post("/auth/token", json={"username": "root", "password": PASSWORD}).json()[
-                "token"
-            ]
-        self.http = self.process.client(token)
-        self.token = token
-        self.instance_id = (self.home / "instance_id").read_text().strip()
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.http is not None:
-            self.http.close()
-            self.http = None
-        if self.process is not None:
-            self.process.stop(sig)
+class MeshNode(Node):
+    """One instance, logged in as its admin `root`, that reads the registry's view of the mesh."""
 
     def view(self) -> dict[str, Any]:
         assert self.http is not None
@@ -95,50 +53,44 @@ def make_node(
     database_url: str | None = None,
     mesh_users: tuple[str, ...] = (),
     mesh_extra: str = "",
-) -> Node:
+) -> MeshNode:
     """A home with admin `root` (the test's client), the given `mesh`-role accounts, logging in to its registry
     as `mesh-<name>`."""
     home = root / name
     home.mkdir(mode=0o700)
-    for user, role in (("root", "admin"), *((u, "mesh") for u in mesh_users)):
-        added = run_cli(
-            home, "auth", "add-user", user, "--role", role, "--password-stdin", input=PASSWORD + "\n"
-        )
-        assert added.returncode == 0, added.stderr
+    add_user(home, "root", role="admin")
+    for user in mesh_users:
+        add_user(home, user, role="mesh")
     database = f'\n[database]\nurl = "{database_url}"\n' if database_url else ""
     config = CONFIG.format(mesh_user=f"mesh-{name}", leader_timeout=LEADER_TIMEOUT)
     (home / "spec-ai.config.toml").write_text(config + mesh_extra + database)
-    return Node(name, home, free_port())
+    return MeshNode(name, home, env={"MESH_PASSWORD": PASSWORD})
 
 
-def start_members(root: Path, nodes: dict[str, Node], names: tuple[str, ...]) -> None:
+def start_members(root: Path, nodes: Cluster[MeshNode], names: tuple[str, ...]) -> None:
     """Start members that join `nodes["registry"]` (pinned to its fingerprint), adding each to `nodes` as it runs."""
     registry = nodes["registry"].process
     assert registry is not None
     for name in names:
         node = make_node(root, name)
-        node.join = ("--join", registry.url, "--join-fingerprint", registry.fingerprint)
-        nodes[name] = node.start()
+        node.args = ("--join", registry.url, "--join-fingerprint", registry.fingerprint)
+        nodes.start(node)
 
 
 @pytest.fixture(scope="module", params=ENGINES)
 def mesh(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Node]]:
+) -> Iterator[Cluster[MeshNode]]:
     """A registry (its store on each engine in turn) and two members that joined it with --join."""
     root = tmp_path_factory.mktemp(f"mesh-{request.param}")
     url = fresh_database_url(request)
-    registry = make_node(root, "registry", url, mesh_users=("mesh-a", "mesh-b", "mesh-intruder")).start()
-    nodes = {"registry": registry}
-    try:
+    with Cluster[MeshNode]() as nodes:
+        nodes.start(make_node(root, "registry", url, mesh_users=("mesh-a", "mesh-b", "mesh-intruder")))
         start_members(root, nodes, ("a", "b"))
         yield nodes
-    finally:
-        for node in nodes.values():
-            node.stop()
 
 
-def everyone_agrees(nodes: list[Node], leader: str, members: set[str]) -> bool:
+def everyone_agrees(nodes: list[MeshNode], leader: str, members: set[str]) -> bool:
     views = [node.view() for node in nodes]
     return all(
         view["leader_id"] == leader
@@ -147,7 +99,7 @@ def everyone_agrees(nodes: list[Node], leader: str, members: set[str]) -> bool:
     )
 
 
-def test_members_join_and_every_instance_reports_the_registry_as_leader(mesh: dict[str, Node]) -> None:
+def test_members_join_and_every_instance_reports_the_registry_as_leader(mesh: Cluster[MeshNode]) -> None:
     registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
     ids = {registry.instance_id, a.instance_id, b.instance_id}
     assert len(ids) == 3
@@ -177,7 +129,7 @@ def test_members_join_and_every_instance_reports_the_registry_as_leader(mesh: di
     assert body["leader_id"] == registry.instance_id and {m["instance_id"] for m in body["instances"]} == ids
 
 
-def test_each_member_account_acts_only_for_its_own_instance(mesh: dict[str, Node]) -> None:
+def test_each_member_account_acts_only_for_its_own_instance(mesh: Cluster[MeshNode]) -> None:
     registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
     assert registry.process is not None
     with registry.process.client() as anonymous:
@@ -192,7 +144,7 @@ def test_each_member_account_acts_only_for_its_own_instance(mesh: dict[str, Node
     assert a.instance_id in registry.live()
 
 
-def test_broadcast_reaches_both_members_and_acks_are_per_recipient(mesh: dict[str, Node]) -> None:
+def test_broadcast_reaches_both_members_and_acks_are_per_recipient(mesh: Cluster[MeshNode]) -> None:
     registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
     http = registry.http
     assert http is not None
@@ -206,7 +158,7 @@ def test_broadcast_reaches_both_members_and_acks_are_per_recipient(mesh: dict[st
         [a.instance_id, b.instance_id]
     )
 
-    def inbox(node: Node) -> list[str]:
+    def inbox(node: MeshNode) -> list[str]:
         found = http.get(f"/messages/{node.instance_id}")
         assert found.status_code == 200, found.text
         return [m["message_id"] for m in found.json()["messages"]]
@@ -220,7 +172,7 @@ def test_broadcast_reaches_both_members_and_acks_are_per_recipient(mesh: dict[st
     assert body["message_id"] not in inbox(a) and body["message_id"] in inbox(b)
 
 
-def test_a_send_to_an_unknown_target_is_refused_and_stores_nothing(mesh: dict[str, Node]) -> None:
+def test_a_send_to_an_unknown_target_is_refused_and_stores_nothing(mesh: Cluster[MeshNode]) -> None:
     registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
     http = registry.http
     assert http is not None
@@ -254,7 +206,7 @@ def test_a_send_to_an_unknown_target_is_refused_and_stores_nothing(mesh: dict[st
     assert after == before
 
 
-def test_an_evicted_member_registers_again_by_itself(mesh: dict[str, Node]) -> None:
+def test_an_evicted_member_registers_again_by_itself(mesh: Cluster[MeshNode]) -> None:
     registry, a = mesh["registry"], mesh["a"]
     assert registry.http is not None
     assert registry.http.delete(f"/registry/deregister/{a.instance_id}").status_code == 204
@@ -262,7 +214,7 @@ def test_an_evicted_member_registers_again_by_itself(mesh: dict[str, Node]) -> N
     wait_until(lambda: registry.live().get(a.instance_id) == "live", what="member a to re-register")
 
 
-def test_a_registry_restart_keeps_members_and_messages(mesh: dict[str, Node]) -> None:
+def test_a_registry_restart_keeps_members_and_messages(mesh: Cluster[MeshNode]) -> None:
     registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
     assert registry.http is not None
     sent = registry.http.post(
@@ -273,14 +225,15 @@ def test_a_registry_restart_keeps_members_and_messages(mesh: dict[str, Node]) ->
     registry.start()
     ids = {registry.instance_id, a.instance_id, b.instance_id}
     assert set(registry.live()) == ids  # persisted, even before anyone heartbeats again
-    waiting = registry.http.get(f"/messages/{b.instance_id}").json()["messages"]  # type: ignore[union-attr]
+    assert registry.http is not None
+    waiting = registry.http.get(f"/messages/{b.instance_id}").json()["messages"]
     assert sent["message_id"] in [m["message_id"] for m in waiting]
     wait_until(
         lambda: everyone_agrees([registry, a, b], registry.instance_id, ids), what="heartbeats to resume"
     )
 
 
-def test_a_stale_leader_is_replaced_the_same_way_everywhere(mesh: dict[str, Node]) -> None:
+def test_a_stale_leader_is_replaced_the_same_way_everywhere(mesh: Cluster[MeshNode]) -> None:
     registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
     assert registry.process is not None and registry.process.proc is not None
     members = {a.instance_id, b.instance_id}
@@ -300,19 +253,20 @@ def test_a_stale_leader_is_replaced_the_same_way_everywhere(mesh: dict[str, Node
     wait_until(lambda: everyone_agrees([a, b], successor, members), what="a new leader after kill -9")
 
 
-def test_a_member_that_stops_deregisters(mesh: dict[str, Node]) -> None:
+def test_a_member_that_stops_deregisters(mesh: Cluster[MeshNode]) -> None:
     a, b = mesh["a"], mesh["b"]
     b.stop()
     wait_until(lambda: b.instance_id not in a.live(), timeout=5, what="b to leave a's view")
 
 
-def test_a_wrong_join_fingerprint_refuses_to_join(mesh: dict[str, Node], tmp_path: Path) -> None:
+def test_a_wrong_join_fingerprint_refuses_to_join(mesh: Cluster[MeshNode], tmp_path: Path) -> None:
     target = mesh["a"]  # any live instance will do as the registry here
     assert target.process is not None
     node = make_node(tmp_path, "intruder")
     wrong = "AA:" * 31 + "AA"
-    proc = ServerProcess(node.home, "--join", target.process.url, "--join-fingerprint", wrong, port=node.port)
-    proc.env["MESH_PASSWORD"] = PASSWORD
+    proc = ServerProcess(
+        node.home, "--join", target.process.url, "--join-fingerprint", wrong, environ=node.env
+    )
     try:
         proc.start()  # it may exit before printing its listening line, or right after
     except RuntimeError:
@@ -325,5 +279,5 @@ def test_a_wrong_join_fingerprint_refuses_to_join(mesh: dict[str, Node], tmp_pat
     assert node.home.joinpath("instance_id").read_text().strip() not in target.live()
 
 
-def created(node: Node, instance_id: str) -> str:
+def created(node: MeshNode, instance_id: str) -> str:
     return next(m["created_at"] for m in node.view()["instances"] if m["instance_id"] == instance_id)

@@ -8,11 +8,9 @@ import base64
 import dataclasses
 import json
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -21,101 +19,20 @@ import httpx
 import jwt
 import pytest
 from databases import ENGINES, fresh_database_url
-from test_mesh_live import LEADER_TIMEOUT, Node, make_node, start_members, wait_until
+from live import PASSWORD, Cluster, RecordingTlsServer, wait_until
+from test_mesh_live import LEADER_TIMEOUT, MeshNode, make_node, start_members
 
-from conftest import PASSWORD
 from helpers import assert_error
 from specai.client.peer import Credentials, Peer
 from specai.config import MeshSettings, Settings
 from specai.errors import TrustError
-from specai.identity.fingerprint import fingerprint_der
-from specai.identity.tls import create_self_signed
 from specai.identity.trust import KnownServers, parse_server
 from specai.mesh.registry import Member, MemberInfo, MeshRegistry
 from specai.server.mesh_link import MeshLink
 
+pytestmark = pytest.mark.live
+
 FAKES = 40
-
-
-@dataclass
-class Recorded:
-    """One request as it arrived, byte for byte."""
-
-    raw: bytes
-    request_line: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class RecordingListener:
-    """A small TLS server on 127.0.0.1 with a throwaway self-signed certificate: records every request line,
-    header and body, and answers 401 to everything (which a careless client would answer with a login)."""
-
-    directory: Path
-    requests: list[Recorded] = field(default_factory=list)
-    raw: bytearray = field(default_factory=bytearray)
-
-    def start(self) -> RecordingListener:
-        cert_pem, key_pem = create_self_signed("127.0.0.1")
-        cert, key = self.directory / "listener.crt", self.directory / "listener.key"
-        cert.write_bytes(cert_pem)
-        key.write_bytes(key_pem)
-        self.fingerprint = fingerprint_der(ssl.PEM_cert_to_DER_cert(cert_pem.decode()))
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(cert, key)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.lock = threading.Lock()
-        threading.Thread(target=self._serve, daemon=True).start()
-        return self
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        conn.settimeout(5)
-        try:
-            with conn, self.context.wrap_socket(conn, server_side=True) as tls:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = tls.recv(65536)
-                    if not chunk:
-                        self._keep(data)
-                        return
-                    data += chunk
-                head, _, body = data.partition(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
-                while len(body) < int(headers.get("content-length", "0")):
-                    chunk = tls.recv(65536)
-                    if not chunk:
-                        break
-                    body += chunk
-                raw = head + b"\r\n\r\n" + body
-                self._keep(raw, Recorded(raw, lines[0], headers, body))
-                answer = b'{"error":"who are you?","code":"unauthorized"}'
-                tls.sendall(
-                    b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                    + f"content-length: {len(answer)}\r\n\r\n".encode()
-                    + answer
-                )
-        except (OSError, ssl.SSLError, ValueError):
-            return
-
-    def _keep(self, raw: bytes, request: Recorded | None = None) -> None:
-        with self.lock:
-            self.raw += raw
-            if request is not None:
-                self.requests.append(request)
-
-    def stop(self) -> None:
-        self.sock.close()
 
 
 class SilentPort:
@@ -153,19 +70,19 @@ class SilentPort:
 @pytest.fixture(scope="module", params=ENGINES)
 def mesh(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Node]]:
+) -> Iterator[Cluster[MeshNode]]:
     """A registry with mesh accounts for a, b and a rogue; members a and b joined with --join."""
     root = tmp_path_factory.mktemp(f"mesh-trust-{request.param}")
     url = fresh_database_url(request)
-    registry = make_node(
-        root,
-        "registry",
-        url,
-        mesh_users=("mesh-a", "mesh-b", "rogue"),
-        mesh_extra="max_members_per_account = 64\n",
-    ).start()
-    nodes = {"registry": registry}
-    try:
+    with Cluster[MeshNode]() as nodes:
+        registry = make_node(
+            root,
+            "registry",
+            url,
+            mesh_users=("mesh-a", "mesh-b", "rogue"),
+            mesh_extra="max_members_per_account = 64\n",
+        )
+        nodes.start(registry)
         start_members(root, nodes, ("a", "b"))
         ids = {n.instance_id for n in nodes.values()}
         wait_until(
@@ -173,12 +90,9 @@ def mesh(
             what="a mesh of three",
         )
         yield nodes
-    finally:
-        for node in nodes.values():
-            node.stop()
 
 
-def rogue(registry: Node) -> httpx.Client:
+def rogue(registry: MeshNode) -> httpx.Client:
     assert registry.process is not None
     with registry.process.client() as anonymous:
         login = anonymous.post("/auth/token", json={"username": "rogue", "password": PASSWORD})
@@ -214,10 +128,10 @@ def secret_forms(secret: str) -> list[bytes]:
 
 
 def test_a_listener_registered_by_a_rogue_never_receives_the_mesh_password(
-    mesh: dict[str, Node], tmp_path: Path
+    mesh: Cluster[MeshNode], tmp_path: Path
 ) -> None:
     registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
-    listener = RecordingListener(tmp_path).start()
+    listener = RecordingTlsServer(tmp_path)
     try:
         with rogue(registry) as http:
             register(http, "rogue-listener", listener.port, listener.fingerprint)
@@ -226,7 +140,7 @@ def test_a_listener_registered_by_a_rogue_never_receives_the_mesh_password(
             wait_until(lambda: len(listener.requests) >= 6, what="members to contact the listener")
             time.sleep(2 * LEADER_TIMEOUT)
     finally:
-        listener.stop()
+        listener.close()
     raw = bytes(listener.raw)
     lines = [r.request_line for r in listener.requests]
     assert not any("/auth/" in line for line in lines), lines
@@ -244,7 +158,7 @@ def test_a_listener_registered_by_a_rogue_never_receives_the_mesh_password(
     assert audiences == {a.instance_id, b.instance_id}  # each member, with a token naming itself
 
 
-def test_forty_fake_members_at_a_silent_port_do_not_make_a_real_member_stale(mesh: dict[str, Node]) -> None:
+def test_forty_fake_members_at_a_silent_port_do_not_make_a_real_member_stale(mesh: Cluster[MeshNode]) -> None:
     registry, a, b = mesh["registry"], mesh["a"], mesh["b"]
     silent = SilentPort()
     fakes = [f"fake-{n:02d}" for n in range(FAKES)]
@@ -276,7 +190,7 @@ def test_forty_fake_members_at_a_silent_port_do_not_make_a_real_member_stale(mes
                 http.delete(f"/registry/deregister/{fake}")
 
 
-def test_a_rogue_cannot_touch_a_members_entry_over_the_wire(mesh: dict[str, Node]) -> None:
+def test_a_rogue_cannot_touch_a_members_entry_over_the_wire(mesh: Cluster[MeshNode]) -> None:
     registry, a = mesh["registry"], mesh["a"]
     before = next(m for m in registry.view()["instances"] if m["instance_id"] == a.instance_id)
     with rogue(registry) as http:
@@ -302,7 +216,7 @@ def test_a_rogue_cannot_touch_a_members_entry_over_the_wire(mesh: dict[str, Node
 
 
 def test_the_password_goes_only_to_peers_an_operator_pinned(tmp_path: Path) -> None:
-    listener = RecordingListener(tmp_path).start()
+    listener = RecordingTlsServer(tmp_path)
     other = "AB:" * 31 + "AB"
     try:
         settings = Settings(
@@ -339,5 +253,5 @@ def test_the_password_goes_only_to_peers_an_operator_pinned(tmp_path: Path) -> N
         with pytest.raises(TrustError):
             asyncio.run(join(frozenset()))  # neither --join-fingerprint, nor known_servers.json, nor trusted
     finally:
-        listener.stop()
+        listener.close()
     assert listener.requests == []  # opening a peer only fetches its certificate

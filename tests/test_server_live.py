@@ -24,12 +24,21 @@ import httpx
 import jwt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from live import (
+    PASSWORD,
+    Event,
+    ServerProcess,
+    SseReader,
+    add_user,
+    free_port,
+    make_home,
+    parse_sse,
+    run_cli,
+    write_cert_pair,
+)
 
-from conftest import PASSWORD
-from helpers import ServerProcess, assert_error, free_port, parse_sse, run_cli
+from helpers import assert_error
 
 pytestmark = pytest.mark.live
 
@@ -40,18 +49,6 @@ PUBLIC_PATHS = {"/health", "/cert", "/auth/token"}
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
-
-
-def make_home(base: Path) -> Path:
-    """An empty SPECAI_HOME (0700) under `base`."""
-    path = base / "home"
-    path.mkdir(mode=0o700)
-    return path
-
-
-def add_user(home: Path, name: str, password: str = PASSWORD) -> None:
-    result = run_cli(home, "auth", "add-user", name, "--password-stdin", input=password + "\n")
-    assert result.returncode == 0, result.stderr
 
 
 def mode(path: Path) -> int:
@@ -94,13 +91,6 @@ def openssl_wire_fingerprint(port: int) -> str:
     return result.stdout.strip().split("=", 1)[1]
 
 
-def login(server: ServerProcess, username: str = "alice", password: str = PASSWORD) -> str:
-    with server.client() as client:
-        response = client.post("/auth/token", json={"username": username, "password": password})
-    assert response.status_code == 200, response.text
-    return response.json()["token"]
-
-
 def tamper(token: str) -> str:
     """Flip one character in the middle of the signature (the middle avoids the padding bits of the last one)."""
     head, payload, signature = token.split(".")
@@ -114,46 +104,6 @@ def legacy_hash(password: str) -> str:
     salt = os.urandom(16)
     digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 100_000, 32)
     return base64.urlsafe_b64encode(salt + digest).rstrip(b"=").decode()
-
-
-def self_signed(key: Any, cn: str = "127.0.0.1") -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-
-
-def write_pair(directory: Path, kind: str) -> tuple[Path, Path, x509.Certificate]:
-    """A user's own cert + key: RSA in PKCS#1 ("BEGIN RSA PRIVATE KEY") or EC in SEC1 ("BEGIN EC PRIVATE KEY")."""
-    key: Any = (
-        rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
-    )
-    cert = self_signed(key)
-    key_path, cert_path = directory / f"{kind}.key", directory / f"{kind}.crt"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path, cert
 
 
 # -- module servers ------------------------------------------------------------------------------------------------
@@ -273,7 +223,8 @@ def test_san_flag_adds_a_dns_name_to_a_new_certificate(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["rsa", "ec"])
 def test_user_certificate_and_key_are_served(tmp_path: Path, kind: str) -> None:
     home = make_home(tmp_path)
-    cert_path, key_path, cert = write_pair(tmp_path, kind)
+    pair = write_cert_pair(tmp_path, kind)
+    cert_path, key_path, cert = pair.cert, pair.key, pair.certificate
     header = b"BEGIN RSA PRIVATE KEY" if kind == "rsa" else b"BEGIN EC PRIVATE KEY"
     original_key = key_path.read_bytes()
     assert header in original_key  # PKCS#1 / SEC1, not PKCS#8
@@ -378,17 +329,17 @@ def test_stream_sends_start_chunks_end(api_server: ServerProcess) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     events = parse_sse(response.text)
-    kinds = [event["data"]["type"] for event in events]
+    kinds = [event.data["type"] for event in events]
     assert kinds[0] == "start" and kinds[-1] == "end", kinds
     assert kinds.count("chunk") >= 2
     assert set(kinds) == {"start", "chunk", "end"}
-    assert all(event.get("id") for event in events), events
-    assert len({event["id"] for event in events}) == len(events)
-    start, end = events[0]["data"], events[-1]["data"]
+    assert all(event.id for event in events), events
+    assert len({event.id for event in events}) == len(events)
+    start, end = events[0].data, events[-1].data
     assert start["agent"] == "helper"
     uuid.UUID(start["session_id"])
     assert end["metadata"]["model"] == "mock-model"
-    assert "".join(e["data"]["text"] for e in events if e["data"]["type"] == "chunk") == MOCK_REPLY
+    assert "".join(e.data["text"] for e in events if e.data["type"] == "chunk") == MOCK_REPLY
 
 
 def test_query_returns_a_query_response(api_server: ServerProcess) -> None:
@@ -458,7 +409,7 @@ def test_every_protected_route_rejects_missing_and_bad_tokens(auth_live: ServerP
     secret = (auth_live.home / "token_secret").read_text().strip()
     from specai.auth import issue_token
 
-    good = login(auth_live)
+    good = auth_live.login()
     expired, _ = issue_token(secret, "alice", 1, now=int(time.time()) - 100)
     foreign, _ = issue_token("another-secret-" + "z" * 40, "alice", 3600)
     bad_tokens = {"tampered": tamper(good), "expired": expired, "foreign": foreign, "garbage": "not-a-jwt"}
@@ -569,7 +520,7 @@ def test_legacy_pbkdf2_user_logs_in_and_is_upgraded(auth_live: ServerProcess) ->
 
 
 def test_removed_user_token_stops_working(auth_live: ServerProcess) -> None:
-    token = login(auth_live, "carol", "carol-pass-1")
+    token = auth_live.login("carol", "carol-pass-1")
     headers = {"Authorization": f"Bearer {token}"}
     with auth_live.client() as client:
         assert client.get("/agents", headers=headers).status_code == 200
@@ -594,7 +545,7 @@ def test_removed_user_token_stops_working(auth_live: ServerProcess) -> None:
 def test_token_survives_a_server_restart(auth_home: Path) -> None:
     first = ServerProcess(auth_home).start()
     try:
-        token = login(first)
+        token = first.login()
     finally:
         first.stop()
     second = ServerProcess(auth_home).start()
@@ -701,7 +652,7 @@ def test_bad_config_value_exits_1_naming_key_and_file(home: Path) -> None:
 
 
 def test_cert_without_key_exits_3(home: Path, tmp_path: Path) -> None:
-    cert_path, _, _ = write_pair(tmp_path, "ec")
+    cert_path = write_cert_pair(tmp_path, "ec").cert
     result = _start_fails(home, "--cert", str(cert_path))
     assert "--key" in result.stderr
 
@@ -709,14 +660,14 @@ def test_cert_without_key_exits_3(home: Path, tmp_path: Path) -> None:
 def test_mismatched_cert_and_key_exit_3(home: Path, tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    cert_path, _, _ = write_pair(tmp_path / "a", "ec")
-    _, key_path, _ = write_pair(tmp_path / "b", "ec")
+    cert_path = write_cert_pair(tmp_path / "a", "ec").cert
+    key_path = write_cert_pair(tmp_path / "b", "ec").key
     result = _start_fails(home, "--cert", str(cert_path), "--key", str(key_path))
     assert str(key_path) in result.stderr
 
 
 def test_missing_cert_file_exits_3(home: Path, tmp_path: Path) -> None:
-    _, key_path, _ = write_pair(tmp_path, "ec")
+    key_path = write_cert_pair(tmp_path, "ec").key
     missing = tmp_path / "nope.crt"
     result = _start_fails(home, "--cert", str(missing), "--key", str(key_path))
     assert str(missing) in result.stderr
@@ -725,47 +676,27 @@ def test_missing_cert_file_exits_3(home: Path, tmp_path: Path) -> None:
 # -- shutdown ------------------------------------------------------------------------------------------------------
 
 
-class _StreamReader(threading.Thread):
-    """Reads POST /stream in the background, noting when the first chunk arrived."""
-
-    def __init__(self, proc: ServerProcess) -> None:
-        super().__init__(daemon=True)
-        self.proc = proc
-        self.first_chunk = threading.Event()
-        self.lines: list[str] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with (
-                self.proc.client() as client,
-                client.stream("POST", "/stream", json={"message": "long one"}) as response,
-            ):
-                assert response.status_code == 200
-                for line in response.iter_lines():
-                    self.lines.append(line)
-                    if '"chunk"' in line:
-                        self.first_chunk.set()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
+def _is_chunk(event: Event) -> bool:
+    return isinstance(event.data, dict) and event.data.get("type") == "chunk"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_with_an_open_stream_stops_within_5_s(home: Path, sig: int) -> None:
     (home / "spec-ai.config.toml").write_text("[model]\nmock_delay_ms = 1000\n")  # ~9 s per reply
     proc = ServerProcess(home).start()
+    client = proc.client()
     try:
-        reader = _StreamReader(proc)
-        reader.start()
-        assert reader.first_chunk.wait(10), reader.lines
+        reader = SseReader(client, "POST", "/stream", json={"message": "long one"}).start()
+        reader.wait_for(lambda events: any(map(_is_chunk, events)), timeout=10)
     finally:
         elapsed = proc.stop(sig)
-    assert elapsed < 5, elapsed
     reader.join(5)
+    client.close()
+    assert elapsed < 5, elapsed
     assert not reader.is_alive()
-    chunks = [line for line in reader.lines if '"chunk"' in line]
+    chunks = [event for event in reader.events if _is_chunk(event)]
     assert 1 <= len(chunks) < 10  # the stream was cut short, not served to the end
-    last = json.loads(next(line for line in reversed(reader.lines) if line.startswith("data:"))[5:])
+    last = reader.events[-1].data
     assert last == {"type": "error", "message": "server is shutting down", "code": "shutting_down"}
     assert "specai server stopped" in proc.text()
 

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from live import ServerProcess, parse_sse
 
-from helpers import ServerProcess, parse_sse
+pytestmark = pytest.mark.live
 
 SILENT = 1500  # more than granian's old default backpressure (1,024), which a silent flood used to fill
 
@@ -97,7 +98,7 @@ def test_a_stream_longer_than_the_idle_timeout_is_not_cut(idle_server: ServerPro
             body = "".join(response.iter_text())
     took = time.monotonic() - started
     assert took >= 2.5, took  # longer than the idle timeout ...
-    assert [event["data"]["type"] for event in parse_sse(body)][-1] == "end", body  # ... and complete
+    assert [event.data["type"] for event in parse_sse(body)][-1] == "end", body  # ... and complete
 
 
 @contextlib.contextmanager

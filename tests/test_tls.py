@@ -276,6 +276,7 @@ def test_user_cert_close_to_expiry_is_served_with_a_warning(tmp_path: Path) -> N
 # --- fingerprints ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.live  # runs openssl
 def test_fingerprint_matches_openssl(tmp_path: Path) -> None:
     paths = ensure_server_cert(Settings(home=tmp_path / "home"))
     out = subprocess.run(

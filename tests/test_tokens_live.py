@@ -8,16 +8,11 @@ from pathlib import Path
 
 import pytest
 from databases import ENGINES, database_toml
+from live import PASSWORD, ServerProcess, add_user, run_cli
 
-from helpers import ServerProcess, assert_error, run_cli
+from helpers import assert_error
 
-PASSWORD = "pw-one-two"
 pytestmark = pytest.mark.live
-
-
-def add_user(home: Path, name: str, *extra: str, password: str = PASSWORD) -> None:
-    result = run_cli(home, "auth", "add-user", name, "--password-stdin", *extra, input=password + "\n")
-    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -32,13 +27,6 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     yield server
     server.stop()
     server.close()
-
-
-@pytest.fixture
-def client_home(tmp_path: Path) -> Path:
-    path = tmp_path / "client"
-    path.mkdir(mode=0o700)
-    return path
 
 
 def cli_login(client_home: Path, server: ServerProcess, user: str, password: str = PASSWORD) -> str:
