@@ -26,10 +26,15 @@ from specai.client import SpecaiClient, sse
 from specai.client.errors import reason, remote_error, response_error, transport_error
 from specai.client.peer import Credentials, Peer
 from specai.client.pinning import check_pin, fetch_cert, fetch_cert_async
+from specai.client.wire import UnexpectedAnswerError, body_of
 from specai.errors import ConnectionFailedError, RemoteError, TlsError, TrustError
 from specai.identity.fingerprint import fingerprint_der
 from specai.identity.tls import create_self_signed, read_cert
 from specai.identity.trust import KnownServers, parse_server
+from specai.server.schemas.auth import KeyIn
+from specai.server.schemas.graph import BootstrapIn, EdgeIn
+from specai.server.schemas.health import HealthOut
+from specai.server.schemas.mesh import SendIn
 
 SERVER = parse_server("https://127.0.0.1:3999")
 CERT_PEM, KEY_PEM = create_self_signed("127.0.0.1")
@@ -433,6 +438,43 @@ def test_the_cli_client_turns_error_bodies_into_remote_errors() -> None:
             client.health()
         with pytest.raises(RemoteError, match="no session"):
             next(iter(client.stream("hi")))  # an error answer to a stream is an error body too
+
+
+def test_answers_decode_into_the_servers_structs_and_a_drift_is_one_clear_error() -> None:
+    health = {"status": "ok", "version": "1", "uptime_seconds": 3, "active_sessions": 0}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200, json=health)
+        if request.url.path == "/agents":
+            return httpx.Response(200, json={"agents": [{"id": "a"}]})  # a server of another shape
+        return httpx.Response(200, text="<html>not json</html>")
+
+    client = SpecaiClient(SERVER, DER)
+    client.http.close()
+    client.http = httpx.Client(base_url=SERVER.origin, transport=httpx.MockTransport(answer))
+    with client:
+        assert client.health() == HealthOut("ok", "1", 3, 0)
+        with pytest.raises(
+            UnexpectedAnswerError, match=r"/agents answered with a body .*description"
+        ) as drift:
+            client.agents()
+        assert drift.value.code == "unexpected_answer" and isinstance(drift.value, ConnectionFailedError)
+        with pytest.raises(UnexpectedAnswerError, match="not JSON"):
+            client.sessions()
+
+
+def test_a_request_body_sends_only_what_the_caller_chose() -> None:
+    assert body_of(EdgeIn("s", 1, 2, "USES")) == {
+        "session_id": "s",
+        "source_id": 1,
+        "target_id": 2,
+        "edge_type": "USES",
+    }
+    assert body_of(EdgeIn("s", 1, 2, "USES", weight=0.5))["weight"] == 0.5
+    assert body_of(KeyIn("ci", expires_days=None)) == {"name": "ci", "expires_days": None}  # never expires
+    assert body_of(BootstrapIn()) == {}
+    assert body_of(SendIn({"Custom": "ping"}, [1])) == {"message_type": {"Custom": "ping"}, "payload": [1]}
 
 
 def test_an_event_whose_data_is_not_json_is_a_broken_stream() -> None:
