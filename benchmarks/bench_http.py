@@ -1,10 +1,18 @@
-"""HTTP throughput of `specai server` against a bare Litestar + granian app, measured in one run.
+"""HTTP throughput of `specai server` against a bare Litestar + granian app, and what each step of a request costs.
 
-Why: DESIGN.md §7 wants speed reported as ratios measured in one run. specai puts JWT auth, CORS, its error
-handlers and a request tracker on top of Litestar under embedded granian; this script shows what that costs.
-It starts the real `specai server` (auth on, throwaway SPECAI_HOME) and, as the baseline, benchmarks/_bare_app.py
-(same granian settings and certificate, same-sized /agents body), then loads authenticated `GET /agents` on both,
-interleaved (baseline, specai, specai, baseline, ...) because a 2-core machine is noisy, and reports medians.
+Why: DESIGN.md §7 wants speed reported as ratios measured in one run, and issue 10 wants every per-request step
+(security headers, request limits, the token check with its user and revocation lookups, request tracking) to be
+visible. The script starts the real `specai server` (auth on, throwaway SPECAI_HOME) and, with _steps_app.py,
+one server per step, each adding one layer of specai to a bare Litestar handler that answers specai's own
+/agents body, all under the granian settings of src/specai/server/run.py on specai's certificate:
+  bare      Litestar, one handler (the baseline)
+  +headers  + the `security_headers` before_send hook
+  +limits   + the request gate without auth (NUL and digit checks on the target, body checks)
+  +auth     + the bearer-token check in that gate (cached JWT, user lookup, revocation lookup, scope)
+  +tracking + the request tracker the runner wraps the app in
+  specai    the real server: every route, error handlers, OpenAPI, background tasks (and its gc.freeze())
+It loads authenticated `GET /agents` on all of them, interleaved (forwards, then backwards, ...) because a 2-core
+machine is noisy, reports medians, each step's cost in microseconds per request, and the ratio specai/bare.
 It also times `POST /auth/token` (one argon2id verification per call).
 
 Run:  . .venv/bin/activate && python benchmarks/bench_http.py [--duration 5] [--connections 32] [--json]
@@ -42,16 +50,16 @@ from _common import (
     running,
     specai_command,
     specai_env,
-    start_specai_server,
     wait_ready,
 )
+from _steps_app import STEPS
 
 USER, PASSWORD = "bench", "pw"
 ROUNDS = 3  # measurements per target
 WARMUP_SECONDS = 1.0
 LOGINS = 5
-TARGET_RATIO = 0.6
-BARE_APP = Path(__file__).with_name("_bare_app.py")
+TARGET_RATIO = 0.8
+STEPS_APP = Path(__file__).with_name("_steps_app.py")  # serves STEPS; the real server is the last target
 
 
 @dataclass
@@ -62,6 +70,7 @@ class Sample:
     p50_ms: float | None
     ok: int
     errors: int
+    cpu_us: float | None = None  # the server's CPU time (all its threads) per answered request
 
 
 @dataclass
@@ -72,6 +81,7 @@ class Target:
     port: int
     ctx: ssl.SSLContext
     token: str
+    pid: int
     samples: list[Sample] = field(default_factory=list)
 
 
@@ -174,21 +184,39 @@ def run_wrk(target: Target, seconds: float, connections: int) -> Sample:
     return Sample(float(rps[1]), p50_ms, int(total[1]) - (int(non_2xx[1]) if non_2xx else 0), errors)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(targets: list[Target], generate: Generator, seconds: float, connections: int) -> None:
-    """Warm up every target, then measure ROUNDS times each in ABBA order."""
+    """Warm up every target, then measure ROUNDS times each, forwards then backwards."""
     for target in targets:
         generate(target, WARMUP_SECONDS, connections)
     for index in range(ROUNDS):
         for target in targets if index % 2 == 0 else targets[::-1]:
+            before = cpu_seconds(target.pid)
             sample = generate(target, seconds, connections)
+            after = cpu_seconds(target.pid)
+            if before is not None and after is not None and sample.ok:
+                sample.cpu_us = (after - before) / sample.ok * 1e6
             target.samples.append(sample)
-            note(f"round {index + 1}: {target.name:8} {sample.rps:8.0f} req/s, {sample.errors} errors")
+            note(f"round {index + 1}: {target.name:10} {sample.rps:8.0f} req/s, {sample.errors} errors")
 
 
 def summary(target: Target, body_bytes: int) -> dict[str, Any]:
     p50s = [s.p50_ms for s in target.samples if s.p50_ms is not None]
+    rps = statistics.median(s.rps for s in target.samples)
+    cpu = [s.cpu_us for s in target.samples if s.cpu_us is not None]
     return {
-        "rps_median": statistics.median(s.rps for s in target.samples),
+        "name": target.name,
+        "rps_median": rps,
+        "us_per_request": round(1e6 / rps, 1) if rps else None,
+        "cpu_us_per_request": round(statistics.median(cpu), 1) if cpu else None,
         "rps_runs": [round(s.rps, 1) for s in target.samples],
         "p50_ms_median": statistics.median(p50s) if p50s else None,
         "requests_ok": sum(s.ok for s in target.samples),
@@ -202,17 +230,31 @@ def print_table(result: dict[str, Any]) -> None:
         f"generator: {result['generator']}, {result['connections']} connections, "
         f"{result['rounds']} x {result['duration_s']:g} s per target (interleaved, medians)"
     )
-    print(f"{'target':10}{'req/s':>10}{'p50 ms':>9}{'errors':>8}  runs (req/s)")
-    for name in ("baseline", "specai"):
-        row = result[name]
+    head = (
+        f"{'target':10}{'req/s':>8}{'x bare':>7}{'us/req':>7}{'step':>6}{'cpu us':>7}{'step':>6}{'p50 ms':>7}"
+    )
+    print(f"{head}{'err':>4}  runs (req/s)")
+    for row in result["targets"]:
         p50 = f"{row['p50_ms_median']:.2f}" if row["p50_ms_median"] is not None else "-"
         runs = " ".join(f"{r:.0f}" for r in row["rps_runs"])
-        print(f"{name:10}{row['rps_median']:>10.0f}{p50:>9}{row['errors']:>8}  {runs}")
+        cpu = "-" if row["cpu_us_per_request"] is None else f"{row['cpu_us_per_request']:.1f}"
+        print(
+            f"{row['name']:10}{row['rps_median']:>8.0f}{row['ratio_to_bare']:>7.2f}{row['us_per_request']:>7.1f}"
+            f"{_signed(row['step_us']):>6}{cpu:>7}{_signed(row['step_cpu_us']):>6}{p50:>7}{row['errors']:>4}  {runs}"
+        )
     ratio = result["ratio_specai_baseline"]
     verdict = "PASS" if result["pass"] else "BELOW"
-    print(f"ratio specai/baseline: {ratio:.2f} (target >= {TARGET_RATIO}) {verdict}")
+    print(f"ratio specai/bare: {ratio:.2f} (target >= {TARGET_RATIO}) {verdict}")
+    print(
+        "us/req: wall time per request (1/throughput); cpu us: the server's CPU time per request (steadier);"
+    )
+    print("step: what that target adds to the one above it, in microseconds per request")
     logins = ", ".join(f"{ms:.1f}" for ms in result["auth_token_ms_runs"])
     print(f"/auth/token (argon2id): median {result['auth_token_ms_median']:.1f} ms ({logins})")
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -226,25 +268,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def start_specai(tmp: Path, stack: contextlib.ExitStack) -> tuple[int, ssl.SSLContext, Path]:
-    """Add a user to a throwaway home with auth on and start `specai server`; return port, pin and home."""
+def start_specai(tmp: Path, stack: contextlib.ExitStack) -> tuple[int, ssl.SSLContext, int, Path]:
+    """Add a user to a throwaway home with auth on and start `specai server`; return port, pin, pid and home."""
     home, config = tmp / "home", tmp / "bench.config.toml"
     home.mkdir()
     config.write_text("[auth]\nenabled = true\n")
     env = specai_env(home, config)
     add_user = [*specai_command(), "auth", "add-user", USER, "--password-stdin"]
     subprocess.run(add_user, input=f"{PASSWORD}\n", env=env, text=True, capture_output=True, check=True)
-    port, ctx = start_specai_server(env, tmp / "specai.log", stack)
-    return port, ctx, home
+    port, log = free_port(), tmp / "specai.log"
+    proc = stack.enter_context(running([*specai_command(), "server", "--port", str(port)], env, log))
+    ctx = wait_ready(proc, port, log, marker="listening")
+    note(f"specai server ready on {HOST}:{port}")
+    return port, ctx, proc.pid, home
 
 
-def start_baseline(tls: Path, tmp: Path, stack: contextlib.ExitStack) -> tuple[int, ssl.SSLContext]:
-    """Start the bare app on specai's certificate and key; return port and pin."""
-    port, log = free_port(), tmp / "bare.log"
-    argv = [sys.executable, str(BARE_APP), str(port), str(tls / "server.crt"), str(tls / "server.key")]
-    ctx = wait_ready(stack.enter_context(running(argv, dict(os.environ), log)), port, log)
-    note(f"baseline app ready on {HOST}:{port}")
-    return port, ctx
+def start_step(
+    step: str, home: Path, tmp: Path, stack: contextlib.ExitStack
+) -> tuple[int, ssl.SSLContext, int]:
+    """Serve one step (_steps_app.py) on specai's home, certificate and key; return port, pin and pid."""
+    port, log = free_port(), tmp / f"step-{step.strip('+')}.log"
+    argv = [sys.executable, str(STEPS_APP), step, str(port), str(home)]
+    proc = stack.enter_context(running(argv, dict(os.environ), log))
+    ctx = wait_ready(proc, port, log)
+    note(f"step {step} ready on {HOST}:{port}")
+    return port, ctx, proc.pid
 
 
 def agents_body_size(target: Target) -> int:
@@ -258,29 +306,39 @@ def agents_body_size(target: Target) -> int:
 
 
 def run(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> dict[str, Any]:
-    """Start both servers, time the logins, load both targets; return every figure."""
-    specai_port, specai_ctx, home = start_specai(tmp, stack)
+    """Start the real server and one server per step, time the logins, load every target; return every figure."""
+    specai_port, specai_ctx, specai_pid, home = start_specai(tmp, stack)
     token, logins = login_times(specai_port, specai_ctx)
-    bare_port, bare_ctx = start_baseline(home / "tls", tmp, stack)
-    targets = [
-        Target("baseline", bare_port, bare_ctx, token),
-        Target("specai", specai_port, specai_ctx, token),
-    ]
+    targets = []
+    for step in STEPS:
+        port, ctx, pid = start_step(step, home, tmp, stack)
+        targets.append(Target(step, port, ctx, token, pid))
+    targets.append(Target("specai", specai_port, specai_ctx, token, specai_pid))
     sizes = [agents_body_size(target) for target in targets]
+    if len(set(sizes)) != 1:
+        raise BenchError(f"the targets' /agents bodies differ in size: {sizes}")
     wrk = shutil.which("wrk")
     generator = "wrk" if wrk else "builtin asyncio"
     note(f"load generator: {generator}")
     measure(targets, run_wrk if wrk else run_builtin, args.duration, args.connections)
-    base, spec = (summary(target, size) for target, size in zip(targets, sizes, strict=True))
-    ratio = spec["rps_median"] / base["rps_median"] if base["rps_median"] else 0.0
+    rows = [summary(target, size) for target, size in zip(targets, sizes, strict=True)]
+    bare = rows[0]["rps_median"]
+    for index, row in enumerate(rows):
+        row["ratio_to_bare"] = round(row["rps_median"] / bare, 3) if bare else 0.0
+        for key in ("us_per_request", "cpu_us_per_request"):
+            mine, above = row[key], rows[index - 1][key] if index else None
+            known = mine is not None and above is not None
+            row["step_" + key.removesuffix("_per_request")] = round(mine - above, 1) if known else None
+    ratio = rows[-1]["ratio_to_bare"]
     return {
         "generator": generator,
         "connections": args.connections,
         "duration_s": args.duration,
         "rounds": ROUNDS,
-        "baseline": base,
-        "specai": spec,
-        "ratio_specai_baseline": round(ratio, 3),
+        "targets": rows,
+        "baseline": rows[0],
+        "specai": rows[-1],
+        "ratio_specai_baseline": ratio,
         "target_ratio": TARGET_RATIO,
         "pass": ratio >= TARGET_RATIO,
         "auth_token_ms_median": round(statistics.median(logins), 2),
@@ -297,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         print_table(result)
-    errors = result["baseline"]["errors"] + result["specai"]["errors"]
+    errors = sum(row["errors"] for row in result["targets"])
     if errors:
         note(f"bench_http: {errors} requests failed; the figures are not valid")
     return 1 if errors else 0

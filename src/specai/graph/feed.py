@@ -102,9 +102,7 @@ class _SessionReader(Generic[C]):
 class ChangeFeed(Generic[C]):
     """Every change of a session after a given id, in order, exactly once, for as many watchers as there are."""
 
-    def __init__(
-        self, read: Reader[C], latest: Callable[[], Awaitable[int]], notifier: Notifier
-    ) -> None:
+    def __init__(self, read: Reader[C], latest: Callable[[], Awaitable[int]], notifier: Notifier) -> None:
         self._read = read
         self._latest = latest
         self.notifier = notifier

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
@@ -18,14 +17,19 @@ from specai.identity.tls import CertInfo, ensure_server_cert, read_cert
 from specai.mesh.registry import load_instance_id
 from specai.server.errors import EXCEPTION_HANDLERS
 from specai.server.lifespan import Lifespan
-from specai.server.limits import offline_openapi, request_limits, security_headers
+from specai.server.limits import offline_openapi, request_gate, security_headers
 from specai.server.routes import agents, graph, graph_shares, health, mesh, openai, sessions, tokens
 from specai.server.routes import auth as auth_routes
-from specai.server.security import BearerAuthMiddleware, MemoryTokenCache, TokenVerifier
+from specai.server.security import BearerAuth, MemoryTokenCache, TokenVerifier
 from specai.server.state import ServerState
 from specai.store import Store
 from specai.users.directory import UserDirectory
 from specai.users.throttle import MemoryLoginThrottle, MemoryRateLimiter, VerifyGate
+
+# How stale the credentials file may be seen by a request: at most one `stat` per millisecond. A `stat` lets go of
+# the GIL, and under load every release hands it to granian's threads and costs a wait to get it back (measured:
+# about a fifth of a request); an edit by `specai auth` still counts for every request a millisecond later.
+USERS_RECHECK_SECS = 0.001
 
 
 def create_app(settings: Settings, cert: CertInfo | None = None, *, store: Store | None = None) -> Litestar:
@@ -38,20 +42,18 @@ def create_app(settings: Settings, cert: CertInfo | None = None, *, store: Store
     users = _users(settings)
     state = _state(settings, cert or read_cert(ensure_server_cert(settings).cert), users)
     lifespan = Lifespan(state, store)
-    middleware: list[Any] = []
     openapi = offline_openapi("specai", __version__)
     verifier: TokenVerifier | None = None
+    bearer: BearerAuth | None = None
     if users is not None:
         verifier = TokenVerifier(state.token_secret, users, state.keys, state.revocations, MemoryTokenCache())
-        middleware.append(BearerAuthMiddleware(verifier, peers=state.peer))
+        bearer = BearerAuth(verifier, peers=state.peer)
         openapi.components = Components(
             security_schemes={
                 "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
             }
         )
         openapi.security = [{"BearerToken": []}]
-    # after auth, so a request without a valid token gets its 401 before its body is read
-    middleware.append(request_limits(settings.server.max_body_bytes))
     cors = None
     if settings.server.enable_cors and settings.server.cors_origins:  # CORS is off until origins are listed
         cors = CORSConfig(allow_origins=list(settings.server.cors_origins), allow_credentials=False)
@@ -70,7 +72,7 @@ def create_app(settings: Settings, cert: CertInfo | None = None, *, store: Store
         on_startup=[lifespan.startup],
         on_shutdown=[lifespan.shutdown],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=middleware,
+        middleware=[request_gate(settings.server.max_body_bytes, bearer)],
         cors_config=cors,
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=openapi,
@@ -86,7 +88,7 @@ def _users(settings: Settings) -> UserDirectory | None:
     """The user directory when auth is on (None when off); no users at all refuses to start."""
     if not settings.auth.enabled:
         return None
-    users = UserDirectory(settings.credentials_file)
+    users = UserDirectory(settings.credentials_file, recheck_secs=USERS_RECHECK_SECS)
     if not len(users):
         raise CredentialsError(
             f"auth is enabled but {settings.credentials_file} has no users; add one with `specai auth add-user`"

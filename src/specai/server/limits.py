@@ -12,16 +12,17 @@ import json
 import re
 from collections.abc import Iterator
 from itertools import accumulate
-from typing import Any
+from typing import Any, cast
 
 from litestar import MediaType, Response, Router
 from litestar.enums import ScopeType
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
-from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, ReceiveMessage, Scope, Send
 
 from specai.errors import InvalidRequestError
+from specai.server.security import BearerAuth
 
 MAX_JSON_DEPTH = 64
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included (unrolled: linear time)
@@ -78,7 +79,7 @@ def check_target(scope: Scope) -> None:
     """No NUL in the path or query; no non-ASCII digits in the path (Litestar's `{id:int}` uses `int()`)."""
     query: bytes = scope.get("query_string", b"")
     path: str = scope["path"]
-    if "\x00" in path or b"%00" in query or b"\x00" in query:
+    if "\x00" in path or (query and (b"%00" in query or b"\x00" in query)):
         raise InvalidRequestError("NUL characters are not allowed in the path or the query string")
     if not path.isascii() and any(char.isdigit() and not char.isascii() for char in path):
         raise InvalidRequestError("numbers in the path must be written with the digits 0-9")
@@ -92,32 +93,38 @@ def check_body(body: bytes) -> None:
         raise InvalidRequestError("NUL characters (\\u0000) are not allowed in a request body")
 
 
-def _has_body(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return value.strip() not in (b"", b"0")
-        if name == b"transfer-encoding":
-            return True
-    return False
+class RequestGate:
+    """ASGI middleware, the one layer every routed request passes: the bearer token (unless the route opts out),
+    then the target, then the body (up to the body limit), read once, checked and replayed to the route.
 
-
-class RequestLimits:
-    """ASGI middleware: read the body (up to the body limit) once, check it and the target, replay it to the route.
-
-    A plain ASGI class rather than Litestar's `ASGIMiddleware`: it runs on every request, and that layer's
-    per-call exclusion checks cost more than these checks do.
+    One plain ASGI class rather than one Litestar `ASGIMiddleware` per concern: it runs on every request, and
+    each such layer costs more in its exclusion checks than these checks do. Auth comes first, so a request
+    without a valid token gets its 401 before its body is read.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, auth: BearerAuth | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
+        authorization, has_body = None, None
+        for name, value in scope["headers"]:  # one pass: the token and whether a body follows
+            if name == b"authorization":
+                if authorization is None:
+                    authorization = value
+            elif has_body is None:
+                if name == b"content-length":
+                    has_body = value.strip() not in (b"", b"0")
+                elif name == b"transfer-encoding":
+                    has_body = True
+        if self.auth is not None:
+            await self.auth.check(cast("HTTPScope", scope), authorization)
         check_target(scope)
-        if not _has_body(scope):
+        if not has_body:
             await self.app(scope, receive, send)
             return
         messages, body, complete = await self._read(receive)
@@ -144,9 +151,9 @@ class RequestLimits:
                 return messages, b"", False  # Litestar answers 413 as it reads on
 
 
-def request_limits(max_body_bytes: int) -> DefineMiddleware:
-    """The middleware entry for `Litestar(middleware=[...])`."""
-    return DefineMiddleware(RequestLimits, max_body_bytes=max_body_bytes)
+def request_gate(max_body_bytes: int, auth: BearerAuth | None) -> DefineMiddleware:
+    """The middleware entry for `Litestar(middleware=[...])`; `auth` None when auth is off."""
+    return DefineMiddleware(RequestGate, max_body_bytes=max_body_bytes, auth=auth)
 
 
 def _replay(messages: list[ReceiveMessage], receive: Receive) -> Receive:

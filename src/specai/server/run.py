@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -34,7 +35,7 @@ MAX_LISTEN_BACKLOG = 4096  # the kernel's usual somaxconn; a longer queue would 
 SPARE_FILES = 256  # descriptors kept free beyond the connection cap (database, certificates, logs)
 
 
-class _RequestTracker:
+class RequestTracker:
     """ASGI wrapper that knows the in-flight request tasks so shutdown can cancel stragglers cleanly."""
 
     def __init__(self, app: Litestar) -> None:
@@ -99,7 +100,7 @@ async def _serve(
 ) -> None:
     state: ServerState = app.state.specai
     lifespan: Lifespan = app.state.lifespan
-    tracker = _RequestTracker(app)
+    tracker = RequestTracker(app)
     server = Server(tracker, **granian_options(state.settings.server, host, port, cert))
     logging.getLogger("_granian").addFilter(_QuietEmbedWarning())
     for noisy in ("httpx", "httpx2"):  # the vendor SDKs log every upstream request at INFO
@@ -121,6 +122,9 @@ async def _serve(
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, request_stop)
+    # Everything loaded so far (the agents' SDKs, the app) lives as long as the process: keep it out of the
+    # garbage collector's full passes, which otherwise walk it all again and again under load.
+    gc.freeze()
     serving = asyncio.ensure_future(server.serve())
     url = _url(host, port)
     try:

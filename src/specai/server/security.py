@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from litestar.connection import ASGIConnection
-from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
-from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import HTTPScope, Scope
 
 from specai import auth
 from specai.errors import ForbiddenError, TokenError
@@ -158,35 +156,38 @@ class TokenVerifier:
         self.cache.discard_key(key_id)
 
 
-class BearerAuthMiddleware(ASGIMiddleware):
-    """Require `Authorization: Bearer <token>`; handlers opt out with `exclude_from_auth=True`."""
+class BearerAuth:
+    """Require `Authorization: Bearer <token>`; handlers opt out with `exclude_from_auth=True` (`/schema` is public).
 
-    scopes = (ScopeType.HTTP,)
-    exclude_path_pattern = ("^/schema(/|$)",)
-    exclude_opt_key = "exclude_from_auth"
+    Not a middleware of its own: `limits.RequestGate` calls it from the one layer every request passes.
+    """
 
     def __init__(self, verifier: TokenVerifier, peers: Callable[[str], Principal] | None = None) -> None:
         self.verifier = verifier
         self.peers = peers  # verifies mesh peer tokens (signed by the registry this server joined)
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        method = scope.get("method")
-        if method != "OPTIONS":  # CORS preflight carries no credentials
-            token = bearer(scope)
-            if (
-                self.peers is not None
-                and not token.startswith(auth.TOKEN_PREFIX)
-                and looks_like_peer_token(token)
-            ):
-                who = self._peer(token, scope["path"])
-            else:
-                who = await self.verifier.principal(token)
-            if not who.allows("write") and method not in _READ_METHODS and scope["path"] != LOGOUT_PATH:
-                raise ForbiddenError(
-                    f"{method} {scope['path']} needs a key with scope 'write' (this one is read-only)"
-                )
-            scope["user"] = who
-        await next_app(scope, receive, send)
+    async def check(self, scope: HTTPScope, header: bytes | None) -> None:
+        """Put the principal of the request's Authorization `header` in `scope["user"]`, or raise; skipped for CORS
+        preflights (they carry no credentials), the API description and routes that opt out."""
+        method, path = scope["method"], scope["path"]
+        if (
+            method == "OPTIONS"
+            or scope["route_handler"].opt.get("exclude_from_auth")
+            or (path.startswith("/schema") and path[7:8] in ("", "/"))
+        ):
+            return
+        token = _token(header)
+        if (
+            self.peers is not None
+            and not token.startswith(auth.TOKEN_PREFIX)
+            and looks_like_peer_token(token)
+        ):
+            who = self._peer(token, path)
+        else:
+            who = await self.verifier.principal(token)
+        if method not in _READ_METHODS and path != LOGOUT_PATH and not who.allows("write"):
+            raise ForbiddenError(f"{method} {path} needs a key with scope 'write' (this one is read-only)")
+        scope["user"] = who
 
     def _peer(self, token: str, path: str) -> Principal:
         """A peer token acts for one member instance, on the mesh routes only."""
@@ -197,15 +198,23 @@ class BearerAuthMiddleware(ASGIMiddleware):
 
 
 def bearer(scope: Scope) -> str:
-    header: Any = next((value for name, value in scope["headers"] if name == b"authorization"), None)
+    """The bearer token of a request (TokenError when it has none, or a malformed one)."""
+    return _token(next((value for name, value in scope["headers"] if name == b"authorization"), None))
+
+
+def _token(header: bytes | None) -> str:
     if header is None:
         raise TokenError(
             "missing bearer token: send 'Authorization: Bearer <token>' (get one with `specai login`)"
         )
-    scheme, _, token = header.decode("latin-1").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    if header.startswith(b"Bearer "):  # what every client sends: the general parse below, minus its steps
+        scheme, token = "bearer", header[7:].decode("latin-1").strip()
+    else:
+        scheme, _, token = header.decode("latin-1").partition(" ")
+        token = token.strip()
+    if not token or scheme.lower() != "bearer":
         raise TokenError("malformed Authorization header: expected 'Bearer <token>'")
-    return token.strip()
+    return token
 
 
 def principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:

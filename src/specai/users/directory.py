@@ -274,6 +274,7 @@ class UserDirectory:
 
     def __init__(self, path: Path, *, recheck_secs: float = 0.0) -> None:
         self.path = path
+        self._fspath = os.fspath(path)
         self.recheck_secs = recheck_secs
         self.problem: str | None = None
         self._checked = 0.0
@@ -284,17 +285,21 @@ class UserDirectory:
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
-            stat = self.path.stat()
+            stat = os.stat(self._fspath)
         except OSError:
             return None
         return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
     def refresh(self, *, force: bool = False) -> None:
-        """Re-read the file if it changed (checked at most every `recheck_secs` unless forced)."""
-        now = time.monotonic()
-        if not force and now - self._checked < self.recheck_secs:
-            return
-        self._checked = now
+        """Re-read the file if it changed (checked at most every `recheck_secs` unless forced).
+
+        With the default of 0 this is one `stat` per lookup: an edit by `specai auth` counts at once.
+        """
+        if self.recheck_secs:
+            now = time.monotonic()
+            if not force and now - self._checked < self.recheck_secs:
+                return
+            self._checked = now
         stamp = self._stat()
         if stamp is not None and stamp == self._stamp:
             return
