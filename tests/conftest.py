@@ -44,9 +44,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that use a process fixture `live`; run the modules with live tests first.
+
+    Live modules are the long ones (servers, waits): under `pytest -n N --dist loadfile` a long module picked up
+    last would run on alone at the end while the other workers idle."""
     for item in items:
         if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.live)
+    live_modules = {item.path for item in items if item.get_closest_marker("live")}
+    items.sort(key=lambda item: item.path not in live_modules)  # stable: the order within a module stays
 
 
 @pytest.hookimpl(wrapper=True)

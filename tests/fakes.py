@@ -7,6 +7,7 @@ goes away mid-stream.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
@@ -166,10 +167,8 @@ class _Server(ThreadingHTTPServer):
         with self.lock:
             connections = list(self.connections)
         for conn in connections:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class FakeUpstream:

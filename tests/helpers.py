@@ -13,6 +13,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
     assert body["code"] == code, body
-    assert isinstance(body["error"], str) and body["error"]
+    assert isinstance(body["error"], str)
+    assert body["error"]
     assert set(body) <= {"error", "code", "details"}, body
     return body

@@ -174,7 +174,8 @@ class CliProcess:
             env=cli_env(home, **(environ or {}), **env),
             cwd=cwd or home,
         )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
         self.stdout = Lines(self.proc.stdout)
         self.stderr = Lines(self.proc.stderr)
 
@@ -550,7 +551,7 @@ class SseReader:
                     self.events.append(event)
                     if self._until is not None and self._until(self.events):
                         return
-        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+        except BaseException as exc:
             self.error = exc
         finally:
             self.connected.set()
@@ -565,10 +566,11 @@ class SseReader:
         test = check if callable(check) else (lambda events: len(events) >= check)
         deadline = time.monotonic() + timeout
         while not test(self.events):
-            assert time.monotonic() < deadline and not self.ended.is_set(), (
-                f"waited for {check!r}: status {self.status}, {len(self.events)} events, error {self.error!r}: "
-                f"{[(e.event, e.data) for e in self.events]}"
-            )
+            if time.monotonic() >= deadline or self.ended.is_set():
+                raise AssertionError(
+                    f"waited for {check!r}: status {self.status}, {len(self.events)} events, "
+                    f"error {self.error!r}: {[(e.event, e.data) for e in self.events]}"
+                )
             time.sleep(0.01)
 
     def join(self, timeout: float = 10) -> None:

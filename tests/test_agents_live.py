@@ -402,7 +402,8 @@ def tool_exchange(vendor: str, body: dict[str, Any]) -> tuple[dict[str, Any], di
         elif message["role"] == "tool":
             ref = message.get("tool_call_id") if vendor == "openai" else message.get("tool_name")
             result = {"at": index, "ref": ref, "content": message["content"]}
-    assert call is not None and result is not None, messages
+    assert call is not None, messages
+    assert result is not None, messages
     assert call["at"] < result["at"], messages
     return call, result
 
@@ -470,9 +471,11 @@ def test_stream_delivers_tokens_as_the_upstream_produces_them(main: Live, agent:
     chunks = [e for e in events if e["type"] == "chunk"]
     assert len(chunks) >= 10
     assert text_of(events) == REPLY_200
-    assert kinds(events)[0] == "start" and kinds(events)[-1] == "end"
+    assert kinds(events)[0] == "start"
+    assert kinds(events)[-1] == "end"
     assert set(kinds(events)[1:-1]) == {"chunk"}
-    assert events[0]["agent"] == agent and events[0]["session_id"]
+    assert events[0]["agent"] == agent
+    assert events[0]["session_id"]
     metadata = events[-1]["metadata"]
     assert metadata["model"] == MODEL_OF_AGENT[agent]
     assert metadata["usage"] == {"prompt_tokens": 13, "completion_tokens": 200, "total_tokens": 213}
@@ -577,7 +580,8 @@ def assert_tool_events(events: list[dict[str, Any]], success: bool) -> dict[str,
     assert order[-1] == "end", order
     assert set(order[3:-1]) == {"chunk"}, order
     call, result = events[1], events[2]
-    assert call["name"] == "calculator" and call["arguments"] == {"expression": "6*7"}
+    assert call["name"] == "calculator"
+    assert call["arguments"] == {"expression": "6*7"}
     assert result["name"] == "calculator"
     assert result["result"]["success"] is success
     if success:
@@ -598,7 +602,8 @@ def test_scripted_tool_call_is_executed_and_its_result_goes_back(main: Live, age
     first, second = (r.body for r in fake.chat_requests)
     assert "calculator" in offered_tools(vendor, first)
     call, result = tool_exchange(vendor, second)
-    assert call["name"] == "calculator" and call["arguments"] == {"expression": "6*7"}
+    assert call["name"] == "calculator"
+    assert call["arguments"] == {"expression": "6*7"}
     assert result["ref"] == TOOL_REF[vendor]
     if vendor != "ollama":
         assert call["id"] == TOOL_REF[vendor]
@@ -615,7 +620,8 @@ def test_query_reports_tool_calls(main: Live, agent: str) -> None:
     [call] = body["tool_calls"]
     assert call["name"] == "calculator"
     assert call["arguments"] == {"expression": "6*7"}
-    assert call["success"] is True and "42" in call["output"]
+    assert call["success"] is True
+    assert "42" in call["output"]
     assert len(fake.chat_requests) == 2
 
 
@@ -636,7 +642,8 @@ def test_denied_tool_is_refused_and_the_model_is_told(main: Live, agent: str) ->
     response = query(main, {"message": "What is 6*7?", "agent": agent})
     assert response.status_code == 200, response.text
     [call] = response.json()["tool_calls"]
-    assert call["success"] is False and NOT_ALLOWED in call["error"]
+    assert call["success"] is False
+    assert NOT_ALLOWED in call["error"]
 
 
 def test_mock_script_runs_the_tool_loop_offline(main: Live) -> None:
@@ -651,7 +658,9 @@ def test_mock_script_runs_the_tool_loop_offline(main: Live) -> None:
     body = response.json()
     assert body["response"] == "The answer is 42."
     [call] = body["tool_calls"]
-    assert call["name"] == "calculator" and call["success"] is True and "42" in call["output"]
+    assert call["name"] == "calculator"
+    assert call["success"] is True
+    assert "42" in call["output"]
     assert all(not fake.requests for fake in main.fakes.values())  # no upstream involved
 
 
@@ -693,7 +702,8 @@ def test_agents_shows_availability_provider_and_model(main: Live) -> None:
 
 
 def test_agent_with_a_missing_key_is_unavailable_while_others_work(main: Live) -> None:
-    assert "keyless" in main.proc.text() and MISSING_KEY_VAR in main.proc.text()  # reported at start-up
+    assert "keyless" in main.proc.text()
+    assert MISSING_KEY_VAR in main.proc.text()
     agents = {a["id"]: a for a in main.http.get("/agents").json()["agents"]}
     assert agents["keyless"]["available"] is False
     assert MISSING_KEY_VAR in agents["keyless"]["unavailable_reason"]
@@ -715,7 +725,9 @@ def test_cli_agents_shows_the_unavailable_agent(main: Live, client_home: Path) -
     listed = run_cli(client_home, "agents", *pin)
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if "keyless" in line)
-    assert "openai" in row and "gpt-fake" in row and "no" in row
+    assert "openai" in row
+    assert "gpt-fake" in row
+    assert "no" in row
     assert MISSING_KEY_VAR in " ".join(listed.stdout.split())
     oa_row = next(line for line in listed.stdout.splitlines() if line.lstrip("│ ").startswith("oa "))
     assert "yes" in oa_row
@@ -738,7 +750,8 @@ def test_upstream_error_status(failing: Live, agent: str, status: int) -> None:
     fake = failing.script(agent, status=status)
     started = time.monotonic()
     body = assert_error(query(failing, {"message": "Hi", "agent": agent}, timeout=10), 502, "upstream_error")
-    assert str(status) in body["error"] and "\n" not in body["error"]
+    assert str(status) in body["error"]
+    assert "\n" not in body["error"]
     events = stream(failing, {"message": "Hi", "agent": agent}, timeout=10)
     assert kinds(events) == ["start", "error"]
     assert events[-1]["code"] == "upstream_error"
@@ -776,7 +789,8 @@ def test_rejected_key_is_reported_without_leaking_it(failing: Live, agent: str) 
         raw = streamed.read().decode()
     assert SECRET not in raw
     events = [event.data for event in parse_sse(raw)]
-    assert events[-1]["type"] == "error" and events[-1]["code"] == "upstream_error"
+    assert events[-1]["type"] == "error"
+    assert events[-1]["code"] == "upstream_error"
     assert "API key" in events[-1]["message"]
 
 
@@ -838,7 +852,8 @@ def test_keepalive_comments_during_silence_and_ids_on_every_event(main: Live) ->
     assert ids == list(range(1, len(ids) + 1))
     events = [b.data for b in data_blocks if b.data not in (None, "")]
     assert text_of(events) == "late reply"
-    assert kinds(events)[0] == "start" and kinds(events)[-1] == "end"
+    assert kinds(events)[0] == "start"
+    assert kinds(events)[-1] == "end"
 
 
 def test_openai_sdk_stream_survives_a_keepalive(main: Live) -> None:
@@ -897,7 +912,8 @@ def test_sessions_belong_to_their_owner(owned: Live) -> None:
         ("assistant", "More plans."),
     ]
     listed = next(s for s in sessions_of(owned, alice) if s["id"] == session_id)
-    assert listed["message_count"] == 4 and listed["agent"] == "oa"
+    assert listed["message_count"] == 4
+    assert listed["agent"] == "oa"
 
     deleted = owned.http.delete(f"/sessions/{session_id}", headers=as_alice)
     assert deleted.status_code == 204, deleted.text
@@ -1065,7 +1081,7 @@ def test_openai_sdk_bad_token_raises_authentication_error(owned: Live) -> None:
 
 def test_cli_query_piped_streams_plain_text(main: Live, client_home: Path) -> None:
     tokens = tuple(f" p{i}" for i in range(100))
-    fake = main.script("oa", tokens=("**Bold**",) + tokens, delay=0.02)  # Markdown stays as typed when piped
+    fake = main.script("oa", tokens=("**Bold**", *tokens), delay=0.02)  # Markdown stays as typed when piped
     env = cli_env(client_home, NO_COLOR="", TERM="xterm-256color")
     args = [sys.executable, "-m", "specai", "query", "Hi", "--agent", "oa"]
     args += ["--server", main.url, "--fingerprint", main.proc.fingerprint]
@@ -1104,6 +1120,7 @@ def test_cli_query_failing_upstream_exits_1_with_one_line(
     assert result.returncode == 1, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:") and "500" in lines[0]
+    assert lines[0].startswith("error:")
+    assert "500" in lines[0]
     assert "Traceback" not in result.stderr
     assert result.stdout == ""

@@ -106,7 +106,8 @@ def test_auth_user_management(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     users = json.loads(listed.stdout)["users"]
     assert [u["username"] for u in users] == ["alice"]
-    assert "password_hash" not in listed.stdout and "$argon2" not in listed.stdout
+    assert "password_hash" not in listed.stdout
+    assert "$argon2" not in listed.stdout
 
     duplicate = run_cli(home, "auth", "add-user", "alice", "--password-stdin", input="other-pw\n")
     assert duplicate.returncode == 1
@@ -116,12 +117,15 @@ def test_auth_user_management(tmp_path: Path) -> None:
     changed = run_cli(home, "auth", "passwd", "alice", "--password-stdin", input="pw-three-four\n")
     assert changed.returncode == 0, changed.stderr
     new_hash = credentials(home)["alice"]
-    assert new_hash != first_hash and new_hash.startswith("$argon2id$")
-    assert verifies(new_hash, "pw-three-four") and not verifies(new_hash, "pw-one-two")
+    assert new_hash != first_hash
+    assert new_hash.startswith("$argon2id$")
+    assert verifies(new_hash, "pw-three-four")
+    assert not verifies(new_hash, "pw-one-two")
     assert mode(path) == 0o600
 
     unknown = run_cli(home, "auth", "passwd", "nobody", "--password-stdin", input="x-y-z\n")
-    assert unknown.returncode == 1 and "nobody" in unknown.stderr
+    assert unknown.returncode == 1
+    assert "nobody" in unknown.stderr
 
     removed = run_cli(home, "auth", "remove-user", "alice")
     assert removed.returncode == 0, removed.stderr
@@ -131,7 +135,8 @@ def test_auth_user_management(tmp_path: Path) -> None:
     hashed = run_cli(home, "auth", "hash", "--password-stdin", input="hash-me-please\n")
     assert hashed.returncode == 0, hashed.stderr
     lines = hashed.stdout.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("$argon2id$")
+    assert len(lines) == 1
+    assert lines[0].startswith("$argon2id$")
     assert verifies(lines[0], "hash-me-please")
 
 
@@ -145,7 +150,8 @@ def test_login_query_logout(cli_server: ServerProcess, client_home: Path) -> Non
     assert PASSWORD not in result.stdout + result.stderr
 
     tokens, known = client_home / "tokens.json", client_home / "known_servers.json"
-    assert mode(tokens) == 0o600 and mode(known) == 0o600
+    assert mode(tokens) == 0o600
+    assert mode(known) == 0o600
     assert json.loads(known.read_text())[origin] == cli_server.fingerprint
     token = json.loads(tokens.read_text())[origin]["token"]
     secret = (cli_server.home / "token_secret").read_text().strip()
@@ -170,7 +176,8 @@ def test_login_query_logout(cli_server: ServerProcess, client_home: Path) -> Non
     fresh = json.loads(
         run_cli(client_home, "query", "new topic", "--server", url, "--no-stream", "--json").stdout
     )
-    assert str(uuid.UUID(fresh["session_id"])) == fresh["session_id"] and fresh["session_id"] != session
+    assert str(uuid.UUID(fresh["session_id"])) == fresh["session_id"]
+    assert fresh["session_id"] != session
     again = json.loads(run_cli(client_home, "query", "more", "--server", url, "--json", "--continue").stdout)
     assert again["session_id"] == fresh["session_id"]
     chosen = json.loads(
@@ -283,7 +290,8 @@ def test_nothing_is_sent_to_an_untrusted_server(tmp_path: Path, client_home: Pat
             input=PASSWORD + "\n",
             timeout=30,
         )
-        assert b"POST /auth/token" in recorder.raw and PASSWORD.encode() in recorder.raw
+        assert b"POST /auth/token" in recorder.raw
+        assert PASSWORD.encode() in recorder.raw
     finally:
         recorder.close()
 
@@ -303,7 +311,8 @@ def test_replaced_certificate_is_refused(tmp_path: Path, client_home: Path) -> N
     shutil.rmtree(server_home / "tls")
     second = ServerProcess(server_home, port=first.port).start()
     try:
-        assert second.url == first.url and second.fingerprint != first.fingerprint
+        assert second.url == first.url
+        assert second.fingerprint != first.fingerprint
         for args in (("health",), ("query", "hi"), ("agents",)):
             result = run_cli(client_home, *args, "--server", second.url)
             assert result.returncode == 5, (args, result.returncode, result.stderr)
@@ -343,7 +352,8 @@ def test_query_streams_incrementally(home: Path, client_home: Path) -> None:
             env=cli_env(client_home),
             cwd=client_home,
         )
-        assert child.stdout is not None and child.stderr is not None
+        assert child.stdout is not None
+        assert child.stderr is not None
         arrivals: list[tuple[float, bytes]] = []
         with child.stdout, child.stderr:
             while True:
@@ -400,7 +410,8 @@ def test_interactive_add_user_in_a_terminal(home: Path) -> None:
         assert secret.encode() not in term.output, term.output
     stored = credentials(home)
     assert list(stored) == ["bob"]
-    assert stored["bob"].startswith("$argon2id$") and verifies(stored["bob"], secrets[2])
+    assert stored["bob"].startswith("$argon2id$")
+    assert verifies(stored["bob"], secrets[2])
     assert mode(home / "credentials.json") == 0o600
 
 

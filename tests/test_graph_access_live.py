@@ -249,7 +249,8 @@ def test_bobs_agent_cannot_read_or_write_alices_graph(live: Live) -> None:
         "/query", json={"message": "y", "agent": "scribe", "session_id": "alice-graph-only"}
     ).json()
     searched, added = again["tool_calls"]
-    assert searched["success"] and "alice's secret" in searched["output"]
+    assert searched["success"]
+    assert "alice's secret" in searched["output"]
     assert added["success"]
 
 

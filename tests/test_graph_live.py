@@ -121,28 +121,34 @@ def test_node_crud_keeps_the_original_shapes(live: Live) -> None:
     }
     assert (alice["node_type"], alice["properties"], alice["version"]) == ("entity", {"age": 30}, 1)
     created = alice["created_at"]
-    assert created.endswith("+00:00") and abs(_epoch(created) - before) < 30
+    assert created.endswith("+00:00")
+    assert abs(_epoch(created) - before) < 30
     time.sleep(0.05)
     fetched = live.http.get(f"/graph/nodes/{alice['id']}").json()
     assert fetched == alice  # the stored timestamp, not the time of the read
 
     node(live, "crud", "Graphs", "concept")
     listed = live.http.get("/graph/nodes", params={"session_id": "crud"}).json()
-    assert listed["count"] == 2 and listed["next_cursor"] is None
+    assert listed["count"] == 2
+    assert listed["next_cursor"] is None
     assert [n["label"] for n in listed["nodes"]] == ["Graphs", "Alice"]
     only = live.http.get("/graph/nodes", params={"session_id": "crud", "node_type": "concept"}).json()
     assert [n["label"] for n in only["nodes"]] == ["Graphs"]
 
     put = live.http.put(f"/graph/nodes/{alice['id']}", json={"properties": {"age": 31}})
-    assert put.status_code == 200 and put.json()["properties"] == {"age": 31} and put.json()["version"] == 2
+    assert put.status_code == 200
+    assert put.json()["properties"] == {"age": 31}
+    assert put.json()["version"] == 2
     assert put.json()["created_at"] == created
     patched = live.http.patch(
         f"/graph/nodes/{alice['id']}", json={"label": "Alice B", "properties": {"x": 1}}
     )
-    assert patched.json()["label"] == "Alice B" and patched.json()["properties"] == {"age": 31, "x": 1}
+    assert patched.json()["label"] == "Alice B"
+    assert patched.json()["properties"] == {"age": 31, "x": 1}
 
     gone = live.http.delete(f"/graph/nodes/{alice['id']}")
-    assert gone.status_code == 200 and gone.json() == {
+    assert gone.status_code == 200
+    assert gone.json() == {
         "deleted": "node",
         "id": alice["id"],
         "edges_deleted": 0,
@@ -170,7 +176,8 @@ def test_edge_crud_and_filters(live: Live) -> None:
     assert (ab["edge_type"], ab["predicate"], ab["weight"]) == ("KNOWS_ABOUT", "knows", 0.95)
     ac = edge(live, "edges", a, c, "USES")
     bc = edge(live, "edges", b, c)
-    assert ac["weight"] == 1.0 and ac["properties"] is None
+    assert ac["weight"] == 1.0
+    assert ac["properties"] is None
     assert live.http.get(f"/graph/edges/{ab['id']}").json() == ab
 
     def ids(**params: Any) -> list[int]:
@@ -184,9 +191,11 @@ def test_edge_crud_and_filters(live: Live) -> None:
     assert ids(source_id=a, target_id=c) == [ac["id"]]
     assert ids(edge_type="uses") == [ac["id"]]
     patched = live.http.patch(f"/graph/edges/{ab['id']}", json={"weight": 0.5, "version": 1})
-    assert patched.json()["weight"] == 0.5 and patched.json()["version"] == 2
+    assert patched.json()["weight"] == 0.5
+    assert patched.json()["version"] == 2
     deleted = live.http.delete(f"/graph/edges/{ac['id']}")
-    assert deleted.status_code == 200 and deleted.json() == {"deleted": "edge", "id": ac["id"]}
+    assert deleted.status_code == 200
+    assert deleted.json() == {"deleted": "edge", "id": ac["id"]}
     removed = live.http.delete(f"/graph/nodes/{b}").json()
     assert removed["edges_deleted"] == 2
     assert ids() == []
@@ -217,7 +226,8 @@ def test_errors_have_documented_status_and_code(live: Live) -> None:
         422,
         "invalid_node_type",
     )
-    assert bad_type["details"] == {"valid": list(NODE_TYPES)} and "concept" in bad_type["error"]
+    assert bad_type["details"] == {"valid": list(NODE_TYPES)}
+    assert "concept" in bad_type["error"]
     cases: list[tuple[str, str, Any, int, str]] = [
         (
             "POST",
@@ -422,7 +432,8 @@ def test_stream_delivers_changes_with_ids_and_snapshots(live: Live) -> None:
         ("edge", "delete", e["id"]),
         ("node", "delete", a["id"]),
     ]
-    assert watcher.ids == [c["id"] for c in watcher.changes] and watcher.ids == sorted(watcher.ids)
+    assert watcher.ids == [c["id"] for c in watcher.changes]
+    assert watcher.ids == sorted(watcher.ids)
     first = watcher.changes[0]
     assert set(first) == {
         "id",
@@ -435,11 +446,13 @@ def test_stream_delivers_changes_with_ids_and_snapshots(live: Live) -> None:
         "timestamp",
         "data",
     }
-    assert first["data"] == a and first["entity_uid"] == a["uid"]
+    assert first["data"] == a
+    assert first["entity_uid"] == a["uid"]
     assert watcher.others == []
     assert watcher.opened is not None
     opened_id, opened = watcher.opened
-    assert opened == {"session_id": "stream", "after": opened_id} and opened_id < watcher.ids[0]
+    assert opened == {"session_id": "stream", "after": opened_id}
+    assert opened_id < watcher.ids[0]
 
 
 def test_reconnecting_with_last_event_id_misses_nothing_while_writes_continue(live: Live) -> None:
@@ -467,7 +480,8 @@ def test_reconnecting_with_last_event_id_misses_nothing_while_writes_continue(li
     second.wait_for(total - 10)
     got = [c["entity_id"] for c in first.changes[:10] + second.changes]
     assert got == created  # exactly every change, in order: no gap, no duplicate
-    assert second.ids[0] > last_seen and second.ids == sorted(set(second.ids))
+    assert second.ids[0] > last_seen
+    assert second.ids == sorted(set(second.ids))
 
 
 def test_since_replays_history_and_a_cursor_ahead_is_reset(live: Live) -> None:
@@ -478,7 +492,9 @@ def test_since_replays_history_and_a_cursor_ahead_is_reset(live: Live) -> None:
     ahead = Watcher(live, "since", since=str(10**12)).start()
     later = node(live, "since", "later")["id"]
     ahead.wait_for(1)
-    assert ahead.others and ahead.others[0][0] == "reset" and ahead.others[0][1]["code"] == "cursor_ahead"
+    assert ahead.others
+    assert ahead.others[0][0] == "reset"
+    assert ahead.others[0][1]["code"] == "cursor_ahead"
     assert [c["entity_id"] for c in ahead.changes] == [later]
 
 
@@ -489,7 +505,8 @@ def test_bootstrap_twice_gives_the_same_graph(live: Live) -> None:
     first = live.http.post("/bootstrap", json={"session_id": "boot"})
     assert first.status_code == 201, first.text
     body = first.json()
-    assert body["nodes_created"] > 3 and body["edges_created"] == body["nodes_created"] - 1
+    assert body["nodes_created"] > 3
+    assert body["edges_created"] == body["nodes_created"] - 1
     root = live.http.get(f"/graph/nodes/{body['root_node_id']}").json()
     assert root["properties"]["bootstrap_source"] == "universal-code-plugin"
 
@@ -501,7 +518,8 @@ def test_bootstrap_twice_gives_the_same_graph(live: Live) -> None:
     before = counts()
     again = live.http.post("/bootstrap", json={"session_id": "boot"})
     assert again.status_code == 200, again.text
-    assert again.json()["nodes_created"] == 0 and again.json()["edges_created"] == 0
+    assert again.json()["nodes_created"] == 0
+    assert again.json()["edges_created"] == 0
     assert again.json()["root_node_id"] == body["root_node_id"]
     assert counts() == before == (body["nodes_created"], body["edges_created"])
     default = live.http.post("/bootstrap", json={})
@@ -515,8 +533,10 @@ def test_agents_read_and_write_their_sessions_graph(live: Live) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     added, searched = body["tool_calls"]
-    assert added["name"] == "graph_add" and added["success"], added
-    assert searched["name"] == "graph_search" and searched["success"], searched
+    assert added["name"] == "graph_add", added
+    assert added["success"], added
+    assert searched["name"] == "graph_search", searched
+    assert searched["success"], searched
     assert json.loads(searched["output"])["nodes"][0]["label"] == "Paris is in France"
     stored = live.http.get("/graph/nodes", params={"session_id": body["session_id"]}).json()["nodes"]
     assert [(n["node_type"], n["label"], n["properties"]) for n in stored] == [
@@ -525,7 +545,8 @@ def test_agents_read_and_write_their_sessions_graph(live: Live) -> None:
 
     refused = live.http.post("/query", json={"message": "Remember this", "agent": "forgetful"}).json()
     [call] = refused["tool_calls"]
-    assert not call["success"] and "not allowed" in call["error"]
+    assert not call["success"]
+    assert "not allowed" in call["error"]
     assert live.http.get("/graph/nodes", params={"session_id": refused["session_id"]}).json()["count"] == 0
 
 

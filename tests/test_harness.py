@@ -53,7 +53,8 @@ def test_a_server_whose_port_was_taken_starts_on_another(home: Path) -> None:
 def test_sse_events_keep_ids_types_comments_and_multiline_data() -> None:
     lines = [": keep-alive", "", "id: 7", "event: open", 'data: {"a": 1}', "", "data: one", "data: two", ""]
     comment, opened, text = sse_events(lines)
-    assert comment.is_comment and comment.comments == ["keep-alive"]
+    assert comment.is_comment
+    assert comment.comments == ["keep-alive"]
     assert (opened.id, opened.event, opened.data) == ("7", "open", {"a": 1})
     assert (text.event, text.data, text.is_comment) == ("message", "one\ntwo", False)
 

@@ -105,7 +105,7 @@ async def test_forty_concurrent_wrong_passwords_get_429_and_alice_logs_in_meanwh
         return response
 
     attack = asyncio.gather(*(guess() for _ in range(40)))
-    while not finished:  # the attack is under way: answers have started to come back
+    while not finished:  # noqa: ASYNC110 - the attack is under way once answers have started to come back
         await asyncio.sleep(0.005)
     alice_started = time.monotonic()
     await assert_logs_in(alice, "alice")

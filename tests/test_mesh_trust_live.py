@@ -152,8 +152,11 @@ def test_a_listener_registered_by_a_rogue_never_receives_the_mesh_password(
         assert request.request_line.split()[1].startswith("/registry/"), request.request_line
         scheme, _, token = request.headers["authorization"].partition(" ")
         claims = jwt.decode(token, options={"verify_signature": False})
-        assert scheme == "Bearer" and claims["typ"] == "mesh-peer" and claims["aud"] == "rogue-listener"
-        assert claims["iss"] == registry.instance_id and 0 < claims["exp"] - time.time() <= 120
+        assert scheme == "Bearer"
+        assert claims["typ"] == "mesh-peer"
+        assert claims["aud"] == "rogue-listener"
+        assert claims["iss"] == registry.instance_id
+        assert 0 < claims["exp"] - time.time() <= 120
         audiences.add(claims["sub"])
     assert audiences == {a.instance_id, b.instance_id}  # each member, with a token naming itself
 
@@ -237,8 +240,12 @@ def test_the_password_goes_only_to_peers_an_operator_pinned(tmp_path: Path) -> N
             return Member("m", "127.0.0.1", listener.port, url, fingerprint, [], [], now, now, True)
 
         trusted, learned = link._member_peer(member(listener.fingerprint)), link._member_peer(member(other))
-        assert trusted is not None and trusted.credentials is not None and trusted.tokens is None
-        assert learned is not None and learned.credentials is None and learned.tokens is not None
+        assert trusted is not None
+        assert trusted.credentials is not None
+        assert trusted.tokens is None
+        assert learned is not None
+        assert learned.credentials is None
+        assert learned.tokens is not None
         assert link._member_peer(member("not a fingerprint")) is None
         assert link._member_peer(dataclasses.replace(member(other), base_url="http://127.0.0.1:80")) is None
 

@@ -42,6 +42,8 @@ def test_readme_config_documents_every_key() -> None:
 
 
 def test_readme_names_the_two_commands() -> None:
-    assert "make serve" in README and "make test" in README
+    assert "make serve" in README
+    assert "make test" in README
     makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
-    assert re.search(r"^serve:", makefile, flags=re.M) and re.search(r"^test:", makefile, flags=re.M)
+    assert re.search(r"^serve:", makefile, flags=re.M)
+    assert re.search(r"^test:", makefile, flags=re.M)

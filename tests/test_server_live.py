@@ -159,7 +159,8 @@ def test_first_start_creates_identity_and_later_starts_reuse_it(tmp_path: Path) 
     first = ServerProcess(home, cwd=tmp_path).start()
     try:
         cert_path, key_path = home / "tls" / "server.crt", home / "tls" / "server.key"
-        assert cert_path.is_file() and key_path.is_file()
+        assert cert_path.is_file()
+        assert key_path.is_file()
         assert mode(home) == 0o700
         assert mode(key_path) == 0o600
         assert "created a self-signed certificate" in first.text()
@@ -170,7 +171,8 @@ def test_first_start_creates_identity_and_later_starts_reuse_it(tmp_path: Path) 
         der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
         local = run_cli(home, "cert", "fingerprint")
         remote = run_cli(home, "cert", "fingerprint", "--server", first.url)
-        assert local.returncode == 0 and remote.returncode == 0, local.stderr + remote.stderr
+        assert local.returncode == 0, local.stderr
+        assert remote.returncode == 0, remote.stderr
 
         assert served == first.fingerprint
         assert served == fingerprint_of_der(der)
@@ -198,7 +200,8 @@ def test_first_start_creates_identity_and_later_starts_reuse_it(tmp_path: Path) 
     try:
         assert second.fingerprint == served
         assert "created a self-signed certificate" not in second.text()
-        assert cert_path.read_bytes() == cert_bytes and key_path.read_bytes() == key_bytes
+        assert cert_path.read_bytes() == cert_bytes
+        assert key_path.read_bytes() == key_bytes
         with second.client() as client:
             assert client.get("/cert").json()["fingerprint"] == served
         assert openssl_wire_fingerprint(second.port) == served
@@ -274,8 +277,10 @@ def test_health_shape(api_server: ServerProcess) -> None:
     assert set(body) == {"status", "version", "uptime_seconds", "active_sessions"}
     assert body["status"] == "healthy"
     assert body["version"] == run_cli(api_server.home, "--version").stdout.split()[-1]
-    assert isinstance(body["uptime_seconds"], int) and body["uptime_seconds"] >= 0
-    assert isinstance(body["active_sessions"], int) and body["active_sessions"] >= 0
+    assert isinstance(body["uptime_seconds"], int)
+    assert body["uptime_seconds"] >= 0
+    assert isinstance(body["active_sessions"], int)
+    assert body["active_sessions"] >= 0
 
 
 def test_cert_shape(api_server: ServerProcess) -> None:
@@ -289,7 +294,8 @@ def test_cert_shape(api_server: ServerProcess) -> None:
         assert RFC3339.match(body[field]), body[field]
     assert dt.datetime.fromisoformat(body["not_before"].replace("Z", "+00:00")) == cert.not_valid_before_utc
     assert dt.datetime.fromisoformat(body["not_after"].replace("Z", "+00:00")) == cert.not_valid_after_utc
-    assert "CN=spec-ai-server-127.0.0.1" in body["subject"] and "O=spec-ai" in body["subject"]
+    assert "CN=spec-ai-server-127.0.0.1" in body["subject"]
+    assert "O=spec-ai" in body["subject"]
     assert isinstance(body["san"], list)
     assert {"127.0.0.1", "localhost", "::1"} <= set(body["san"])
 
@@ -330,7 +336,8 @@ def test_stream_sends_start_chunks_end(api_server: ServerProcess) -> None:
     assert response.headers["content-type"].startswith("text/event-stream")
     events = parse_sse(response.text)
     kinds = [event.data["type"] for event in events]
-    assert kinds[0] == "start" and kinds[-1] == "end", kinds
+    assert kinds[0] == "start", kinds
+    assert kinds[-1] == "end", kinds
     assert kinds.count("chunk") >= 2
     assert set(kinds) == {"start", "chunk", "end"}
     assert all(event.id for event in events), events
@@ -362,7 +369,8 @@ def test_query_returns_a_query_response(api_server: ServerProcess) -> None:
     assert RFC3339.match(metadata["timestamp"]), metadata["timestamp"]
     assert isinstance(metadata["processing_time_ms"], int)
     assert echoed.json()["session_id"] == "my-session-7"
-    assert default.status_code == 200 and default.json()["agent"] == "writer"
+    assert default.status_code == 200
+    assert default.json()["agent"] == "writer"
 
 
 def test_query_errors(api_server: ServerProcess) -> None:
@@ -601,7 +609,9 @@ def test_failed_logins_are_throttled_per_client_address(auth_server: ServerProce
 def _start_fails(home: Path, *args: str, code: int = 3) -> subprocess.CompletedProcess[str]:
     started = time.monotonic()
     result = run_cli(home, "server", "--port", str(free_port()), *args, timeout=20)
-    assert time.monotonic() - started < 10
+    assert (
+        time.monotonic() - started < 15
+    )  # refused at once, not after a timeout (slack for a loaded machine)
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     assert "listening on" not in result.stdout

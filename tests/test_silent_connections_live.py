@@ -91,11 +91,10 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(idle_ser
 
 def test_a_stream_longer_than_the_idle_timeout_is_not_cut(idle_server: ServerProcess) -> None:
     """The timeout covers waiting for a request, not a response in progress."""
-    with idle_server.client() as client:
-        with client.stream("POST", "/stream", json={"message": "hi"}) as response:
-            assert response.status_code == 200
-            started = time.monotonic()
-            body = "".join(response.iter_text())
+    with idle_server.client() as client, client.stream("POST", "/stream", json={"message": "hi"}) as response:
+        assert response.status_code == 200
+        started = time.monotonic()
+        body = "".join(response.iter_text())
     took = time.monotonic() - started
     assert took >= 2.5, took  # longer than the idle timeout ...
     assert [event.data["type"] for event in parse_sse(body)][-1] == "end", body  # ... and complete

@@ -45,4 +45,5 @@ def test_query_on_a_terminal_renders_live_and_ctrl_c_exits_130(home: Path) -> No
     assert "This is a mock" in text
     assert "provider." not in text  # stopped before the end of the reply
     assert "\x1b[" in text  # rendered for a terminal (Rich live display), not raw text
-    assert "interrupted" in text and "Traceback" not in text
+    assert "interrupted" in text
+    assert "Traceback" not in text

@@ -72,7 +72,8 @@ def test_specai_logout_makes_its_token_401(live: ServerProcess, client_home: Pat
     assert "revoked" in result.stdout
     assert status(live, token) == 401
     again = run_cli(client_home, "logout", "--server", live.url)
-    assert again.returncode == 0 and "not logged in" in again.stdout
+    assert again.returncode == 0
+    assert "not logged in" in again.stdout
 
 
 def test_api_keys_from_the_cli_read_key_403_on_writes_revoked_key_401(
@@ -82,7 +83,8 @@ def test_api_keys_from_the_cli_read_key_403_on_writes_revoked_key_401(
     made = run_cli(client_home, "auth", "token", "create", "--name", "dashboard", "--server", live.url)
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
-    assert key.startswith("spk_") and "shown only this once" in made.stderr
+    assert key.startswith("spk_")
+    assert "shown only this once" in made.stderr
     with live.client(key) as client:
         assert client.get("/agents").status_code == 200
         node = {"session_id": "alice-keys", "node_type": "entity", "label": "x"}
@@ -90,7 +92,8 @@ def test_api_keys_from_the_cli_read_key_403_on_writes_revoked_key_401(
     listed = run_cli(client_home, "auth", "token", "list", "--json", "--server", live.url)
     assert listed.returncode == 0, listed.stderr
     (entry,) = [k for k in json.loads(listed.stdout)["keys"] if k["name"] == "dashboard"]
-    assert entry["scope"] == "read" and "key" not in entry
+    assert entry["scope"] == "read"
+    assert "key" not in entry
     assert key not in listed.stdout
     revoked = run_cli(client_home, "auth", "token", "revoke", entry["id"], "--server", live.url)
     assert revoked.returncode == 0, revoked.stderr
@@ -99,11 +102,13 @@ def test_api_keys_from_the_cli_read_key_403_on_writes_revoked_key_401(
     too_wide = run_cli(
         client_home, "auth", "token", "create", "--name", "x", "--scope", "admin", "--server", live.url
     )
-    assert too_wide.returncode == 1 and "cannot hold keys of scope" in too_wide.stderr
+    assert too_wide.returncode == 1
+    assert "cannot hold keys of scope" in too_wide.stderr
     bad = run_cli(
         client_home, "auth", "token", "create", "--name", "x", "--expires", "soon", "--server", live.url
     )
-    assert bad.returncode == 2 and "--expires" in bad.stderr
+    assert bad.returncode == 2
+    assert "--expires" in bad.stderr
 
 
 def test_a_new_frank_is_not_the_old_frank(live: ServerProcess, client_home: Path) -> None:
