@@ -43,6 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _guard_process_starts()
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the marks added here must count
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the tests that use a process fixture `live`; run the modules with live tests first.
 
