@@ -467,7 +467,8 @@ async def stream_latency(
         await asyncio.sleep(0.3)  # let every stream reach its wait for the next commit
         writes = await writer(port, ctx, session_id, args.writes, args.interval_ms / 1000)
         deadline = time.perf_counter() + DELIVERY_TIMEOUT
-        while time.perf_counter() < deadline and any(len(w.events) < len(writes) for w in watchers):
+        # watchers are plain lists filled by reader tasks: poll them until all are full or time is up
+        while time.perf_counter() < deadline and any(len(w.events) < len(writes) for w in watchers):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         await asyncio.sleep(DUPLICATE_GRACE)
     finally:

@@ -26,7 +26,7 @@ from specai.providers import (
 )
 from specai.store import Store
 
-CALC_SCRIPT = [
+CALC_SCRIPT: list[dict[str, Any]] = [
     {"tool_call": {"name": "calculator", "arguments": {"expression": "6*7"}}},
     {"text": "The answer is 42."},
 ]
@@ -95,13 +95,14 @@ def test_scripted_tool_call_runs_and_result_goes_back_to_the_model(settings: Set
     run, events = run_query(runtime, QueryInput("what is 6*7?", agent="calc"))
     kinds = [event.type for event in events]
     assert kinds[:3] == ["start", "tool_call", "tool_result"]
-    assert kinds[-1] == "end" and "chunk" in kinds
+    assert kinds[-1] == "end"
+    assert "chunk" in kinds
     assert events[1].data == {"name": "calculator", "arguments": {"expression": "6*7"}}
-    assert (
-        events[2].data["result"]["success"] is True and '"result": 42' in events[2].data["result"]["output"]
-    )
+    assert events[2].data["result"]["success"] is True
+    assert '"result": 42' in events[2].data["result"]["output"]
     tool_message = run.messages[-2]
-    assert tool_message.role == "tool" and '"result": 42' in tool_message.content
+    assert tool_message.role == "tool"
+    assert '"result": 42' in tool_message.content
     assert run.messages[-3].tool_calls[0].name == "calculator"
     assert run.tool_calls == [
         {"name": "calculator", "arguments": {"expression": "6*7"}, **events[2].data["result"]}
@@ -228,7 +229,7 @@ def test_an_unexpected_provider_failure_ends_with_an_error_event(settings: Setti
 
     runtime = AgentRuntime(settings)
     object.__setattr__(runtime.agents["calc"], "provider", Broken())
-    run, events = run_query(runtime, QueryInput("hi", agent="calc"))
+    _run, events = run_query(runtime, QueryInput("hi", agent="calc"))
     assert events[-1].as_dict() == {
         "type": "error",
         "message": "the agent failed unexpectedly; the server log has the details",

@@ -155,7 +155,8 @@ def test_events_stream_start_chunks_and_end(runtime: AgentRuntime) -> None:
     assert end.type == "end"
     metadata = end.data["metadata"]
     assert metadata["model"] == MOCK_MODEL == "mock-model"
-    assert isinstance(metadata["processing_time_ms"], int) and metadata["processing_time_ms"] >= 0
+    assert isinstance(metadata["processing_time_ms"], int)
+    assert metadata["processing_time_ms"] >= 0
     assert dt.datetime.fromisoformat(metadata["timestamp"]).tzinfo is not None
     assert metadata["run_id"].startswith("run-")
     assert end.as_dict() == {"type": "end", "metadata": metadata}
@@ -182,7 +183,8 @@ def test_agent_with_unavailable_provider_reports_why(tmp_path: Path) -> None:
     agent = runtime.get("gpt")
     assert agent.provider_name == "openai"
     assert agent.available is False
-    assert agent.unavailable_reason is not None and "SPECAI_TEST_UNSET_KEY" in agent.unavailable_reason
+    assert agent.unavailable_reason is not None
+    assert "SPECAI_TEST_UNSET_KEY" in agent.unavailable_reason
     assert runtime.get("mock").available is True
 
     with pytest.raises(ProviderUnavailableError) as info:

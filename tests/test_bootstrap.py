@@ -163,7 +163,8 @@ def test_node_and_edge_types_match_the_original(repo: Path) -> None:
             predicate,
             weight,
         )
-        assert "bootstrap_key" not in planned.properties and "bootstrap_source" not in planned.properties
+        assert "bootstrap_key" not in planned.properties
+        assert "bootstrap_source" not in planned.properties
     assert {n.properties["kind"] for n in plan.nodes} == {"Repository", *expected}
 
 
@@ -191,8 +192,10 @@ def test_repository_components_docs_and_patterns(repo: Path) -> None:
     assert root["truncated"] is False
     assert root["vcs"] is None
     pkg = node(plan, "component:src/pkg").properties
-    assert pkg["languages"] == {"Python": 4} and pkg["source_files"] == 4
-    assert pkg["detected_by"] == ["package in src/"] and pkg["parent"] == "repository"
+    assert pkg["languages"] == {"Python": 4}
+    assert pkg["source_files"] == 4
+    assert pkg["detected_by"] == ["package in src/"]
+    assert pkg["parent"] == "repository"
     assert node(plan, "component:src/pkg/web").properties["parent"] == "component:src/pkg"
     readme = node(plan, "doc:README.md").properties
     assert (readme["category"], readme["format"], readme["title"]) == ("readme", "markdown", "Proj")
@@ -282,7 +285,8 @@ def test_scanning_twice_gives_equal_plans(repo: Path) -> None:
 def test_scans_this_project() -> None:
     plan = scan_repository(PROJECT)
     assert plan == scan_repository(PROJECT)
-    assert plan.nodes[0].key == "repository" and plan.nodes[0].properties["kind"] == "Repository"
+    assert plan.nodes[0].key == "repository"
+    assert plan.nodes[0].properties["kind"] == "Repository"
     assert "component:src/specai" in keys(plan)
     assert node(plan, "doc:README.md").properties["kind"] == "Documentation"
     assert {"pattern:cli", "pattern:http-api", "pattern:test-suite"} <= keys(plan)
@@ -328,7 +332,8 @@ def test_unreadable_folders_are_skipped(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(os, "scandir", scandir)
     plan = scan_repository(tmp_path)
-    assert "component:open" in keys(plan) and "component:locked" not in keys(plan)
+    assert "component:open" in keys(plan)
+    assert "component:locked" not in keys(plan)
 
 
 def test_walk_cap_sets_truncated(tmp_path: Path) -> None:
@@ -342,11 +347,13 @@ def test_walk_cap_sets_truncated(tmp_path: Path) -> None:
 
 def test_node_cap_sets_truncated_and_keeps_the_plan_consistent(repo: Path) -> None:
     plan = scan_repository(repo, max_nodes=3)
-    assert len(plan.nodes) == 3 and plan.nodes[0].properties["truncated"] is True
+    assert len(plan.nodes) == 3
+    assert plan.nodes[0].properties["truncated"] is True
     assert {e.source for e in plan.edges} == keys(plan) - {ROOT_KEY}
     only_root = scan_repository(repo, max_nodes=1)
-    assert keys(only_root) == {"repository"} and only_root.edges == ()
-    with pytest.raises(ValueError):
+    assert keys(only_root) == {"repository"}
+    assert only_root.edges == ()
+    with pytest.raises(ValueError, match="max_nodes must be at least 1"):
         scan_repository(repo, max_nodes=0)
 
 
@@ -392,6 +399,7 @@ async def test_applying_twice_is_idempotent_and_follows_tree_changes(repo: Path,
         assert third.nodes_updated == 1  # the Repository's file counts
         assert await counts() == after_first
         labels = {n.label for n in (await graph.list_nodes("s1", limit=1000)).items}
-        assert "CHANGELOG.md" in labels and "tools" not in labels
+        assert "CHANGELOG.md" in labels
+        assert "tools" not in labels
     finally:
         await store.close()

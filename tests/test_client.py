@@ -459,7 +459,8 @@ def test_answers_decode_into_the_servers_structs_and_a_drift_is_one_clear_error(
             UnexpectedAnswerError, match=r"/agents answered with a body .*description"
         ) as drift:
             client.agents()
-        assert drift.value.code == "unexpected_answer" and isinstance(drift.value, ConnectionFailedError)
+        assert drift.value.code == "unexpected_answer"
+        assert isinstance(drift.value, ConnectionFailedError)
         with pytest.raises(UnexpectedAnswerError, match="not JSON"):
             client.sessions()
 

@@ -47,9 +47,11 @@ async def test_node_round_trip_keeps_stored_timestamps(graph: GraphStore) -> Non
     await asyncio.sleep(0.01)
     fetched = await graph.get_node(node.id)
     assert fetched == node
-    assert fetched.node_type == "entity" and fetched.version == 1
+    assert fetched.node_type == "entity"
+    assert fetched.version == 1
     assert uuid.UUID(fetched.uid).version == 4
-    assert before <= fetched.created_at <= utcnow() and fetched.created_at.utcoffset() == dt.timedelta(0)
+    assert before <= fetched.created_at <= utcnow()
+    assert fetched.created_at.utcoffset() == dt.timedelta(0)
     shape = fetched.as_dict()
     assert set(shape) == {
         "id",
@@ -76,7 +78,8 @@ async def test_properties_default_to_an_empty_object(graph: GraphStore) -> None:
 async def test_unknown_node_type_lists_the_valid_ones(graph: GraphStore, bad: object) -> None:
     with pytest.raises(InvalidNodeTypeError) as caught:
         await graph.create_node("s1", bad, "x")  # type: ignore[arg-type]
-    assert caught.value.status == 422 and caught.value.code == "invalid_node_type"
+    assert caught.value.status == 422
+    assert caught.value.code == "invalid_node_type"
     assert caught.value.details == {"valid": list(NODE_TYPES)}
     assert await all_changes(graph) == []
 
@@ -98,7 +101,8 @@ async def test_list_filters_by_type_newest_first_and_pages(graph: GraphStore) ->
         seen += page.items
     assert [n.id for n in seen] == [n.id for n in reversed(made)]
     entities = await graph.list_nodes("s1", node_type="ENTITY")
-    assert {n.label for n in entities.items} == {"n1", "n3", "n5"} and entities.next_cursor is None
+    assert {n.label for n in entities.items} == {"n1", "n3", "n5"}
+    assert entities.next_cursor is None
     assert (await graph.list_nodes("s1", limit=7)).next_cursor is None  # exactly full: no empty next page
 
 
@@ -111,8 +115,10 @@ async def test_bad_limit_or_cursor_is_refused(graph: GraphStore, limit: int, cur
 async def test_put_replaces_properties_and_counts_versions(graph: GraphStore) -> None:
     node = await graph.create_node("s1", "entity", "repo", {"stars": 1, "lang": "py"})
     changed = await graph.replace_properties(node.id, {"stars": 42})
-    assert changed.properties == {"stars": 42} and changed.version == 2
-    assert changed.created_at == node.created_at and changed.updated_at >= node.updated_at
+    assert changed.properties == {"stars": 42}
+    assert changed.version == 2
+    assert changed.created_at == node.created_at
+    assert changed.updated_at >= node.updated_at
     assert await graph.get_node(node.id) == changed
 
 
@@ -121,7 +127,8 @@ async def test_stale_version_is_a_conflict_and_changes_nothing(graph: GraphStore
     await graph.replace_properties(node.id, {"v": "b"}, expected_version=1)
     with pytest.raises(VersionConflictError) as caught:
         await graph.replace_properties(node.id, {"v": "c"}, expected_version=1)
-    assert caught.value.status == 409 and caught.value.details == {"current_version": 2}
+    assert caught.value.status == 409
+    assert caught.value.details == {"current_version": 2}
     assert (await graph.get_node(node.id)).properties == {"v": "b"}
 
 
@@ -142,7 +149,8 @@ async def test_patch_renames_and_merges_properties(graph: GraphStore) -> None:
     changed = await graph.patch_node(node.id, label="new", properties={"b": None, "c": 3})
     assert (changed.label, changed.properties, changed.version) == ("new", {"a": 1, "c": 3}, 2)
     only_label = await graph.patch_node(node.id, label="newer", expected_version=2)
-    assert only_label.properties == {"a": 1, "c": 3} and only_label.version == 3
+    assert only_label.properties == {"a": 1, "c": 3}
+    assert only_label.version == 3
 
 
 async def test_missing_ids_are_not_found(graph: GraphStore) -> None:
@@ -220,7 +228,8 @@ async def test_edge_endpoints_must_exist_in_the_same_session(graph: GraphStore) 
         await graph.create_edge("s1", a.id, foreign.id, "USES")
     with pytest.raises(UnprocessableError, match="another session"):
         await graph.create_edge("s2", a.id, foreign.id, "USES")
-    assert (await graph.list_edges("s1")).items == [] and (await graph.list_edges("s2")).items == []
+    assert (await graph.list_edges("s1")).items == []
+    assert (await graph.list_edges("s2")).items == []
 
 
 async def test_patch_edge_changes_fields_and_checks_version(graph: GraphStore) -> None:
@@ -261,8 +270,10 @@ async def test_every_write_is_logged_with_a_snapshot(graph: GraphStore) -> None:
         ("node", b.id, "delete", 2),
     ]
     assert [c.id for c in log] == sorted(c.id for c in log)
-    assert log[3].data is not None and log[3].data["label"] == "A"
-    assert log[-1].data is not None and log[-1].data["properties"] == {"k": 1}  # an object, not a string
+    assert log[3].data is not None
+    assert log[3].data["label"] == "A"
+    assert log[-1].data is not None
+    assert log[-1].data["properties"] == {"k": 1}
     assert log[0].entity_uid == a.uid
     assert set(log[0].as_dict()) == {
         "id",
@@ -362,7 +373,8 @@ async def test_concurrent_writers_commit_changelog_ids_in_order(graph: GraphStor
     await asyncio.gather(*(write(i) for i in range(60)))
     done.set()
     await asyncio.wait_for(poller, 10)
-    assert seen == [c.id for c in await all_changes(graph)] and len(seen) == 60
+    assert seen == [c.id for c in await all_changes(graph)]
+    assert len(seen) == 60
 
 
 async def test_prune_removes_old_changes_and_remembers_how_far(graph: GraphStore, store: Store) -> None:
@@ -478,7 +490,7 @@ async def test_many_watchers_share_one_reader_and_each_gets_every_change_once(gr
     assert all(result == made for result in results)
     assert len(graph._feed._readers) == 1  # one database reader for the session, whatever the watcher count
     for stream in streams:
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
     assert graph._feed._readers == {}
 
 
@@ -495,7 +507,7 @@ async def test_a_watcher_that_falls_far_behind_catches_up_without_gaps(graph: Gr
     while len(got) < len(made):
         got.append((await asyncio.wait_for(anext(stream), 5)).entity_id)
     assert got == made
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
 
 
 async def test_a_plan_updates_changed_edges_and_refuses_broken_plans(graph: GraphStore) -> None:

@@ -188,7 +188,8 @@ def test_an_edge_to_someone_elses_node_is_404_like_a_missing_node(world: World) 
 
 def test_an_unclaimed_session_reads_empty_and_the_first_write_claims_it(world: World) -> None:
     listed = world.as_("bob", "GET", "/graph/nodes", params={"session_id": "fresh"})
-    assert listed.status_code == 200 and listed.json()["nodes"] == []
+    assert listed.status_code == 200
+    assert listed.json()["nodes"] == []
     assert world.as_("alice", "GET", "/graph/sessions").json() == {"sessions": []}  # a read claims nothing
     made = world.as_(
         "alice", "POST", "/graph/nodes", json={"session_id": "fresh", "node_type": "goal", "label": "g"}
@@ -202,10 +203,12 @@ def test_an_unclaimed_session_reads_empty_and_the_first_write_claims_it(world: W
 
 def test_bootstrap_claims_a_new_session_and_refuses_a_taken_one(world: World) -> None:
     first = world.as_("bob", "POST", "/bootstrap", json={"session_id": "code"})
-    assert first.status_code == 201 and first.json()["nodes_created"] > 0, first.text
+    assert first.status_code == 201, first.text
+    assert first.json()["nodes_created"] > 0, first.text
     assert_error(world.as_("alice", "POST", "/bootstrap", json={"session_id": "code"}), 404, "not_found")
     again = world.as_("bob", "POST", "/bootstrap", json={"session_id": "code"})
-    assert again.status_code == 200 and again.json()["nodes_created"] == 0
+    assert again.status_code == 200
+    assert again.json()["nodes_created"] == 0
 
 
 # --- shares ---------------------------------------------------------------------------------------------------
@@ -225,7 +228,8 @@ def test_after_a_share_bob_reads_and_writes_and_after_unshare_he_is_out_again(wo
         response = world.as_("bob", method, path, **options)
         assert response.status_code in (200, 201), (path, response.text)
     labels = [n["label"] for n in snapshot(world)[0]]
-    assert "injected" in labels and "changed by bob" in labels
+    assert "injected" in labels
+    assert "changed by bob" in labels
     assert world.as_("alice", "GET", f"/graph/sessions/{SESSION}/shares").json() == {
         "session_id": SESSION,
         "owner": "alice",
@@ -239,7 +243,8 @@ def test_after_a_share_bob_reads_and_writes_and_after_unshare_he_is_out_again(wo
         "forbidden",
     )
     gone = world.as_("alice", "DELETE", f"/graph/sessions/{SESSION}/shares/bob")
-    assert gone.status_code == 200 and gone.json() == {"session_id": SESSION, "unshared": "bob"}
+    assert gone.status_code == 200
+    assert gone.json() == {"session_id": SESSION, "unshared": "bob"}
     for method, path, options in reads(a)[:2]:
         assert_error(world.as_("bob", method, path, **options), 404, "not_found")
     assert world.as_("bob", "GET", "/graph/sessions").json() == {"sessions": []}
@@ -320,7 +325,8 @@ def test_an_agent_run_by_bob_cannot_use_alices_graph_session(world: World) -> No
     assert answer.status_code == 200, answer.text
     searched, added = answer.json()["tool_calls"]
     for call in (searched, added):
-        assert not call["success"] and call["error"] == "this conversation has no knowledge graph you may use"
+        assert not call["success"]
+        assert call["error"] == "this conversation has no knowledge graph you may use"
     assert snapshot(world) == before
     # shared read-only: the search sees alice's nodes, the add is refused
     world.as_(
@@ -330,8 +336,10 @@ def test_an_agent_run_by_bob_cannot_use_alices_graph_session(world: World) -> No
         "bob", "POST", "/query", json={"message": "again", "agent": "scribe", "session_id": SESSION}
     )
     searched, added = answer.json()["tool_calls"]
-    assert searched["success"] and "secret plan" in searched["output"]
-    assert not added["success"] and "read-only" in added["error"]
+    assert searched["success"]
+    assert "secret plan" in searched["output"]
+    assert not added["success"]
+    assert "read-only" in added["error"]
     assert snapshot(world) == before
 
 
@@ -414,7 +422,8 @@ async def test_concurrent_first_writes_leave_exactly_one_owner(store: Store) -> 
     winners = {o for o in outcomes if isinstance(o, str)}
     assert len(winners) == 1, outcomes
     losers = [o for o in outcomes if not isinstance(o, str)]
-    assert len(losers) == 6 and all(isinstance(o, SessionNotFoundError) for o in losers), outcomes
+    assert len(losers) == 6, outcomes
+    assert all(isinstance(o, SessionNotFoundError) for o in losers), outcomes
     owner = winners.pop()
     assert [e.owner_id for e in await processes[0].sessions(ALICE if owner == ALICE.user_id else BOB)] == [
         owner

@@ -94,7 +94,8 @@ class Watcher:
         self.stderr: queue.Queue[str] = queue.Queue()
         self.out_lines: list[str] = []
         self.err_lines: list[str] = []
-        assert self.proc.stdout is not None and self.proc.stderr is not None
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
         self.pumps = [
             threading.Thread(target=self._pump, args=(stream, sink, seen), daemon=True)
             for stream, sink, seen in (
@@ -166,7 +167,9 @@ def test_add_list_filter_and_remove(graph_server: ServerProcess) -> None:
         "--properties",
         '{"role": "author"}',
     )
-    assert alice["node_type"] == "entity" and alice["label"] == "Alice" and alice["session_id"] == "crud"
+    assert alice["node_type"] == "entity"
+    assert alice["label"] == "Alice"
+    assert alice["session_id"] == "crud"
     assert alice["properties"] == {"role": "author"}
     bob_id = int(ok(graph(graph_server, "add-node", *s, "--type", "entity", "--label", "Bob")).stdout.strip())
     idea_id = int(ok(graph(graph_server, "add-node", *s, "-t", "concept", "-l", "Graphs")).stdout)
@@ -202,7 +205,8 @@ def test_add_list_filter_and_remove(graph_server: ServerProcess) -> None:
 
     listed = ok_json(graph_server, "nodes", *s)
     assert [n["label"] for n in listed["nodes"]] == ["Graphs", "Bob", "Alice"]  # newest first
-    assert listed["count"] == 3 and listed["next_cursor"] is None
+    assert listed["count"] == 3
+    assert listed["next_cursor"] is None
     entities = ok_json(graph_server, "nodes", *s, "--type", "entity")
     assert [n["label"] for n in entities["nodes"]] == ["Bob", "Alice"]
     assert ok_json(graph_server, "edges", *s)["count"] == 2
@@ -244,7 +248,9 @@ def test_show(graph_server: ServerProcess) -> None:
     node = ok_json(graph_server, "add-node", "--session", "show", "-t", "goal", "-l", "Ship it")
     assert ok_json(graph_server, "show", "node", str(node["id"])) == node
     text = ok(graph(graph_server, "show", "node", str(node["id"]))).stdout
-    assert "label:" in text and "Ship it" in text and "goal" in text
+    assert "label:" in text
+    assert "Ship it" in text
+    assert "goal" in text
     line = one_error_line(graph(graph_server, "show", "edge", "987654"), 1)
     assert "edge 987654 not found" in line
 
@@ -253,20 +259,24 @@ def test_pages_and_cursor_hint(graph_server: ServerProcess) -> None:
     s = ("--session", "paging")
     ids = [ok_json(graph_server, "add-node", *s, "-t", "fact", "-l", f"fact {i}")["id"] for i in range(5)]
     first = ok_json(graph_server, "nodes", *s, "--limit", "2")
-    assert [n["id"] for n in first["nodes"]] == ids[::-1][:2] and first["next_cursor"]
+    assert [n["id"] for n in first["nodes"]] == ids[::-1][:2]
+    assert first["next_cursor"]
     second = ok_json(graph_server, "nodes", *s, "--limit", "2", "--cursor", first["next_cursor"])
     assert [n["id"] for n in second["nodes"]] == ids[::-1][2:4]
 
     table = ok(graph(graph_server, "nodes", *s, "--limit", "2"))
-    assert "fact 4" in table.stdout and "fact 2" not in table.stdout
+    assert "fact 4" in table.stdout
+    assert "fact 2" not in table.stdout
     hint = f"more: specai graph nodes --session paging --limit 2 --cursor {first['next_cursor']}"
     assert hint in table.stderr
 
     everything = ok_json(graph_server, "nodes", *s, "--limit", "2", "--all")
     assert [n["id"] for n in everything["nodes"]] == ids[::-1]
-    assert everything["count"] == 5 and everything["next_cursor"] is None
+    assert everything["count"] == 5
+    assert everything["next_cursor"] is None
     last = ok(graph(graph_server, "nodes", *s, "--limit", "2", "--all"))
-    assert "more:" not in last.stderr and all(f"fact {i}" in last.stdout for i in range(5))
+    assert "more:" not in last.stderr
+    assert all(f"fact {i}" in last.stdout for i in range(5))
 
 
 # --- errors ----------------------------------------------------------------------------------------------------
@@ -282,13 +292,15 @@ def test_bad_properties_is_a_usage_error(graph_server: ServerProcess, properties
         ("add-edge", "--session", "bad-props", "--source", "1", "--target", "2", "-t", "USES"),
     ):
         line = one_error_line(graph(graph_server, *command, "--properties", properties), 2)
-        assert "--properties" in line and says in line
+        assert "--properties" in line
+        assert says in line
     assert ok_json(graph_server, "nodes", "--session", "bad-props")["count"] == 0  # nothing was sent
 
 
 def test_unknown_node_type_shows_the_valid_ones(graph_server: ServerProcess) -> None:
     line = one_error_line(graph(graph_server, "add-node", "-t", "person", "-l", "Zoe"), 1)
-    assert "person" in line and VALID_NODE_TYPES in line
+    assert "person" in line
+    assert VALID_NODE_TYPES in line
     line = one_error_line(graph(graph_server, "nodes", "--type", "person"), 1)
     assert VALID_NODE_TYPES in line
 
@@ -361,10 +373,13 @@ def test_untrusted_server_exits_5(graph_server: ServerProcess, tmp_path: Path) -
 def test_bootstrap_twice_gives_the_same_graph(graph_server: ServerProcess) -> None:
     s = ("--session", "boot")
     first = ok_json(graph_server, "bootstrap", *s)
-    assert first["session_id"] == "boot" and first["nodes_created"] >= 3 and first["edges_created"] >= 2
+    assert first["session_id"] == "boot"
+    assert first["nodes_created"] >= 3
+    assert first["edges_created"] >= 2
     nodes = ok_json(graph_server, "nodes", *s, "--all")
     edges = ok_json(graph_server, "edges", *s, "--all")
-    assert nodes["count"] == first["nodes_created"] and edges["count"] == first["edges_created"]
+    assert nodes["count"] == first["nodes_created"]
+    assert edges["count"] == first["edges_created"]
     assert first["root_node_id"] in {n["id"] for n in nodes["nodes"]}
 
     again = ok(graph(graph_server, "bootstrap", *s))
@@ -445,7 +460,8 @@ def test_watch_follows_changes_and_resumes_after_a_restart(tmp_path: Path) -> No
             "node",
             alice["id"],
         )
-        assert first["data"]["label"] == "Alice" and first["session_id"] == "live"
+        assert first["data"]["label"] == "Alice"
+        assert first["session_id"] == "live"
 
         # A second, human-readable watcher from "now": it must not print Alice.
         now = Watcher(server, *s)
@@ -494,7 +510,8 @@ def test_watch_follows_changes_and_resumes_after_a_restart(tmp_path: Path) -> No
             assert watcher.interrupt() == 130
             assert "Traceback" not in "\n".join(watcher.err_lines)
         ids = [json.loads(line)["id"] for line in replay.out_lines]
-        assert len(ids) == 7 and ids == sorted(set(ids))
+        assert len(ids) == 7
+        assert ids == sorted(set(ids))
         assert [int(line.split()[0][1:]) for line in now.out_lines] == ids[1:]
         assert [json.loads(line)["session_id"] for line in replay.out_lines] == ["live"] * 7
     finally:

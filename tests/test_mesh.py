@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
@@ -77,7 +78,8 @@ async def test_the_earliest_registered_live_member_leads(registry: MeshRegistry,
     await registry.register(info("b"))
     await registry.register(info("a"))
     view = await registry.view()
-    assert [m.instance_id for m in view.members] == ["self", "b", "a"] and view.leader_id == "self"
+    assert [m.instance_id for m in view.members] == ["self", "b", "a"]
+    assert view.leader_id == "self"
     await registry.register(info("self", 3000))  # re-registering keeps the first registration time
     assert (await registry.view()).leader_id == "self"
     other = MeshRegistry(store, "a", leader_timeout=15)  # the same table seen from member "a"
@@ -101,7 +103,8 @@ async def test_ties_are_broken_by_instance_id() -> None:
 async def test_heartbeat_from_an_unknown_member_says_to_register(registry: MeshRegistry) -> None:
     with pytest.raises(UnknownInstanceError) as caught:
         await registry.heartbeat("ghost", ALICE)
-    assert caught.value.status == 404 and "register" in caught.value.details["hint"]
+    assert caught.value.status == 404
+    assert "register" in caught.value.details["hint"]
     await registry.register(info("ghost"), ALICE)
     await registry.heartbeat("ghost", ALICE)
 
@@ -132,7 +135,7 @@ async def test_registration_is_validated(registry: MeshRegistry) -> None:
 async def test_learning_the_registrys_list_adopts_its_ranks(registry: MeshRegistry, store: Store) -> None:
     early = (utcnow() - dt.timedelta(hours=1)).isoformat()
     now = utcnow().isoformat()
-    peers = [
+    peers: list[dict[str, Any]] = [
         {
             "instance_id": "reg",
             "hostname": "h",
@@ -159,7 +162,8 @@ async def test_learning_the_registrys_list_adopts_its_ranks(registry: MeshRegist
     ]
     await registry.learn(peers)
     view = await registry.view()
-    assert [m.instance_id for m in view.members] == ["reg", "self"] and view.leader_id == "reg"
+    assert [m.instance_id for m in view.members] == ["reg", "self"]
+    assert view.leader_id == "reg"
 
 
 # --- messages ----------------------------------------------------------------------------------------------------
@@ -171,7 +175,8 @@ async def test_a_broadcast_reaches_every_member_but_its_sender(
     for name in ("a", "b"):
         await registry.register(info(name))
     message, recipients = await queue.send("a", None, "notification", {"hello": 1})
-    assert recipients == ["b", "self"] and message.message_type == "Notification"
+    assert recipients == ["b", "self"]
+    assert message.message_type == "Notification"
     assert (await queue.inbox("a")).messages == []
     assert [m.message_id for m in (await queue.inbox("b")).messages] == [message.message_id]
     assert (await queue.inbox("self")).messages[0].as_dict()["payload"] == {"hello": 1}
@@ -184,7 +189,8 @@ async def test_an_ack_removes_the_message_for_that_recipient_only(
         await registry.register(info(name))
     message, _ = await queue.send("self", None, "Query", {"q": "?"})
     assert await queue.ack("a", [message.message_id]) == 1
-    assert (await queue.inbox("a")).messages == [] and len((await queue.inbox("b")).messages) == 1
+    assert (await queue.inbox("a")).messages == []
+    assert len((await queue.inbox("b")).messages) == 1
     assert await queue.ack("a", [message.message_id]) == 0  # idempotent
     await queue.ack("b", [message.message_id, "unknown-id"])
     async with store.connect() as conn:
@@ -241,7 +247,8 @@ async def test_concurrent_sends_and_acks_lose_nothing(registry: MeshRegistry, qu
     inbox = (await queue.inbox("a")).messages
     assert sorted(m.message_id for m in inbox) == sorted(m.message_id for m, _ in sent)
     await asyncio.gather(*(queue.ack("a", [m.message_id]) for m in inbox))
-    assert (await queue.inbox("a")).messages == [] and await queue.pending() == 0
+    assert (await queue.inbox("a")).messages == []
+    assert await queue.pending() == 0
 
 
 @pytest.mark.parametrize(
@@ -269,7 +276,8 @@ async def test_a_broadcast_with_no_other_member_stores_nothing(
     registry: MeshRegistry, queue: MessageQueue
 ) -> None:
     _, recipients = await queue.send("self", None, "Notification", {})
-    assert recipients == [] and await queue.pending() == 0
+    assert recipients == []
+    assert await queue.pending() == 0
     async with queue.store.connect() as conn:
         assert await conn.scalar(select(func.count()).select_from(mesh_messages)) == 0
 
@@ -359,6 +367,6 @@ async def test_members_per_account_and_messages_per_inbox_are_bounded(store: Sto
     assert len((await queue.inbox("b")).messages) == 2  # bob's ack removed nothing
     with pytest.raises(InvalidRequestError):
         await queue.ack("b", ["x"] * (MAX_ACK + 1), actor=ALICE)
-    for bad in ("1²", "-1", "١"):
+    for bad in ("1²", "-1", "\u0661"):  # the last is ARABIC-INDIC DIGIT ONE
         with pytest.raises(InvalidRequestError):
             parse_cursor(bad)

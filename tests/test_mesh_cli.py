@@ -52,7 +52,7 @@ class Mesh:
     def run(self, *args: str, home: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
         """`specai mesh ARGS` from the logged-in home (pinned and with a token, both saved by `specai login`)."""
         env.setdefault("SPECAI_SERVER", self.server.url)
-        return run_cli(home or self.home, "mesh", *args, timeout=30, **env)
+        return run_cli(home or self.home, "mesh", *args, timeout=30, environ=env)
 
     def json(self, *args: str) -> Any:
         return json.loads(ok(self.run(*args, "--json")).stdout)
@@ -152,8 +152,10 @@ def test_members_json_and_table(mesh: Mesh) -> None:
     assert set(body) == {"instances", "leader_id", "self_id"}
     by_id = {m["instance_id"]: m for m in body["instances"]}
     assert body["leader_id"] == body["self_id"] == mesh.self_id
-    assert by_id[mesh.self_id]["is_leader"] is True and by_id[mesh.self_id]["status"] == "live"
-    assert by_id["live-1"]["status"] == "live" and by_id["live-1"]["is_leader"] is False
+    assert by_id[mesh.self_id]["is_leader"] is True
+    assert by_id[mesh.self_id]["status"] == "live"
+    assert by_id["live-1"]["status"] == "live"
+    assert by_id["live-1"]["is_leader"] is False
     assert by_id["gone-1"]["status"] == "stale"
     assert by_id["live-1"]["base_url"] == "https://127.0.0.1:4001"
 
@@ -163,10 +165,16 @@ def test_members_json_and_table(mesh: Mesh) -> None:
     for column in ("instance", "status", "leader", "base URL", "agents", "last heartbeat", "capabilities"):
         assert column in header, table
     me = row(table, mesh.self_id)
-    assert "(this server)" in me and "★" in me and "live" in me
+    assert "(this server)" in me
+    assert "★" in me
+    assert "live" in me
     live = row(table, "live-1")
-    assert "live" in live and "★" not in live and "(this server)" not in live
-    assert "https://127.0.0.1:4001" in live and "coder, default" in live and "query" in live
+    assert "live" in live
+    assert "★" not in live
+    assert "(this server)" not in live
+    assert "https://127.0.0.1:4001" in live
+    assert "coder, default" in live
+    assert "query" in live
     assert " s ago" in live
     assert "stale" in row(table, "gone-1")
     assert f"leader: {mesh.self_id}" in table.splitlines()[-1]
@@ -195,7 +203,8 @@ def test_send_to_one_member_and_read_its_inbox(mesh: Mesh) -> None:
 
     [message] = mesh.json("inbox", "a2")["messages"]
     assert message["message_id"] == message_id
-    assert message["source_instance"] == "a1" and message["target_instance"] == "a2"
+    assert message["source_instance"] == "a1"
+    assert message["target_instance"] == "a2"
     assert message["message_type"] == "TaskDelegation"
     assert message["payload"] == {"task": "summarise", "doc": 7}
     assert message["correlation_id"] == "c-1"
@@ -211,11 +220,13 @@ def test_send_to_one_member_and_read_its_inbox(mesh: Mesh) -> None:
 
     # --from defaults to the server itself; a custom type; --json prints the server's answer
     body = mesh.json("send", "--to", "a2", "--type", "custom:ping", "--payload", '"hello"')
-    assert body["status"] == "queued" and body["delivered_to"] == ["a2"]
+    assert body["status"] == "queued"
+    assert body["delivered_to"] == ["a2"]
     second = mesh.inbox("a2")[1]
     assert second["message_id"] == body["message_id"]
     assert second["source_instance"] == mesh.self_id
-    assert second["message_type"] == {"Custom": "ping"} and second["payload"] == "hello"
+    assert second["message_type"] == {"Custom": "ping"}
+    assert second["payload"] == "hello"
     assert "custom:ping" in row(ok(mesh.run("inbox", "a2")).stdout, body["message_id"])
 
 
@@ -231,7 +242,8 @@ def test_broadcast_skips_the_sender_and_ack_is_per_recipient(mesh: Mesh) -> None
     for member in ("b2", "b3", mesh.self_id):
         assert message_id in [m["message_id"] for m in mesh.inbox(member)], member
     [message] = mesh.inbox("b2")
-    assert message["target_instance"] is None and message["payload"] == [1, 2]
+    assert message["target_instance"] is None
+    assert message["payload"] == [1, 2]
 
     acked = ok(mesh.run("ack", "b2", message_id))
     assert acked.stdout.strip() == "acknowledged 1 message for b2"
@@ -242,12 +254,14 @@ def test_broadcast_skips_the_sender_and_ack_is_per_recipient(mesh: Mesh) -> None
     again = mesh.run("ack", "b2", message_id, "--json")
     assert again.returncode == 1, (again.stdout, again.stderr)
     assert json.loads(again.stdout) == {"instance_id": "b2", "acknowledged": [], "not_found": [message_id]}
-    assert message_id in one_error_line(again, 1) and "b2" in again.stderr
+    assert message_id in one_error_line(again, 1)
+    assert "b2" in again.stderr
     assert [m["message_id"] for m in mesh.inbox("b3")] == [message_id]
 
     both = mesh.run("ack", "b3", message_id, "never-sent")
     assert both.stdout.strip() == "acknowledged 1 message for b3"
-    assert "never-sent" in one_error_line(both, 1) and message_id not in both.stderr
+    assert "never-sent" in one_error_line(both, 1)
+    assert message_id not in both.stderr
     assert mesh.inbox("b3") == []
 
 
@@ -285,11 +299,14 @@ def test_inbox_follows_pages_and_ack_reaches_beyond_the_first(mesh: Mesh) -> Non
     ]
     with mesh.server.client(mesh.token) as http:
         first = http.get("/messages/p2").json()
-    assert len(first["messages"]) == 2 and first["more"] is True  # 2 KB of payloads per page
+    assert len(first["messages"]) == 2
+    assert first["more"] is True
     body = mesh.json("inbox", "p2")
-    assert [m["message_id"] for m in body["messages"]] == sent and body["more"] is False
+    assert [m["message_id"] for m in body["messages"]] == sent
+    assert body["more"] is False
     cut = mesh.json("inbox", "p2", "--limit", "3")
-    assert [m["message_id"] for m in cut["messages"]] == sent[:3] and cut["more"] is True
+    assert [m["message_id"] for m in cut["messages"]] == sent[:3]
+    assert cut["more"] is True
     table = ok(mesh.run("inbox", "p2", "--limit", "3"))
     assert "more messages are waiting for p2" in table.stderr
     acked = ok(mesh.run("ack", "p2", sent[4], sent[0]))
@@ -311,6 +328,7 @@ def test_a_user_account_is_refused_and_a_mesh_account_acts_only_for_its_own_memb
     home.mkdir(mode=0o700)
     pinned = {"SPECAI_FINGERPRINT": mesh.server.fingerprint}
     as_carol = {**pinned, "SPECAI_TOKEN": tokens["carol"]}
+    args: tuple[str, ...]
     for args in (
         ("members",),
         ("inbox", "owned-1"),
@@ -344,7 +362,8 @@ def test_unknown_target_or_sender_stores_nothing(mesh: Mesh) -> None:
         result = mesh.run("send", *args, "--type", "Query", "--payload", "{}")
         assert name in one_error_line(result, 1)
         assert result.stdout == ""
-    assert mesh.inbox("c2") == [] and mesh.inbox("c1") == []
+    assert mesh.inbox("c2") == []
+    assert mesh.inbox("c1") == []
     assert mesh.inbox(mesh.self_id) == mine
 
     unknown = mesh.run("inbox", "nobody-here")
@@ -355,7 +374,8 @@ def test_unknown_target_or_sender_stores_nothing(mesh: Mesh) -> None:
 def test_bad_type_lists_the_valid_ones(mesh: Mesh) -> None:
     mesh.register("d1")
     line = one_error_line(mesh.run("send", "--to", "d1", "--type", "Gossip", "--payload", "1"), 1)
-    assert "Gossip" in line and "custom:NAME" in line
+    assert "Gossip" in line
+    assert "custom:NAME" in line
     for name in VALID_TYPES:
         assert name in line
     assert mesh.inbox("d1") == []
@@ -365,7 +385,8 @@ def test_payload_over_the_limit_is_refused(mesh: Mesh) -> None:
     mesh.register("e1")
     big = json.dumps({"text": "x" * (MAX_PAYLOAD + 10)})
     line = one_error_line(mesh.run("send", "--to", "e1", "--type", "Query", "--payload", big), 1)
-    assert str(MAX_PAYLOAD) in line and "max_payload_bytes" in line
+    assert str(MAX_PAYLOAD) in line
+    assert "max_payload_bytes" in line
     assert mesh.inbox("e1") == []
 
 
@@ -383,7 +404,8 @@ def test_usage_errors_exit_2_before_anything_is_sent(mesh: Mesh) -> None:
     for args, text in cases:
         assert text in one_error_line(mesh.run("send", *args, SPECAI_SERVER=nowhere), 2), args
     missing = mesh.run("send", "--to", "x", "--type", "Query", SPECAI_SERVER=nowhere)
-    assert missing.returncode == 2 and "--payload" in missing.stderr
+    assert missing.returncode == 2
+    assert "--payload" in missing.stderr
 
 
 def test_without_login_exit_4(mesh: Mesh, tmp_path: Path) -> None:
@@ -406,5 +428,8 @@ def test_help_has_examples(tmp_path: Path) -> None:
     for command in ("members", "send", "inbox", "ack"):
         assert command in listing.stdout
         shown = run_cli(home, "mesh", command, "--help")
-        assert shown.returncode == 0 and "specai mesh " + command in shown.stdout, shown.stdout
-        assert "--server" in shown.stdout and "--fingerprint" in shown.stdout and "--json" in shown.stdout
+        assert shown.returncode == 0, shown.stdout
+        assert "specai mesh " + command in shown.stdout, shown.stdout
+        assert "--server" in shown.stdout
+        assert "--fingerprint" in shown.stdout
+        assert "--json" in shown.stdout

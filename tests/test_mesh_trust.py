@@ -8,7 +8,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cryptography import x509
@@ -26,6 +26,7 @@ from specai.store import Store
 from specai.store.schema import mesh_members
 from specai.store.types import utcnow
 from specai.users import directory as users
+from specai.users.access import Role
 
 SECRET = "m" * 40
 PASSWORD = "pw-one-two"
@@ -65,7 +66,7 @@ class Mesh:
 def build(db_settings: Settings, **mesh: Any) -> Iterator[Mesh]:
     path = db_settings.home / "credentials.json"
     made = {
-        name: users.add_user(path, name, PASSWORD, role=role)
+        name: users.add_user(path, name, PASSWORD, role=cast(Role, role))
         for name, role in (("root", "admin"), ("alice", "mesh"), ("bob", "mesh"), ("carol", "user"))
     }
     settings = dataclasses.replace(
@@ -170,14 +171,16 @@ def test_the_owner_may_move_its_member_and_keeps_its_rank(mesh: Mesh) -> None:
         "alice", "a-1", base_url="https://127.0.0.1:4100", fingerprint="CC:" * 31 + "CC"
     ).json()
     entry = next(p for p in moved["peers"] if p["instance_id"] == "a-1")
-    assert entry["base_url"] == "https://127.0.0.1:4100" and entry["created_at"] == rank
+    assert entry["base_url"] == "https://127.0.0.1:4100"
+    assert entry["created_at"] == rank
 
 
 def test_leadership_cannot_be_claimed_with_an_old_timestamp(mesh: Mesh) -> None:
     answer = mesh.register("bob", "b-old", registered_at="2000-01-01T00:00:00+00:00")
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert body["leader_id"] == mesh.self_id and body["is_leader"] is False
+    assert body["leader_id"] == mesh.self_id
+    assert body["is_leader"] is False
     entry = next(p for p in body["peers"] if p["instance_id"] == "b-old")
     assert entry["created_at"] > "2020"  # the registry stamped it itself
     heartbeat = mesh.client.post("/registry/heartbeat/b-old", json={}, headers=mesh.tokens["bob"]).json()
@@ -271,13 +274,13 @@ def test_inbox_reads_page_by_count_and_by_bytes(mesh: Mesh) -> None:
     for n in range(12):
         assert mesh.send("alice", "a-1", "a-2", {"n": n, "blob": "x" * 3000}).status_code == 200
     first = mesh.client.get("/messages/a-2", headers=mesh.tokens["alice"]).json()
-    assert (
-        len(first["messages"]) == 3 and first["more"] is True
-    )  # 4 x 3 KB would pass max_inbox_bytes = 10 KB
+    assert len(first["messages"]) == 3
+    assert first["more"] is True
 
     def bounded(body: dict[str, Any]) -> None:
         size = sum(len(json.dumps(m["payload"], separators=(",", ":")).encode()) for m in body["messages"])
-        assert 1 <= len(body["messages"]) <= 2 and size <= 10_000
+        assert 1 <= len(body["messages"]) <= 2
+        assert size <= 10_000
 
     messages = read_all(mesh, "a-2", limit=2, check=bounded)
     assert [m["payload"]["n"] for m in messages] == list(range(12))
@@ -294,7 +297,8 @@ def test_one_message_larger_than_a_page_is_still_delivered(db_settings: Settings
         mesh.send("alice", "a-1", "a-2", "y" * 4000)
         mesh.send("alice", "a-1", "a-2", "z")
         pages = [mesh.client.get("/messages/a-2", headers=mesh.tokens["alice"]).json()]
-        assert len(pages[0]["messages"]) == 1 and pages[0]["more"] is True
+        assert len(pages[0]["messages"]) == 1
+        assert pages[0]["more"] is True
         assert [m["payload"] for m in read_all(mesh, "a-2")] == ["y" * 4000, "z"]
 
 
@@ -423,6 +427,7 @@ def test_a_default_page_of_64_kb_messages_stays_within_one_mib(db_settings: Sett
             assert mesh.send("alice", "a-1", "a-2", blob).status_code == 200
         page = mesh.client.get("/messages/a-2", headers=mesh.tokens["alice"])
         body = page.json()
-        assert len(body["messages"]) == 16 and body["more"] is True  # 16 x 64 KiB = 1 MiB
+        assert len(body["messages"]) == 16
+        assert body["more"] is True
         assert len(page.content) < 1_048_576 + 16 * 1024  # the payloads plus their envelopes
         assert len(read_all(mesh, "a-2")) == 40

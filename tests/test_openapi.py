@@ -97,7 +97,8 @@ def test_the_statuses_that_can_happen_are_listed(schema: dict[str, Any]) -> None
         if path.startswith(("/registry/", "/messages/")):
             assert 403 in statuses, label  # `user` accounts
     by_label = {(method, path): _statuses(op) for method, path, op in _operations(schema)}
-    assert 429 in by_label["post", "/auth/token"] and 429 in by_label["post", "/auth/hash"]
+    assert 429 in by_label["post", "/auth/token"]
+    assert 429 in by_label["post", "/auth/hash"]
     for label in [
         ("post", "/graph/nodes"),
         ("put", "/graph/nodes/{node_id}"),
@@ -158,7 +159,8 @@ def test_streams_are_documented_as_event_streams(schema: dict[str, Any]) -> None
         assert "shutting_down" in operations[label]["responses"]["200"]["description"]
         assert content[EVENT_STREAM]["schema"]["$ref"] == "#/components/schemas/StreamEvent"
     event = schema["components"]["schemas"]["StreamEvent"]
-    assert event["required"] == ["data"] and {"event", "id", "data"} <= set(event["properties"])
+    assert event["required"] == ["data"]
+    assert {"event", "id", "data"} <= set(event["properties"])
     completions = operations["post", "/v1/chat/completions"]["responses"]["200"]["content"]
     assert set(completions) == {"application/json", EVENT_STREAM}
     assert completions["application/json"]["schema"]["$ref"].endswith("/ChatCompletionOut")

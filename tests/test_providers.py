@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -101,7 +101,7 @@ async def connect(vendor: Vendor) -> AsyncIterator[Connect]:
     """Start a fake upstream of `vendor` (kwargs configure it) and build a provider for it; both closed after."""
     opened: list[tuple[FakeUpstream, Provider]] = []
 
-    async def _connect(timeout: float = 10.0, **fake_options: Any) -> tuple[Any, Provider]:
+    async def _connect(timeout: float = 10.0, **fake_options: Any) -> tuple[Any, Provider]:  # noqa: ASYNC109 (the provider's timeout)
         fake = vendor.fake(**fake_options).start()
         provider = build_provider(vendor.spec(fake, timeout), env=vendor.env)
         opened.append((fake, provider))
@@ -124,7 +124,7 @@ async def events_of(provider: Provider, request: ModelRequest) -> list[ModelEven
     return [event async for event in provider.stream(request)]
 
 
-async def wait_event(event: Any, timeout: float) -> bool:
+async def wait_event(event: Any, timeout: float) -> bool:  # noqa: ASYNC109 (a thread waits, not this task)
     return bool(await anyio.to_thread.run_sync(event.wait, timeout))
 
 
@@ -146,14 +146,16 @@ async def test_stream_yields_tokens_as_the_upstream_produces_them(connect: Conne
     assert finished_before_first is False
     assert len(deltas) >= 10
     assert "".join(deltas) == "".join(TOKENS)
-    assert isinstance(events[-1], Finished) and events[-1].reason in ("stop", "end_turn")
+    assert isinstance(events[-1], Finished)
+    assert events[-1].reason in ("stop", "end_turn")
     assert Usage(prompt_tokens=13, completion_tokens=200) in events
-    assert fake.finished.is_set() and fake.disconnects == 0
+    assert fake.finished.is_set()
+    assert fake.disconnects == 0
 
 
 @pytest.mark.anyio
 async def test_generate_returns_the_whole_answer(connect: Connect) -> None:
-    fake, provider = await connect(tokens=["Hello", ",", " world"])
+    _fake, provider = await connect(tokens=["Hello", ",", " world"])
     response = await provider.generate(ask())
     assert response.text == "Hello, world"
     assert response.tool_calls == []
@@ -252,7 +254,8 @@ async def test_temperature_and_max_tokens_reach_the_upstream(connect: Connect, v
         assert (body["temperature"], body["max_tokens"]) == (0.25, 7)
         assert response.finish_reason == "length"
     elif vendor.fake is FakeAnthropic:  # the API version the SDK speaks rejects sampling parameters
-        assert body["max_tokens"] == 7 and "temperature" not in body
+        assert body["max_tokens"] == 7
+        assert "temperature" not in body
         assert response.finish_reason == "max_tokens"
     else:
         assert body["options"] == {"temperature": 0.25, "num_predict": 7}
@@ -265,11 +268,13 @@ async def test_unset_options_are_left_out(connect: Connect, vendor: Vendor) -> N
     fake, provider = await connect()
     await provider.generate(ask())
     body = fake.last_body
-    assert "temperature" not in body and "top_p" not in body
+    assert "temperature" not in body
+    assert "top_p" not in body
     if vendor.fake is FakeAnthropic:
         assert body["max_tokens"] == DEFAULT_MAX_TOKENS
     else:
-        assert "max_tokens" not in body and "options" not in body
+        assert "max_tokens" not in body
+        assert "options" not in body
     assert not body.get("tools")
 
 
@@ -311,7 +316,8 @@ async def test_tool_call_round_trip(connect: Connect, vendor: Vendor) -> None:
     requested = [e.call for e in first if isinstance(e, ToolCallRequested)]
     assert [(c.name, c.arguments) for c in requested] == [("calculator", {"expression": "6*7"})]
     assert requested[0].id
-    assert isinstance(first[-1], Finished) and first[-1].reason in ("tool_calls", "tool_use", "stop")
+    assert isinstance(first[-1], Finished)
+    assert first[-1].reason in ("tool_calls", "tool_use", "stop")
     sent = _sent_tools(vendor, fake.last_body)
     assert sent == [
         {"name": "calculator", "description": CALCULATOR.description, "parameters": CALCULATOR.parameters}
@@ -333,7 +339,7 @@ async def test_tool_call_round_trip(connect: Connect, vendor: Vendor) -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("vendor", ["openai", "anthropic"], indirect=True)
 async def test_streamed_tool_arguments_that_are_not_json_come_back_raw(connect: Connect) -> None:
-    fake, provider = await connect(
+    _fake, provider = await connect(
         turns=[Turn(tool_calls=[FakeToolCall("calculator", '{"expression": "6*')])]
     )
     response = await provider.generate(ask(tools=(CALCULATOR,)))
@@ -344,7 +350,7 @@ async def test_streamed_tool_arguments_that_are_not_json_come_back_raw(connect: 
 @pytest.mark.parametrize("vendor", ["openai", "anthropic", "ollama"], indirect=True)
 async def test_several_tool_calls_keep_their_order(connect: Connect) -> None:
     calls = [FakeToolCall("calculator", {"expression": "1+1"}), FakeToolCall("current_time", {})]
-    fake, provider = await connect(turns=[Turn(tokens=["Let me check."], tool_calls=calls)])
+    _fake, provider = await connect(turns=[Turn(tokens=["Let me check."], tool_calls=calls)])
     response = await provider.generate(ask(tools=(CALCULATOR,)))
     assert response.text == "Let me check."
     assert [(c.name, c.arguments) for c in response.tool_calls] == [
@@ -361,12 +367,13 @@ async def test_tool_calls_without_ids_get_unique_ones(connect: Connect) -> None:
         FakeToolCall("calculator", {"expression": "1"}, id=""),
         FakeToolCall("calculator", {"expression": "2"}, id=""),
     ]
-    fake, provider = await connect(turns=[Turn(tool_calls=calls)])
+    _fake, provider = await connect(turns=[Turn(tool_calls=calls)])
     first = await provider.generate(ask(tools=(CALCULATOR,)))
     second = await provider.generate(ask(tools=(CALCULATOR,)))
     assert [c.arguments for c in first.tool_calls] == [{"expression": "1"}, {"expression": "2"}]
     ids = [c.id for c in first.tool_calls + second.tool_calls]
-    assert len(set(ids)) == 4 and all(i.startswith("call_") for i in ids)
+    assert len(set(ids)) == 4
+    assert all(i.startswith("call_") for i in ids)
 
 
 @pytest.mark.anyio
@@ -403,7 +410,9 @@ async def test_server_that_ignores_include_usage(connect: Connect) -> None:
     fake, provider = await connect(report_usage=False)
     response = await provider.generate(ask())
     assert fake.last_body["stream_options"] == {"include_usage": True}
-    assert response.text and response.usage is None and response.finish_reason == "stop"
+    assert response.text
+    assert response.usage is None
+    assert response.finish_reason == "stop"
 
 
 # -- errors -----------------------------------------------------------------------------------------------------------
@@ -430,14 +439,16 @@ async def test_upstream_http_errors_map_to_upstream_error(
     if status == 401:
         assert error.message.startswith("upstream rejected the API key")
     elif status == 429:
-        assert "429" in error.message and "boom" in error.message
+        assert "429" in error.message
+        assert "boom" in error.message
     else:
-        assert "HTTP 500" in error.message and "boom" in error.message
+        assert "HTTP 500" in error.message
+        assert "boom" in error.message
 
 
 @pytest.mark.anyio
 async def test_hanging_upstream_times_out(connect: Connect) -> None:
-    fake, provider = await connect(timeout=0.5, hang=True)
+    _fake, provider = await connect(timeout=0.5, hang=True)
     started = time.monotonic()
     with pytest.raises(UpstreamTimeoutError) as info:
         await provider.generate(ask())
@@ -448,10 +459,10 @@ async def test_hanging_upstream_times_out(connect: Connect) -> None:
 
 @pytest.mark.anyio
 async def test_stalled_stream_times_out(connect: Connect) -> None:
-    fake, provider = await connect(timeout=0.5, tokens=TOKENS[:3], delay=5)
+    _fake, provider = await connect(timeout=0.5, tokens=TOKENS[:3], delay=5)
     started = time.monotonic()
     seen: list[ModelEvent] = []
-    with pytest.raises(UpstreamTimeoutError):
+    with pytest.raises(UpstreamTimeoutError):  # noqa: PT012 (reading the stream is what raises)
         async for event in provider.stream(ask()):
             seen.append(event)
     assert time.monotonic() - started < 1.5
@@ -460,9 +471,9 @@ async def test_stalled_stream_times_out(connect: Connect) -> None:
 
 @pytest.mark.anyio
 async def test_connection_cut_mid_stream(connect: Connect) -> None:
-    fake, provider = await connect(tokens=TOKENS[:10], drop_after=3)
+    _fake, provider = await connect(tokens=TOKENS[:10], drop_after=3)
     seen: list[str] = []
-    with pytest.raises(UpstreamError) as info:
+    with pytest.raises(UpstreamError) as info:  # noqa: PT012 (reading the stream is what raises)
         async for event in provider.stream(ask()):
             if isinstance(event, TextDelta):
                 seen.append(event.text)
@@ -483,7 +494,8 @@ async def test_unreachable_upstream(vendor: Vendor) -> None:
     finally:
         await provider.aclose()
     assert info.value.message.startswith(f"cannot reach {base_url}")
-    assert "\n" not in info.value.message and KEY not in info.value.message
+    assert "\n" not in info.value.message
+    assert KEY not in info.value.message
 
 
 # -- cancellation -----------------------------------------------------------------------------------------------------
@@ -502,7 +514,7 @@ async def test_closing_the_stream_disconnects_the_upstream(connect: Connect) -> 
     fake, provider = await connect(tokens=TOKENS, delay=0.02)
     stream = provider.stream(ask())
     await _read_some(stream, 3)
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     assert await wait_event(fake.disconnected, 2)
     assert not fake.finished.is_set()
 
@@ -510,7 +522,7 @@ async def test_closing_the_stream_disconnects_the_upstream(connect: Connect) -> 
 @pytest.mark.anyio
 async def test_leaving_an_aclosing_block_disconnects_the_upstream(connect: Connect) -> None:
     fake, provider = await connect(tokens=TOKENS, delay=0.02)
-    async with aclosing(provider.stream(ask())) as stream:  # type: ignore[type-var]
+    async with aclosing(provider.stream(ask())) as stream:
         await _read_some(stream, 3)
     assert await wait_event(fake.disconnected, 2)
     assert not fake.finished.is_set()
@@ -537,8 +549,8 @@ async def test_cancelling_the_consumer_task_disconnects_the_upstream(connect: Co
 
 @pytest.mark.anyio
 async def test_provider_keeps_working_after_a_cancelled_stream(connect: Connect) -> None:
-    fake, provider = await connect(tokens=TOKENS[:30], delay=0.01)
-    async with aclosing(provider.stream(ask())) as stream:  # type: ignore[type-var]
+    _fake, provider = await connect(tokens=TOKENS[:30], delay=0.01)
+    async with aclosing(provider.stream(ask())) as stream:
         await _read_some(stream, 2)
     assert (await provider.generate(ask())).text == "".join(TOKENS[:30])
 
@@ -548,13 +560,13 @@ async def test_provider_keeps_working_after_a_cancelled_stream(connect: Connect)
 
 @pytest.mark.anyio
 async def test_list_models(connect: Connect) -> None:
-    fake, provider = await connect(models=["alpha", "beta"])
+    _fake, provider = await connect(models=["alpha", "beta"])
     assert await provider.list_models() == ["alpha", "beta"]
 
 
 @pytest.mark.anyio
 async def test_list_models_failure_is_an_upstream_error(connect: Connect) -> None:
-    fake, provider = await connect(hang=True, timeout=0.3)
+    _fake, provider = await connect(hang=True, timeout=0.3)
     with pytest.raises(UpstreamTimeoutError):
         await provider.list_models()
 
@@ -569,7 +581,8 @@ def test_resolve_api_key_from_env() -> None:
 def test_resolve_api_key_missing_env_is_unavailable() -> None:
     with pytest.raises(ProviderUnavailableError) as info:
         resolve_api_key("env:MY_KEY", "openai", {})
-    assert "MY_KEY" in info.value.message and info.value.code == "provider_unavailable"
+    assert "MY_KEY" in info.value.message
+    assert info.value.code == "provider_unavailable"
 
 
 def test_resolve_api_key_from_file_trimmed_with_tilde(
@@ -640,7 +653,7 @@ def test_ollama_default_base_url_and_no_key() -> None:
     async def main() -> str:
         provider = build_provider(ProviderSpec("ollama"), env={})
         await provider.aclose()
-        return str(provider.base_url)
+        return str(cast(Any, provider).base_url)
 
     assert anyio.run(main) == "http://127.0.0.1:11434"
 
@@ -656,7 +669,8 @@ def test_messages_never_show_url_credentials() -> None:
         return info.value.message
 
     message = anyio.run(main)
-    assert "pw" not in message and message.startswith("cannot reach http://127.0.0.1:1/v1")
+    assert "pw" not in message
+    assert message.startswith("cannot reach http://127.0.0.1:1/v1")
 
 
 def test_fake_records_json_bodies() -> None:
@@ -671,5 +685,6 @@ def test_fake_records_json_bodies() -> None:
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             answer = json.load(response)
-    assert answer["message"]["content"] == "ab" and answer["done"] is True
+    assert answer["message"]["content"] == "ab"
+    assert answer["done"] is True
     assert fake.chat_requests[0].body["stream"] is False

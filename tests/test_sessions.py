@@ -108,7 +108,8 @@ async def test_messages_keep_every_field(sessions: SessionStore) -> None:
     assert all(m.session_id == "s1" for m in found)
     assert [m.id for m in found] == sorted(m.id for m in found)
     for message in found:
-        assert message.created_at.tzinfo is not None and message.created_at.utcoffset() == dt.timedelta(0)
+        assert message.created_at.tzinfo is not None
+        assert message.created_at.utcoffset() == dt.timedelta(0)
 
 
 async def test_append_with_no_messages_creates_an_empty_session(sessions: SessionStore) -> None:
@@ -318,7 +319,9 @@ async def test_append_refuses_bad_session_ids_and_non_messages(sessions: Session
 
 def test_session_id_helpers() -> None:
     first, second = new_session_id(), new_session_id()
-    assert first != second and check_session_id(first) == first and len(first) == 36
+    assert first != second
+    assert check_session_id(first) == first
+    assert len(first) == 36
 
 
 # --- concurrency ------------------------------------------------------------------------------------------------

@@ -120,7 +120,8 @@ def test_database_url_refuses_other_schemes(given: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         database_url(settings)
     message = caught.value.message
-    assert "[database] url" in message and str(config) in message
+    assert "[database] url" in message
+    assert str(config) in message
     assert "postgresql://user@host:port/db" in message
     assert "topsecret" not in message
 
@@ -130,11 +131,10 @@ def test_database_url_refuses_other_schemes(given: str, tmp_path: Path) -> None:
 
 async def test_sqlite_file_is_created_private_under_home_with_wal(tmp_path: Path) -> None:
     home = tmp_path / "new-home"
-    async with await Store.open(Settings(home=home)) as store:
-        async with store.connect() as conn:
-            journal = await conn.scalar(text("PRAGMA journal_mode"))
-            foreign_keys = await conn.scalar(text("PRAGMA foreign_keys"))
-            busy_timeout = await conn.scalar(text("PRAGMA busy_timeout"))
+    async with await Store.open(Settings(home=home)) as store, store.connect() as conn:
+        journal = await conn.scalar(text("PRAGMA journal_mode"))
+        foreign_keys = await conn.scalar(text("PRAGMA foreign_keys"))
+        busy_timeout = await conn.scalar(text("PRAGMA busy_timeout"))
     db = home / "specai.db"
     assert db.is_file()
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
@@ -185,7 +185,7 @@ async def test_unreachable_postgresql_is_refused_without_leaking_the_password(tm
 
 async def test_unknown_postgresql_url_option_is_refused(tmp_path: Path) -> None:
     url = "postgresql://postgres@127.0.0.1:5432/specai?colour=blue"
-    with pytest.raises(DatabaseUnavailableError, match="unsupported URL option .*colour"):
+    with pytest.raises(DatabaseUnavailableError, match=r"unsupported URL option .*colour"):
         await Store.open(Settings(home=tmp_path, database=DatabaseSettings(url=url)))
 
 
@@ -215,7 +215,7 @@ async def test_migration_refused_by_postgresql_is_reported_clearly(tmp_path: Pat
 
 def test_migration_versions_are_contiguous_from_one() -> None:
     assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
-    assert SCHEMA_VERSION == len(MIGRATIONS)
+    assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 async def test_migrate_creates_tables_and_sets_version(store: Store) -> None:
@@ -296,7 +296,8 @@ async def test_database_newer_than_the_code_is_refused(db_settings: Settings) ->
         await Store.open(db_settings)
     assert isinstance(caught.value, ConfigError)
     assert f"schema version {SCHEMA_VERSION + 1}" in caught.value.message
-    assert f"({SCHEMA_VERSION})" in caught.value.message and "upgrade specai" in caught.value.message
+    assert f"({SCHEMA_VERSION})" in caught.value.message
+    assert "upgrade specai" in caught.value.message
     async with await Store.open(db_settings, migrate=False) as store:
         assert await store.version() == SCHEMA_VERSION + 1  # refused, not touched
 
@@ -352,7 +353,7 @@ async def test_transaction_commits_or_rolls_back(store: Store) -> None:
     values = {"owner": "a", "agent": "x", "created_at": UTC_NOON, "updated_at": UTC_NOON}
     async with store.transaction() as conn:
         await conn.execute(insert(sessions).values(id="kept", **values))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError):  # noqa: PT012 (the raise inside the transaction is the test)
         async with store.transaction() as conn:
             await conn.execute(insert(sessions).values(id="lost", **values))
             raise RuntimeError("abort")
@@ -390,7 +391,8 @@ async def test_timestamps_read_back_as_aware_utc(store: Store) -> None:
     async with store.connect() as conn:
         created, updated = (await conn.execute(select(sessions.c.created_at, sessions.c.updated_at))).one()
     for value in (created, updated):
-        assert value.tzinfo is not None and value.utcoffset() == dt.timedelta(0)
+        assert value.tzinfo is not None
+        assert value.utcoffset() == dt.timedelta(0)
         assert value == UTC_NOON
     assert created.isoformat() == "2024-03-01T12:00:00.123456+00:00"
 
@@ -414,7 +416,7 @@ async def test_timestamp_order_survives_storage(store: Store) -> None:
 
 
 async def test_naive_timestamps_are_refused(store: Store) -> None:
-    with pytest.raises(StatementError, match="naive datetime"):
+    with pytest.raises(StatementError, match="naive datetime"):  # noqa: PT012 (the insert in a transaction raises)
         async with store.transaction() as conn:
             naive = dt.datetime(2024, 1, 1)
             await conn.execute(

@@ -96,7 +96,9 @@ def test_self_signed_cert_has_ip_and_dns_sans() -> None:
     assert "localhost" in dns
     assert "box.lan" in dns
     # IP addresses never appear as DNS names.
-    assert "127.0.0.1" not in dns and "::1" not in dns and "10.0.0.7" not in dns
+    assert "127.0.0.1" not in dns
+    assert "::1" not in dns
+    assert "10.0.0.7" not in dns
     assert len(ips) + len(dns) == len(set(ips)) + len(set(dns))  # no duplicates
     assert key_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
 
@@ -299,7 +301,9 @@ def test_cert_info_as_dict_has_the_cert_endpoint_shape(tmp_path: Path) -> None:
     body = read_cert(paths.cert).as_dict()
     assert set(body) == {"fingerprint", "certificate_pem", "not_before", "not_after", "subject", "san"}
     assert body["certificate_pem"] == paths.cert.read_text()
-    assert dt.datetime.fromisoformat(body["not_after"]) > dt.datetime.fromisoformat(body["not_before"])
+    assert dt.datetime.fromisoformat(str(body["not_after"])) > dt.datetime.fromisoformat(
+        str(body["not_before"])
+    )
     assert isinstance(body["san"], list)
 
 
@@ -370,7 +374,7 @@ def test_fetch_peer_cert_returns_the_served_certificate(tmp_path: Path) -> None:
 def test_fetch_peer_cert_connection_refused_raises_oserror() -> None:
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         fetch_peer_cert("127.0.0.1", port, timeout=2)
 
 
@@ -385,22 +389,26 @@ def test_pinned_context_accepts_the_pinned_cert_and_refuses_another(tmp_path: Pa
     with tls_server(cert, key) as port:
         good = pinned_ssl_context(pinned_der)
         assert good.verify_mode == ssl.CERT_REQUIRED
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            with good.wrap_socket(sock, server_hostname="127.0.0.1") as tls_sock:
-                assert tls_sock.getpeercert(True) == pinned_der
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+            good.wrap_socket(sock, server_hostname="127.0.0.1") as tls_sock,
+        ):
+            assert tls_sock.getpeercert(True) == pinned_der
 
         bad = pinned_ssl_context(other_der)
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            with pytest.raises(ssl.SSLCertVerificationError):
-                bad.wrap_socket(sock, server_hostname="127.0.0.1")
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+            pytest.raises(ssl.SSLCertVerificationError),
+        ):
+            bad.wrap_socket(sock, server_hostname="127.0.0.1")
 
 
 def test_pinned_context_works_for_any_hostname(tmp_path: Path) -> None:
     cert, key = write_pair(tmp_path / "srv", "srv")
     der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.DER)
-    with tls_server(cert, key) as port:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            with pinned_ssl_context(der).wrap_socket(
-                sock, server_hostname="not-in-the-sans.example"
-            ) as tls_sock:
-                assert tls_sock.version() in ("TLSv1.2", "TLSv1.3")
+    with (
+        tls_server(cert, key) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+        pinned_ssl_context(der).wrap_socket(sock, server_hostname="not-in-the-sans.example") as tls_sock,
+    ):
+        assert tls_sock.version() in ("TLSv1.2", "TLSv1.3")

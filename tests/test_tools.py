@@ -70,7 +70,8 @@ async def test_run_tool_calculator_result_is_json() -> None:
 @pytest.mark.anyio
 async def test_run_tool_reports_bad_arguments_to_the_model() -> None:
     result = await run_tool("calculator", {}, ToolPolicy())
-    assert not result.success and "expression" in (result.error or "")
+    assert not result.success
+    assert "expression" in (result.error or "")
     assert result.for_model().startswith("ERROR: ")
 
 
@@ -85,7 +86,8 @@ async def test_current_time_in_utc_and_a_zone() -> None:
     )
     assert paris["timezone"] == "Europe/Paris"
     bad = await run_tool("current_time", {"timezone": "Mars/Olympus"}, ToolPolicy())
-    assert not bad.success and "unknown time zone" in (bad.error or "")
+    assert not bad.success
+    assert "unknown time zone" in (bad.error or "")
 
 
 @pytest.mark.anyio

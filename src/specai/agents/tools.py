@@ -176,7 +176,8 @@ def _failure(exc: SpecaiError) -> ToolFailure:
 
 
 async def _graph_search(arguments: dict[str, Any], context: ToolContext) -> str:
-    assert context.graph is not None and context.session_id is not None
+    assert context.graph is not None
+    assert context.session_id is not None
     words = arguments.get("query", "")
     limit = arguments.get("limit", 10)
     if not isinstance(words, str):
@@ -209,7 +210,8 @@ async def _graph_search(arguments: dict[str, Any], context: ToolContext) -> str:
 
 
 async def _graph_add(arguments: dict[str, Any], context: ToolContext) -> str:
-    assert context.graph is not None and context.session_id is not None
+    assert context.graph is not None
+    assert context.session_id is not None
     link_to = arguments.get("link_to")
     if link_to is not None and (isinstance(link_to, bool) or not isinstance(link_to, int)):
         raise ToolFailure("argument 'link_to' must be a node id (a whole number)")

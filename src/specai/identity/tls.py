@@ -174,9 +174,11 @@ def fetch_peer_cert(host: str, port: int, timeout: float = 10.0) -> bytes:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        with ctx.wrap_socket(sock, server_hostname=host) as tls_sock:
-            der = tls_sock.getpeercert(True)
+    with (
+        socket.create_connection((host, port), timeout=timeout) as sock,
+        ctx.wrap_socket(sock, server_hostname=host) as tls_sock,
+    ):
+        der = tls_sock.getpeercert(True)
     if not der:
         raise TlsError(f"{host}:{port} presented no certificate")
     return der

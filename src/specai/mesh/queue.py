@@ -262,11 +262,13 @@ class MessageQueue:
                     break
                 rows.append(row)
             await result.close()
-            if not rows and actor is not None:  # nothing readable: say why (403, 404) unless it is just empty
-                if not await check_actor(conn, recipient, actor, allow_absent=True):
-                    raise UnknownInstanceError(
-                        f"instance '{recipient}' is not registered here, nothing waits"
-                    )
+            # nothing readable: say why (403, 404) unless it is just empty
+            if (
+                not rows
+                and actor is not None
+                and not await check_actor(conn, recipient, actor, allow_absent=True)
+            ):
+                raise UnknownInstanceError(f"instance '{recipient}' is not registered here, nothing waits")
         messages = [
             AgentMessage(
                 r.message_id,
