@@ -1,6 +1,6 @@
 # Two commands on a fresh machine with Python 3.11+ and make:
 #   make serve   install into .venv and start the server on https://127.0.0.1:3000
-#   make test    install into .venv (with test extras) and run every test
+#   make test    install into .venv (with test and dev extras), lint, type-check and run every test
 # (make test-fast: the same without the tests marked `live`, which start processes)
 PYTHON ?= python3
 VENV   := .venv
@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,17 +35,19 @@ define run_pytest
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 endef
 
-test: install
+# The gate CI runs (.ci/run): lint, format, types, then every test; any failure stops it with a non-zero exit.
+test: install lint
 	$(call run_pytest,)
 
-test-fast: install
+test-fast: install lint
 	$(call run_pytest,-m "not live")
 
+# ruff (with the C90, SIM, RUF, PT and ASYNC rules), ruff format, mypy strict on src/, checked bodies in tests/
 lint: install
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/mypy --allow-untyped-defs --check-untyped-defs tests benchmarks
 
 completions: install
 	_SPECAI_COMPLETE=source_bash $(BIN)/specai > completions/specai.bash
