@@ -100,8 +100,8 @@ class _Out:
         self.tokens_sent += 1
 
     def end(self) -> None:
+        self.fake.mark_completed()  # before the last chunk: a client that sees the end finds the fake done
         self._write(b"0\r\n\r\n")
-        self.fake.finished.set()
 
     def _write(self, data: bytes) -> None:
         try:
@@ -301,16 +301,23 @@ class FakeUpstream:
             turn = self._next_turn()
             problem = self.invalid(body)
             if problem:
+                with self._lock:
+                    self.completed += 1  # answered, with the vendor's 400
                 self.send_json(handler, 400, self.error_body(400, problem))
             elif self.wants_stream(body):
                 self.stream(_Out(handler, self), turn, body)
             else:
-                self.send_json(handler, 200, self.complete(turn, body))
-                self.finished.set()
-            with self._lock:
-                self.completed += 1
+                answer = self.complete(turn, body)
+                self.mark_completed()
+                self.send_json(handler, 200, answer)
             return
         self.route_other(handler, method, path)
+
+    def mark_completed(self) -> None:
+        """Count a whole answer and set `finished`, before its last byte leaves (so no client outruns it)."""
+        with self._lock:
+            self.completed += 1
+        self.finished.set()
 
     def route_other(self, handler: _Handler, method: str, path: str) -> None:
         self.send_json(handler, 404, self.error_body(404, f"no route for {method} {path}"))
