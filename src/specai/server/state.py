@@ -105,27 +105,39 @@ class ServerState:
 
     def mesh(self) -> MeshRegistry:
         """The mesh registry (open between start-up and shutdown)."""
-        return self.services().mesh
+        if (services := self._services) is None:
+            raise RuntimeError("the store is not open yet")
+        return services.mesh
 
     def messages(self) -> MessageQueue:
         """The mesh message queue (open between start-up and shutdown)."""
-        return self.services().messages
+        if (services := self._services) is None:
+            raise RuntimeError("the store is not open yet")
+        return services.messages
 
     def keys(self) -> ApiKeyStore:
         """The API keys (open between start-up and shutdown)."""
-        return self.services().keys
+        if (services := self._services) is None:
+            raise RuntimeError("the store is not open yet")
+        return services.keys
 
     def revocations(self) -> StoredRevocations:
         """Revoked token ids (open between start-up and shutdown)."""
-        return self.services().revocations
+        if (services := self._services) is None:
+            raise RuntimeError("the store is not open yet")
+        return services.revocations
 
     def graph(self) -> GraphStore:
         """The knowledge graph (open between start-up and shutdown)."""
-        return self.services().graph
+        if (services := self._services) is None:
+            raise RuntimeError("the store is not open yet")
+        return services.graph
 
     def sessions(self) -> SessionStore:
         """The session store (open between start-up and shutdown)."""
-        return self.services().sessions
+        if (services := self._services) is None:
+            raise RuntimeError("the store is not open yet")
+        return services.sessions
 
     def issue_peer_token(self, source: str, audience: str) -> tuple[str, int]:
         """Sign a peer token (with this server's TLS key) letting member `source` call member `audience`."""

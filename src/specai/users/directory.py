@@ -326,12 +326,14 @@ class UserDirectory:
 
     def get(self, username: str) -> User | None:
         """The user of that name as the file says now, or None."""
-        self.refresh()
+        if not self.recheck_secs or time.monotonic() - self._checked >= self.recheck_secs:
+            self.refresh()
         return self._users.get(username)
 
     def by_id(self, user_id: str) -> User | None:
         """The user with that id (ids are never reused), or None."""
-        self.refresh()
+        if not self.recheck_secs or time.monotonic() - self._checked >= self.recheck_secs:
+            self.refresh()
         return self._ids.get(user_id)
 
     def authenticate(self, username: str, password: str) -> User | None:
