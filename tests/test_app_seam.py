@@ -65,7 +65,8 @@ async def test_an_authenticated_route_on_the_injected_store(store: Store, db_set
         assert login.status_code == 200, login.text
         headers = {"Authorization": f"Bearer {login.json()['token']}"}
         agents = await client.get("/agents", headers=headers)
-        assert agents.status_code == 200 and agents.json()["agents"][0]["id"] == "default"
+        assert agents.status_code == 200
+        assert agents.json()["agents"][0]["id"] == "default"
         key = await client.post("/auth/keys", json={"name": "ci"}, headers=headers)
         assert key.status_code == 201, key.text
     assert await store.version() > 0  # the injected store is still open after shutdown

@@ -239,7 +239,7 @@ class _Parser:
             value = self.parse_env(kind, value, where)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
-        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
             raise ConfigError(f"{where}: expected {_TYPE_NAMES[kind]}, got {value!r}")
         return value
 
