@@ -32,7 +32,7 @@ PASSWORD = "pw-one-two"
 @contextlib.asynccontextmanager
 async def in_process(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     """Start the app (its lifespan), hand out a client whose requests it answers in this loop, then stop it."""
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # Litestar is an ASGI app; the stubs disagree
     async with app.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield client
 

@@ -46,7 +46,9 @@ def test_hash_password_is_argon2id_phc_string(argon_hash: str) -> None:
     assert parts[0] == ""
     assert parts[1] == "argon2id"
     assert parts[2] == "v=19"
-    assert parts[3].startswith("m=") and ",t=" in parts[3] and ",p=" in parts[3]
+    assert parts[3].startswith("m=")
+    assert ",t=" in parts[3]
+    assert ",p=" in parts[3]
     assert len(parts) == 6
     assert "correct horse" not in argon_hash
     assert auth.is_valid_hash(argon_hash)

@@ -285,7 +285,8 @@ heartbeat_interval_secs = 2
     assert settings.agents["helper"] == AgentSettings()
     assert settings.agents["helper"].memory_k == 10
     assert settings.agents["helper"].allowed_tools is None
-    assert settings.mesh.heartbeat_interval_secs == 2.0 and settings.mesh.leader_timeout_secs == 15.0
+    assert settings.mesh.heartbeat_interval_secs == 2.0
+    assert settings.mesh.leader_timeout_secs == 15.0
 
 
 def test_unknown_top_level_key_warns_naming_it(tmp_path: Path, env: dict[str, str], cwd: Path) -> None:
@@ -303,8 +304,10 @@ def test_unknown_key_in_section_warns_naming_key_and_section(
     assert settings.server.port == 3000
     assert len(settings.warnings) == 2
     server_warning, agent_warning = settings.warnings
-    assert "'prot'" in server_warning and "[server]" in server_warning
-    assert "'promt'" in agent_warning and "[agents.a]" in agent_warning
+    assert "'prot'" in server_warning
+    assert "[server]" in server_warning
+    assert "'promt'" in agent_warning
+    assert "[agents.a]" in agent_warning
 
 
 @pytest.mark.parametrize(

@@ -299,7 +299,9 @@ async def test_memory_is_bounded(clock: FakeClock) -> None:
     for n in range(500):
         await fail(throttle, f"user-{n}", f"192.0.2.{n % 250}")
         await login(throttle, f"user-{n}", f"198.51.100.{n % 250}")
-    assert len(throttle.pairs) <= 50 and len(throttle.addresses) <= 50 and len(throttle.users) <= 50
+    assert len(throttle.pairs) <= 50
+    assert len(throttle.addresses) <= 50
+    assert len(throttle.users) <= 50
     assert len(throttle._known) <= 50
 
 
@@ -429,7 +431,8 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     await running
     async with gate.slot(Lane.CLEAN):
         assert gate.running == 1
-    assert entered == ["a"] and gate.running == 0
+    assert entered == ["a"]
+    assert gate.running == 0
 
 
 # -- the /auth/hash rate limit ----------------------------------------------------------------------------------

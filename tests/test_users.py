@@ -315,7 +315,8 @@ def test_directory_fails_closed_when_file_breaks(creds: Path) -> None:
     creds.write_text("{broken")
     assert directory.exists("alice") is False
     assert len(directory) == 0
-    assert directory.problem is not None and "not valid JSON" in directory.problem
+    assert directory.problem is not None
+    assert "not valid JSON" in directory.problem
 
 
 def test_directory_fails_closed_when_file_is_deleted(creds: Path) -> None:
