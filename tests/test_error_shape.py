@@ -30,7 +30,7 @@ def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClien
     )
     settings = load_settings(env={"SPECAI_HOME": str(tmp_path)}, cwd=tmp_path)
     add_user(settings.credentials_file, "alice", "pw-one-two")
-    app = create_app(settings, read_cert(ensure_server_cert(settings).cert))
+    app = create_app(settings, cert=read_cert(ensure_server_cert(settings).cert))
     with TestClient(app) as test_client:
         yield test_client
 

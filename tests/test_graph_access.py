@@ -74,7 +74,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
         user = add_user(settings.credentials_file, name, "pw-one-two", role)  # type: ignore[arg-type]
         token, _ = auth.issue_token(SECRET, name, 600, user_id=user.id, generation=user.token_generation)
         headers[name] = {"Authorization": f"Bearer {token}"}
-    app = create_app(settings, read_cert(ensure_server_cert(settings).cert))
+    app = create_app(settings, cert=read_cert(ensure_server_cert(settings).cert))
     with TestClient(app) as client:
         yield World(client, headers)
 

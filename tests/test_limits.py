@@ -32,7 +32,7 @@ def _app(home: Path, config: str) -> Litestar:
     settings = load_settings(env={"SPECAI_HOME": str(home)}, cwd=home)
     if settings.auth.enabled:
         add_user(settings.credentials_file, "alice", PASSWORD)  # the first user: an admin
-    return create_app(settings, read_cert(ensure_server_cert(settings).cert))
+    return create_app(settings, cert=read_cert(ensure_server_cert(settings).cert))
 
 
 @pytest.fixture(scope="module")

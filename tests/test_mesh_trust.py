@@ -75,7 +75,7 @@ def build(db_settings: Settings, **mesh: Any) -> Iterator[Mesh]:
         mesh=MeshSettings(**mesh),
     )
     tokens = {name: {"Authorization": "Bearer " + issue(user)} for name, user in made.items()}
-    app = create_app(settings, read_cert(ensure_server_cert(settings).cert))
+    app = create_app(settings, cert=read_cert(ensure_server_cert(settings).cert))
     with TestClient(app) as client:
         yield Mesh(client, settings, tokens)
 

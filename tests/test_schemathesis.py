@@ -59,7 +59,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     )
     config = load_settings(env={"SPECAI_HOME": str(tmp_path)}, cwd=tmp_path)
     add_user(config.credentials_file, "alice", PASSWORD)  # the first user is an admin
-    app = create_app(config, read_cert(ensure_server_cert(config).cert))
+    app = create_app(config, cert=read_cert(ensure_server_cert(config).cert))
     schema = schemathesis.openapi.from_asgi("/schema/openapi.json", app)
     try:
         with asgi.get_client(app) as client:  # type: ignore[arg-type]  # Litestar is an ASGI app; the stubs disagree

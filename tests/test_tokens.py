@@ -33,7 +33,7 @@ def settings(db_settings: Settings) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings, read_cert(ensure_server_cert(settings).cert))
+    app = create_app(settings, cert=read_cert(ensure_server_cert(settings).cert))
     with TestClient(app) as test_client:
         yield test_client
 
@@ -85,10 +85,10 @@ def test_logout_revokes_only_the_token_it_carries(client: TestClient) -> None:
 
 def test_logout_survives_a_restart(settings: Settings) -> None:
     cert = read_cert(ensure_server_cert(settings).cert)
-    with TestClient(create_app(settings, cert)) as first:
+    with TestClient(create_app(settings, cert=cert)) as first:
         headers = login(first, "alice")
         assert first.post("/auth/logout", headers=headers).status_code == 204
-    with TestClient(create_app(settings, cert)) as second:
+    with TestClient(create_app(settings, cert=cert)) as second:
         assert_error(second.get("/agents", headers=headers), 401, "unauthorized")
 
 

@@ -103,7 +103,7 @@ def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
         info = read_cert(paths.cert)
         print_warnings(paths.warnings)
         _check_port_free(host, port)
-        app = create_app(settings, info)
+        app = create_app(settings, cert=info)
         asyncio.run(_check_database(settings))
     except ConfigError as exc:
         fail(exc.message)

@@ -32,7 +32,7 @@ from specai.users.throttle import MemoryLoginThrottle, MemoryRateLimiter, Verify
 USERS_RECHECK_SECS = 0.001
 
 
-def create_app(settings: Settings, cert: CertInfo | None = None, *, store: Store | None = None) -> Litestar:
+def create_app(settings: Settings, *, store: Store | None = None, cert: CertInfo | None = None) -> Litestar:
     """Build the Litestar app for `settings`; fails closed when auth is on but unusable.
 
     `cert` is the certificate served (default: the one `settings` name or generate); with `store` the app uses
