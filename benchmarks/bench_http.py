@@ -10,7 +10,7 @@ one server per step, each adding one layer of specai to a bare Litestar handler 
   +limits   + the request gate without auth (NUL and digit checks on the target, body checks)
   +auth     + the bearer-token check in that gate (cached JWT, user lookup, revocation lookup, scope)
   +tracking + the request tracker the runner wraps the app in
-  specai    the real server: every route, error handlers, OpenAPI, background tasks (and its gc.freeze())
+  specai    the real server: every route, error handlers, OpenAPI, background tasks
 It loads authenticated `GET /agents` on all of them, interleaved (forwards, then backwards, ...) because a 2-core
 machine is noisy, reports medians, each step's cost in microseconds per request, and the ratio specai/bare.
 It also times `POST /auth/token` (one argon2id verification per call).

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import resource
@@ -122,9 +121,6 @@ async def _serve(
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, request_stop)
-    # Everything loaded so far (the agents' SDKs, the app) lives as long as the process: keep it out of the
-    # garbage collector's full passes, which otherwise walk it all again and again under load.
-    gc.freeze()
     serving = asyncio.ensure_future(server.serve())
     url = _url(host, port)
     try:
