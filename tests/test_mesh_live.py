@@ -243,6 +243,11 @@ def test_a_stale_leader_is_replaced_the_same_way_everywhere(mesh: Cluster[MeshNo
     assert registry.process is not None
     assert registry.process.proc is not None
     members = {a.instance_id, b.instance_id}
+    everyone = {registry.instance_id, *members}
+    # first a settled mesh: the members have heard each other (so each holds a peer token for the other)
+    wait_until(
+        lambda: everyone_agrees([registry, a, b], registry.instance_id, everyone), what="a mesh of three"
+    )
     successor = min((a, b), key=lambda n: (created(registry, n.instance_id), n.instance_id)).instance_id
     os.kill(registry.process.proc.pid, signal.SIGSTOP)  # alive but silent: it goes stale
     try:
@@ -253,7 +258,6 @@ def test_a_stale_leader_is_replaced_the_same_way_everywhere(mesh: Cluster[MeshNo
         )
     finally:
         os.kill(registry.process.proc.pid, signal.SIGCONT)
-    everyone = {registry.instance_id, *members}
     wait_until(
         lambda: everyone_agrees([registry, a, b], registry.instance_id, everyone), what="the registry back"
     )
