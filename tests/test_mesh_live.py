@@ -244,9 +244,14 @@ def test_a_stale_leader_is_replaced_the_same_way_everywhere(mesh: Cluster[MeshNo
     assert registry.process.proc is not None
     members = {a.instance_id, b.instance_id}
     everyone = {registry.instance_id, *members}
-    # first a settled mesh: the members have heard each other (so each holds a peer token for the other)
+    # first a settled mesh: the members have heard each other (so each holds a peer token for the other) and
+    # hold the registry's ranks (an earlier test made a member register anew, which gave it a later rank)
     wait_until(
-        lambda: everyone_agrees([registry, a, b], registry.instance_id, everyone), what="a mesh of three"
+        lambda: (
+            everyone_agrees([registry, a, b], registry.instance_id, everyone)
+            and ranks(a) == ranks(b) == ranks(registry)
+        ),
+        what="a mesh of three with the registry's ranks",
     )
     successor = min((a, b), key=lambda n: (created(registry, n.instance_id), n.instance_id)).instance_id
     os.kill(registry.process.proc.pid, signal.SIGSTOP)  # alive but silent: it goes stale
@@ -289,6 +294,11 @@ def test_a_wrong_join_fingerprint_refuses_to_join(mesh: Cluster[MeshNode], tmp_p
     assert target.process.fingerprint in output
     assert wrong in output
     assert node.home.joinpath("instance_id").read_text().strip() not in target.live()
+
+
+def ranks(node: MeshNode) -> dict[str, str]:
+    """Each member's registration time (its rank) as `node` sees it."""
+    return {m["instance_id"]: m["created_at"] for m in node.view()["instances"]}
 
 
 def created(node: MeshNode, instance_id: str) -> str:
