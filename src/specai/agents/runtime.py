@@ -92,6 +92,7 @@ class QueryInput:
     session_id: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
+    system: str | None = None  # an extra system prompt for this query, after the agent's own
 
 
 @dataclass
@@ -234,6 +235,8 @@ class AgentRuntime:
             if agent.memory_k:
                 history = await self.sessions.history(session_id, owner, agent.memory_k)
         messages = [ChatMessage("system", agent.description)] if agent.description else []
+        if query.system:
+            messages.append(ChatMessage("system", query.system))
         messages += [_from_stored(m) for m in history]
         messages.append(ChatMessage("user", query.message))
         if principal is None:
@@ -265,6 +268,8 @@ class AgentRuntime:
             raise InvalidRequestError("message must not be empty")
         if "\x00" in query.message:
             raise InvalidRequestError("message must not contain NUL characters")
+        if query.system is not None and "\x00" in query.system:
+            raise InvalidRequestError("system must not contain NUL characters")
         if query.temperature is not None and not 0 <= query.temperature <= 2:
             raise InvalidRequestError("temperature must be between 0 and 2")
         if query.max_tokens is not None and query.max_tokens <= 0:

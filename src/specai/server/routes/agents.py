@@ -115,6 +115,7 @@ async def _prepare(runtime: AgentRuntime, data: QueryIn, request: Request) -> Ru
         session_id=data.session_id,
         temperature=data.temperature,
         max_tokens=data.max_tokens,
+        system=data.system,
     )
     return await runtime.prepare(query, owner(request), principal(request))
 

@@ -16,6 +16,7 @@ class QueryIn(msgspec.Struct):
     stream: bool = False
     temperature: float | None = None
     max_tokens: int | None = None
+    system: str | None = None  # specai's addition: an extra system prompt for this query (not stored)
 
 
 class TokenUsage(msgspec.Struct):
