@@ -42,11 +42,22 @@ class ToolSpec:
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """Per-call sampling settings; None means the provider's default."""
+    """Per-call sampling settings; None (or empty) means the provider's default."""
 
     model: str
     temperature: float | None = None
     max_tokens: int | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    # OpenAI's shape, checked by the caller: {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}
+    response_format: dict[str, Any] | None = None
+
+
+# OpenAI's shape, checked by the caller: "auto" | "none" | "required" | {"type": "function", "function": {"name": N}}
+ToolChoice = str | dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,7 @@ class ModelRequest:
     messages: tuple[ChatMessage, ...]
     options: GenerationOptions
     tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +94,7 @@ class Usage:
 
 @dataclass(frozen=True)
 class Finished:
-    """The model call ended; `reason` as the vendor said it (stop, length, tool_calls, ...)."""
+    """The model call ended; `reason` in OpenAI's words (stop, length, tool_calls, content_filter), None if unknown."""
 
     reason: str | None = None
 
@@ -113,6 +125,10 @@ class Provider(Protocol):
         """The whole answer at once."""
         ...
 
+    def unsupported(self, request: ModelRequest) -> str | None:
+        """The first request parameter this provider cannot honour (e.g. "seed", "tool_choice"), or None."""
+        ...
+
     async def list_models(self) -> list[str]:
         """Model names the vendor offers."""
         ...
@@ -133,6 +149,9 @@ class BaseProvider:
     async def generate(self, request: ModelRequest) -> ModelResponse:
         """Collect the stream into one response."""
         return await collect(self.stream(request))
+
+    def unsupported(self, request: ModelRequest) -> str | None:
+        return None
 
     async def list_models(self) -> list[str]:
         return []
