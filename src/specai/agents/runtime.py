@@ -27,6 +27,7 @@ from specai.graph.store import GraphStore
 from specai.ids import check_new_session_id, check_session_id
 from specai.providers import (
     ChatMessage,
+    Finished,
     GenerationOptions,
     ModelRequest,
     Provider,
@@ -34,10 +35,12 @@ from specai.providers import (
     TextDelta,
     ToolCall,
     ToolCallRequested,
+    ToolSpec,
     Usage,
     build_provider,
     default_model,
 )
+from specai.providers.base import ToolChoice
 from specai.providers.mock import parse_script
 from specai.users.access import LOCAL, Principal
 
@@ -95,11 +98,31 @@ class QueryInput:
     system: str | None = None  # an extra system prompt for this query, after the agent's own
 
 
+@dataclass(frozen=True)
+class ClientRequest:
+    """What an OpenAI-style request adds to a query: more sampling settings and, maybe, the client's own tools.
+
+    With `tools` (even empty) the run offers those instead of the agent's and ends when the model calls one,
+    returning the calls for the client to run; without, the agent runs its own tools on the server.
+    """
+
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    response_format: dict[str, Any] | None = None
+    tools: tuple[ToolSpec, ...] | None = None
+    tool_choice: ToolChoice | None = None
+
+
 @dataclass
 class AgentEvent:
     """One step of a run, mirroring the wire's StreamChunk `type`."""
 
-    type: str  # start | chunk | tool_call | tool_result | end | error
+    type: (
+        str  # start | chunk | tool_call | tool_result | end | error (a client tool's tool_call has its `id`)
+    )
     data: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -120,6 +143,14 @@ class Run:
     context: ToolContext = field(default_factory=ToolContext)
     failure: SpecaiError | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    client_tools: tuple[ToolSpec, ...] | None = (
+        None  # offered instead of the agent's; their calls end the run
+    )
+    tool_choice: ToolChoice | None = None
+    client_calls: list[ToolCall] = field(default_factory=list)  # what the model asked the client to run
+    finish_reason: str | None = (
+        None  # OpenAI's words, set before `end`: stop, length, tool_calls, content_filter
+    )
 
     async def events(self) -> AsyncIterator[AgentEvent]:
         """Stream the run; provider failures end it with an `error` event (and `failure` set) instead of raising."""
@@ -158,29 +189,35 @@ class Run:
             }
         yield AgentEvent("end", {"metadata": metadata})
 
+    def first_request(self) -> ModelRequest:
+        """The model request of the run's first round (what `Provider.unsupported` is asked about)."""
+        if self.client_tools is not None:
+            return ModelRequest(tuple(self.messages), self.options, self.client_tools, self.tool_choice)
+        offer = self._specs() if self.agent.max_tool_iterations else ()
+        return ModelRequest(tuple(self.messages), self.options, offer)
+
+    def _specs(self) -> tuple[ToolSpec, ...]:
+        return tuple(tool.spec for tool in self.agent.tools if tool.usable(self.context))
+
     async def _loop(self, new_messages: list[ChatMessage], usage: list[Any]) -> AsyncIterator[AgentEvent]:
         assert self.agent.provider is not None
-        specs = tuple(tool.spec for tool in self.agent.tools if tool.usable(self.context))
+        if self.client_tools is not None:
+            async for event in self._client_round(usage):
+                yield event
+            return
+        specs = self._specs()
         for round_number in range(self.agent.max_tool_iterations + 1):
             offer = specs if round_number < self.agent.max_tool_iterations else ()
             request = ModelRequest(tuple(self.messages), self.options, offer)
             text: list[str] = []
             calls: list[ToolCall] = []
-            async with contextlib.aclosing(self.agent.provider.stream(request)) as events:
-                async for event in events:
-                    if isinstance(event, TextDelta) and event.text:
-                        text.append(event.text)
-                        yield AgentEvent("chunk", {"text": event.text})
-                    elif isinstance(event, ToolCallRequested):
-                        calls.append(event.call)
-                    elif isinstance(event, Usage):
-                        usage[0] += event.prompt_tokens or 0
-                        usage[1] += event.completion_tokens or 0
-                        usage[2] = True
+            async for event in self._model_call(request, text, calls, usage):
+                yield event
             reply = ChatMessage("assistant", "".join(text), tool_calls=tuple(calls))
             self.messages.append(reply)
             new_messages.append(reply)
             if not calls:
+                self.finish_reason = self.finish_reason or "stop"
                 return
             for call in calls:
                 yield AgentEvent("tool_call", {"name": call.name, "arguments": call.arguments})
@@ -190,6 +227,38 @@ class Run:
                 answer = ChatMessage("tool", result.for_model(), tool_call_id=call.id, name=call.name)
                 self.messages.append(answer)
                 new_messages.append(answer)
+
+    async def _client_round(self, usage: list[Any]) -> AsyncIterator[AgentEvent]:
+        """One model call offering the client's tools; its tool calls end the run, for the client to run them."""
+        request = ModelRequest(tuple(self.messages), self.options, self.client_tools or (), self.tool_choice)
+        async for event in self._model_call(request, [], self.client_calls, usage):
+            yield event
+        for call in self.client_calls:
+            yield AgentEvent("tool_call", {"id": call.id, "name": call.name, "arguments": call.arguments})
+        if self.client_calls:
+            self.finish_reason = "tool_calls"  # whatever the vendor called it (Ollama says "stop")
+        else:
+            self.finish_reason = self.finish_reason or "stop"
+
+    async def _model_call(
+        self, request: ModelRequest, text: list[str], calls: list[ToolCall], usage: list[Any]
+    ) -> AsyncIterator[AgentEvent]:
+        """Stream one model call: text as `chunk` events; tool calls, usage and the finish reason collected."""
+        assert self.agent.provider is not None
+        self.finish_reason = None
+        async with contextlib.aclosing(self.agent.provider.stream(request)) as events:
+            async for event in events:
+                if isinstance(event, TextDelta) and event.text:
+                    text.append(event.text)
+                    yield AgentEvent("chunk", {"text": event.text})
+                elif isinstance(event, ToolCallRequested):
+                    calls.append(event.call)
+                elif isinstance(event, Usage):
+                    usage[0] += event.prompt_tokens or 0
+                    usage[1] += event.completion_tokens or 0
+                    usage[2] = True
+                elif isinstance(event, Finished):
+                    self.finish_reason = event.reason
 
 
 class AgentRuntime:
@@ -245,23 +314,51 @@ class AgentRuntime:
         return Run(agent, session_id, owner, messages, self._options(agent, query), self.sessions, context)
 
     def prepare_stateless(
-        self, agent_id: str | None, messages: Sequence[ChatMessage], query: QueryInput
+        self,
+        agent_id: str | None,
+        messages: Sequence[ChatMessage],
+        query: QueryInput,
+        extra: ClientRequest | None = None,
     ) -> Run:
-        """A run over a caller-supplied conversation that is not stored (the OpenAI-compatible API)."""
+        """A run over a caller-supplied conversation that is not stored (the OpenAI-compatible API).
+
+        Raises before anything is streamed when the agent's provider cannot honour a parameter (`details["param"]`
+        names it), so a client never gets silently less than it asked for.
+        """
         agent = self._check(
             QueryInput(
                 message="-", agent=agent_id, temperature=query.temperature, max_tokens=query.max_tokens
             )
         )
+        extra = extra or ClientRequest()
         prompt = [ChatMessage("system", agent.description)] if agent.description else []
-        return Run(
+        options = replace(
+            self._options(agent, query),
+            top_p=extra.top_p,
+            stop=extra.stop,
+            seed=extra.seed,
+            presence_penalty=extra.presence_penalty,
+            frequency_penalty=extra.frequency_penalty,
+            response_format=extra.response_format,
+        )
+        run = Run(
             agent,
             f"chatcmpl-{uuid.uuid4().hex}",
             LOCAL_OWNER,
             [*prompt, *messages],
-            self._options(agent, query),
+            options,
             None,
+            client_tools=extra.tools,
+            tool_choice=extra.tool_choice,
         )
+        assert agent.provider is not None  # _check refused an agent without one
+        param = agent.provider.unsupported(run.first_request())
+        if param is not None:
+            raise InvalidRequestError(
+                f"{param} is not supported by agent '{agent.id}' (provider {agent.provider_name})",
+                details={"param": param},
+            )
+        return run
 
     def _check(self, query: QueryInput) -> Agent:
         if not query.message.strip():
