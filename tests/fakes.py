@@ -42,11 +42,15 @@ class FakeToolCall:
 
 @dataclass(frozen=True)
 class Turn:
-    """One scripted model answer: text tokens, tool calls, and (Anthropic) a thinking block before them."""
+    """One scripted model answer: text tokens, tool calls, and (Anthropic) a thinking block before them.
+
+    `reason` is sent as the vendor's own finish/stop/done reason instead of the one the turn implies.
+    """
 
     tokens: Sequence[str] = ()
     tool_calls: Sequence[FakeToolCall] = ()
     thinking: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -457,7 +461,16 @@ class FakeOpenAI(FakeUpstream):
         }
 
     def _finish(self, turn: Turn, cut: bool) -> str:
+        if turn.reason is not None:
+            return turn.reason
         return "tool_calls" if turn.tool_calls else "length" if cut else "stop"
+
+    def invalid(self, body: Any) -> str | None:
+        if isinstance(body, dict) and "tool_choice" in body and not body.get("tools"):
+            return (
+                "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified."
+            )
+        return super().invalid(body)
 
     def stream(self, out: _Out, turn: Turn, body: dict[str, Any]) -> None:
         tokens, cut = self.limited(turn, body.get("max_tokens"))
@@ -541,6 +554,8 @@ class FakeAnthropic(FakeUpstream):
         for name in ("temperature", "top_p", "top_k"):
             if name in body:
                 return f"{name}: Extra inputs are not permitted"
+        if "tool_choice" in body and not body.get("tools"):
+            return "tool_choice may only be specified while providing tools"
         return None
 
     def route_other(self, handler: _Handler, method: str, path: str) -> None:
@@ -555,6 +570,8 @@ class FakeAnthropic(FakeUpstream):
         super().route_other(handler, method, path)
 
     def _reason(self, turn: Turn, cut: bool) -> str:
+        if turn.reason is not None:
+            return turn.reason
         return "tool_use" if turn.tool_calls else "max_tokens" if cut else "end_turn"
 
     def _message(
@@ -697,12 +714,13 @@ class FakeOllama(FakeUpstream):
         return calls
 
     def _final(self, turn: Turn, cut: bool, count: int) -> dict[str, Any]:
-        return {
-            "done_reason": "length" if cut else "stop",
+        final: dict[str, Any] = {
+            "done_reason": turn.reason or ("length" if cut else "stop"),
             "total_duration": 1000,
-            "prompt_eval_count": self.prompt_tokens,
-            "eval_count": count,
         }
+        if self.report_usage:
+            final.update(prompt_eval_count=self.prompt_tokens, eval_count=count)
+        return final
 
     def stream(self, out: _Out, turn: Turn, body: dict[str, Any]) -> None:
         tokens, cut = self.limited(turn, (body.get("options") or {}).get("num_predict"))

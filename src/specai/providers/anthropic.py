@@ -29,8 +29,12 @@ from specai.providers.base import (
     TextDelta,
     ToolCall,
     ToolCallRequested,
+    ToolChoice,
     UpstreamError,
     Usage,
+    forced_tool,
+    response_schema,
+    unmet_tool_choice,
 )
 
 VENDOR = "anthropic"
@@ -95,12 +99,55 @@ def request_kwargs(
     }
     if system is not None:
         kwargs["system"] = system
+    if options.stop:
+        kwargs["stop_sequences"] = list(options.stop)
+    schema = response_schema(options.response_format)
+    if schema is not None:
+        kwargs["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     if request.tools:
         kwargs["tools"] = [
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
             for t in request.tools
         ]
+        choice = tool_choice(request.tool_choice)
+        if choice is not None:  # the API rejects tool_choice without tools
+            kwargs["tool_choice"] = choice
     return kwargs
+
+
+def tool_choice(choice: ToolChoice | None) -> dict[str, Any] | None:
+    """OpenAI's tool_choice in Anthropic's words: auto, any (required), none, or one named tool."""
+    name = forced_tool(choice)
+    if name is not None:
+        return {"type": "tool", "name": name}
+    kinds = {"auto": "auto", "required": "any", "none": "none"}
+    return {"type": kinds[choice]} if isinstance(choice, str) and choice in kinds else None
+
+
+# stop_reason in OpenAI's words. pause_turn (a server-tool turn the API paused, to be continued by resending it)
+# has no OpenAI equivalent and specai offers no server tools to Anthropic, so it is None (unknown), as is any
+# reason a newer API adds.
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def unsupported_option(request: ModelRequest) -> str | None:
+    """The first option the Messages API this SDK speaks cannot take, or None."""
+    options = request.options
+    for name in ("top_p", "seed", "presence_penalty", "frequency_penalty"):
+        if getattr(options, name) is not None:  # no such parameter in this API version
+            return name
+    if options.response_format is not None and response_schema(options.response_format) is None:
+        return "response_format"  # structured output needs a schema: there is no bare JSON mode
+    if unmet_tool_choice(request):
+        return "tool_choice"
+    return None
 
 
 @dataclass
@@ -160,7 +207,12 @@ def _status_message(exc: anthropic.APIStatusError) -> str:
 
 
 class AnthropicProvider(BaseProvider):
-    """Streams Claude messages. `temperature` is not sent: the SDK's API version rejects sampling parameters."""
+    """Streams Claude messages; the options the Messages API cannot take are named by `unsupported()`.
+
+    `temperature` is not sent (logged once): the API version this SDK speaks rejects sampling parameters. `top_p`,
+    `seed`, the penalties and a schema-less JSON response_format cannot be sent at all and are refused; `stop`
+    becomes stop_sequences and a json_schema response_format becomes output_config.format.
+    """
 
     name = "anthropic"
 
@@ -199,7 +251,10 @@ class AnthropicProvider(BaseProvider):
         usage = state.usage()
         if usage is not None:
             yield usage
-        yield Finished(state.reason)
+        yield Finished(STOP_REASONS.get(state.reason or ""))
+
+    def unsupported(self, request: ModelRequest) -> str | None:
+        return unsupported_option(request)
 
     @staticmethod
     def _apply(state: _StreamState, event: Any) -> str | None:

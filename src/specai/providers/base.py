@@ -59,6 +59,9 @@ class GenerationOptions:
 # OpenAI's shape, checked by the caller: "auto" | "none" | "required" | {"type": "function", "function": {"name": N}}
 ToolChoice = str | dict[str, Any]
 
+# Finished.reason values (OpenAI's words); anything else a vendor says becomes None.
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter"})
+
 
 @dataclass(frozen=True)
 class ModelRequest:
@@ -68,6 +71,35 @@ class ModelRequest:
     options: GenerationOptions
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice | None = None
+
+
+def forced_tool(choice: ToolChoice | None) -> str | None:
+    """The tool name a `{"type": "function", "function": {"name": N}}` choice forces, or None for the other choices."""
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            return str(function["name"])
+    return None
+
+
+def unmet_tool_choice(request: ModelRequest) -> bool:
+    """Whether `tool_choice` forces a call no offered tool can satisfy ("required" with no tools, an unknown name)."""
+    choice = request.tool_choice
+    if choice == "required":
+        return not request.tools
+    if isinstance(choice, dict):
+        name = forced_tool(choice)
+        return name is None or name not in {tool.name for tool in request.tools}
+    return False
+
+
+def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON Schema a `json_schema` response_format asks for; None for `json_object`, none, or no schema given."""
+    if not response_format or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return schema if isinstance(schema, dict) else None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from specai.providers.base import (
     BaseProvider,
     ChatMessage,
     Finished,
+    GenerationOptions,
     ModelEvent,
     ModelRequest,
     TextDelta,
@@ -28,15 +29,28 @@ from specai.providers.base import (
     ToolCallRequested,
     UpstreamError,
     Usage,
+    response_schema,
 )
 
 VENDOR = "ollama"
+# (GenerationOptions field, Ollama option) sent when set.
+_OPTION_NAMES = (
+    ("temperature", "temperature"),
+    ("max_tokens", "num_predict"),
+    ("top_p", "top_p"),
+    ("seed", "seed"),
+    ("presence_penalty", "presence_penalty"),
+    ("frequency_penalty", "frequency_penalty"),
+)
+# done_reason in OpenAI's words; others ("load", "unload") are None. A turn with tool calls is "tool_calls".
+DONE_REASONS = {"stop": "stop", "length": "length"}
 
 
-def message_to_ollama(message: ChatMessage) -> dict[str, Any]:
-    """One ChatMessage as an Ollama chat message; tool results name their tool."""
+def message_to_ollama(message: ChatMessage, call_names: dict[str, str] | None = None) -> dict[str, Any]:
+    """One ChatMessage as an Ollama chat message; tool results name their tool (found by call id when unnamed)."""
     if message.role == "tool":
-        return {"role": "tool", "content": message.content, "tool_name": message.name or ""}
+        name = message.name or (call_names or {}).get(message.tool_call_id or "", "")
+        return {"role": "tool", "content": message.content, "tool_name": name}
     out: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.tool_calls:
         out["tool_calls"] = [
@@ -45,21 +59,41 @@ def message_to_ollama(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
+def model_options(options: GenerationOptions) -> dict[str, Any]:
+    """The set GenerationOptions as Ollama's `options` (max_tokens is num_predict, the rest keep their names)."""
+    out: dict[str, Any] = {}
+    for name, ollama_name in _OPTION_NAMES:
+        value = getattr(options, name)
+        if value is not None:
+            out[ollama_name] = value
+    if options.stop:
+        out["stop"] = list(options.stop)
+    return out
+
+
+def output_format(response_format: dict[str, Any] | None) -> str | dict[str, Any] | None:
+    """Ollama's `format`: "json" for json_object (or a json_schema without a schema), else the schema itself."""
+    if response_format is None:
+        return None
+    return response_schema(response_format) or "json"
+
+
 def request_kwargs(request: ModelRequest) -> dict[str, Any]:
     """Keyword arguments of `AsyncClient.chat` for a streamed call; options only when set."""
-    options: dict[str, Any] = {}
-    if request.options.temperature is not None:
-        options["temperature"] = request.options.temperature
-    if request.options.max_tokens is not None:
-        options["num_predict"] = request.options.max_tokens
+    options = model_options(request.options)
+    # OpenAI clients send tool results with only the call's id; Ollama wants the tool's name
+    call_names = {call.id: call.name for m in request.messages for call in m.tool_calls}
     kwargs: dict[str, Any] = {
         "model": request.options.model,
-        "messages": [message_to_ollama(m) for m in request.messages],
+        "messages": [message_to_ollama(m, call_names) for m in request.messages],
         "stream": True,
     }
     if options:
         kwargs["options"] = options
-    if request.tools:
+    form = output_format(request.options.response_format)
+    if form is not None:
+        kwargs["format"] = form
+    if request.tools and request.tool_choice != "none":  # "none": the model is not shown the tools
         kwargs["tools"] = [
             {
                 "type": "function",
@@ -79,7 +113,10 @@ def _tool_calls(message: Any) -> list[ToolCall]:
 
 
 class OllamaProvider(BaseProvider):
-    """Streams from a local or remote Ollama server (`base_url` like `http://host:11434`)."""
+    """Streams from a local or remote Ollama server (`base_url` like `http://host:11434`).
+
+    Sampling options go in `options`, a JSON response_format in `format`; tool_choice "none" leaves the tools out.
+    """
 
     name = "ollama"
 
@@ -104,8 +141,9 @@ class OllamaProvider(BaseProvider):
                         yield TextDelta(part.message.content)
                     calls.extend(_tool_calls(part.message))
                     if part.done:
-                        reason = part.done_reason
-                        usage = Usage(part.prompt_eval_count, part.eval_count)
+                        reason = DONE_REASONS.get(part.done_reason or "")
+                        if part.prompt_eval_count is not None or part.eval_count is not None:
+                            usage = Usage(part.prompt_eval_count, part.eval_count)
         except Exception as exc:
             error = self._error(exc, started)
             if error is None:
@@ -115,7 +153,13 @@ class OllamaProvider(BaseProvider):
             yield ToolCallRequested(call)
         if usage is not None:
             yield usage
-        yield Finished(reason)
+        yield Finished("tool_calls" if calls else reason)
+
+    def unsupported(self, request: ModelRequest) -> str | None:
+        """Ollama cannot force a tool call: "required" and a named function are refused."""
+        if request.tool_choice == "required" or isinstance(request.tool_choice, dict):
+            return "tool_choice"
+        return None
 
     async def list_models(self) -> list[str]:
         try:

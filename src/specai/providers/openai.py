@@ -20,6 +20,7 @@ from specai.providers._upstream import (
     transport_failure,
 )
 from specai.providers.base import (
+    FINISH_REASONS,
     BaseProvider,
     ChatMessage,
     Finished,
@@ -30,9 +31,20 @@ from specai.providers.base import (
     ToolCallRequested,
     UpstreamError,
     Usage,
+    unmet_tool_choice,
 )
 
 VENDOR = "openai"
+# GenerationOptions sent as they are when set (OpenAI's names and shapes).
+PASSED_OPTIONS = (
+    "temperature",
+    "max_tokens",
+    "top_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+)
 
 
 def message_to_openai(message: ChatMessage) -> dict[str, Any]:
@@ -64,10 +76,12 @@ def request_kwargs(request: ModelRequest) -> dict[str, Any]:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    if options.temperature is not None:
-        kwargs["temperature"] = options.temperature
-    if options.max_tokens is not None:
-        kwargs["max_tokens"] = options.max_tokens
+    for name in PASSED_OPTIONS:
+        value = getattr(options, name)
+        if value is not None:
+            kwargs[name] = value
+    if options.stop:
+        kwargs["stop"] = list(options.stop)
     if request.tools:
         kwargs["tools"] = [
             {
@@ -76,7 +90,16 @@ def request_kwargs(request: ModelRequest) -> dict[str, Any]:
             }
             for t in request.tools
         ]
+        if request.tool_choice is not None:  # the API rejects tool_choice without tools
+            kwargs["tool_choice"] = request.tool_choice
     return kwargs
+
+
+def finish_reason(raw: str | None) -> str | None:
+    """The stream's finish_reason; the legacy "function_call" is "tool_calls", words outside OpenAI's set are None."""
+    if raw == "function_call":
+        return "tool_calls"
+    return raw if raw in FINISH_REASONS else None
 
 
 @dataclass
@@ -133,7 +156,10 @@ def _status_message(exc: openai.APIStatusError) -> str:
 
 
 class OpenAIProvider(BaseProvider):
-    """Streams chat completions from OpenAI or an OpenAI-compatible server (LM Studio, vLLM, llama.cpp, Ollama /v1)."""
+    """Streams chat completions from OpenAI or an OpenAI-compatible server (LM Studio, vLLM, llama.cpp, Ollama /v1).
+
+    Every option goes through in OpenAI's own shape; a compatible server that lacks one answers with its own error.
+    """
 
     name = "openai"
 
@@ -171,7 +197,11 @@ class OpenAIProvider(BaseProvider):
             yield ToolCallRequested(call)
         if usage is not None:
             yield usage
-        yield Finished(reason)
+        yield Finished(finish_reason(reason))
+
+    def unsupported(self, request: ModelRequest) -> str | None:
+        """Everything is passed through; only a tool_choice that forces a tool nobody offered is refused."""
+        return "tool_choice" if unmet_tool_choice(request) else None
 
     async def list_models(self) -> list[str]:
         try:
