@@ -1,8 +1,12 @@
-"""`specai cert ...`: show the server identity, from the local certificate or a running server."""
+"""`specai cert ...`: show the server identity, from the local certificate or a running server, and hand it to
+other tools (`cert pem`: the certificate to trust, or curl's public-key pin)."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import ssl
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -100,6 +104,97 @@ def fingerprint(ctx: typer.Context, server: RemoteOption = None) -> None:
     from specai.identity.tls import read_cert  # cryptography: anything the quick reading is unsure of
 
     print(read_cert(path).fingerprint)
+
+
+@app.command("pem")
+@handle_errors
+def pem(
+    ctx: typer.Context,
+    server: Annotated[
+        Optional[str],
+        typer.Option(
+            "--server",
+            "-s",
+            help="Fetch the certificate a running server presents, checked against its pin or --fingerprint.",
+        ),
+    ] = None,
+    fingerprint: Annotated[
+        Optional[str],
+        typer.Option(
+            "--fingerprint",
+            envvar="SPECAI_FINGERPRINT",
+            help="With --server: the SHA-256 fingerprint the certificate must have (pins it).",
+        ),
+    ] = None,
+    pubkey_pin: Annotated[
+        bool,
+        typer.Option(
+            "--pubkey-pin",
+            help="Print curl's --pinnedpubkey value (sha256//BASE64 of the public key) instead.",
+        ),
+    ] = False,
+) -> None:
+    """Print the certificate to trust, as PEM: what curl --cacert, SSL_CERT_FILE and
+    ssl.create_default_context(cafile=...) take.
+
+    Without --server it prints the local server's certificate (run it on the server machine). With --server the
+    certificate is checked first, as `specai login` checks it: against --fingerprint, else the pin saved in
+    known_servers.json; an unknown server is refused (exit 5, with the fingerprint to check and pass) unless you
+    confirm it at a terminal.
+
+    Examples:
+
+      specai cert pem > specai.pem
+
+      specai cert pem --server https://10.0.0.5:3000 --fingerprint AA:BB:...:FF > specai.pem
+
+      curl -k --pinnedpubkey "$(specai cert pem --pubkey-pin)" https://127.0.0.1:3000/health
+    """
+    der = _trusted_der(server, fingerprint) if server else _local_der(ctx)
+    if pubkey_pin:
+        print(_pubkey_pin(der))
+        return
+    sys.stdout.write(ssl.DER_cert_to_PEM_cert(der))
+
+
+def _local_der(ctx: typer.Context) -> bytes:
+    from specai.identity.tls import read_cert  # cryptography: the first certificate of any PEM file
+
+    return ssl.PEM_cert_to_DER_cert(read_cert(_local_cert(ctx)).pem)
+
+
+def _trusted_der(server: str, fingerprint: str | None) -> bytes:
+    """The server's certificate once it is trusted exactly as the other commands trust it (never silently on
+    first use: at a terminal the person decides, elsewhere TrustError, exit 5, names the fingerprint)."""
+    from specai.cli._client import _confirm
+    from specai.client.pinning import check_pin, fetch_cert
+    from specai.config import home_dir
+    from specai.identity.trust import KnownServers, parse_server
+
+    address = parse_server(server)
+    der = fetch_cert(address, timeout=10.0)
+    interactive = sys.stdin.isatty() and sys.stderr.isatty()
+    check_pin(
+        address,
+        der,
+        KnownServers(home_dir()),
+        expected=fingerprint,
+        confirm=_confirm if interactive else None,
+    )
+    return der
+
+
+def _pubkey_pin(der: bytes) -> str:
+    """curl's `--pinnedpubkey` form: `sha256//` and the base64 SHA-256 of the DER SubjectPublicKeyInfo."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    spki = (
+        x509.load_der_x509_certificate(der)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return "sha256//" + base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 def _pem_fingerprint(path: Path) -> str | None:
