@@ -487,3 +487,85 @@ def test_graph_node_quota_defaults_to_100000_and_0_means_unlimited(
         load("[graph]\nmax_nodes_per_account = -1\n", tmp_path, env, cwd)
     with pytest.raises(ConfigError, match="max_nodes_per_account: expected an integer"):
         load('[graph]\nmax_nodes_per_account = "lots"\n', tmp_path, env, cwd)
+
+
+# --- typos in security-relevant keys are errors, elsewhere warnings with a hint --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[auth]\nenable = true\n", "unknown key 'enable' in [auth]; did you mean 'enabled'?"),
+        (
+            "[auth]\ntoken_secrets = 'x'\n",
+            "unknown key 'token_secrets' in [auth]; did you mean 'token_secret'?",
+        ),
+        ("[auth]\nwhatever = 1\n", "unknown key 'whatever' in [auth]"),  # every [auth] key counts
+        (
+            "[server]\ntls_cert = 'a.pem'\n",
+            "unknown key 'tls_cert' in [server]; did you mean 'tls_cert_path'?",
+        ),
+        (
+            "[server]\ncors_origin = []\n",
+            "unknown key 'cors_origin' in [server]; did you mean 'cors_origins'?",
+        ),
+        ("[server]\ntls_ca = 'x'\n", "unknown key 'tls_ca' in [server]"),
+        ("[mesh]\ntrusted_fingerprint = []\n", "did you mean 'trusted_fingerprints'?"),
+        (
+            "[agents.a]\ndenied_tool = ['x']\n",
+            "unknown key 'denied_tool' in [agents.a]; did you mean 'denied_tools'?",
+        ),
+        ("[auht]\nenabled = true\n", "unknown key 'auht'; did you mean 'auth'?"),
+    ],
+)
+def test_unknown_security_relevant_key_is_an_error_naming_the_nearest_one(
+    tmp_path: Path, env: dict[str, str], cwd: Path, toml: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(toml, tmp_path, env, cwd)
+    assert message in info.value.message
+    assert str(tmp_path / "explicit" / CONFIG_FILENAME) in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[model]\nprovidr = 'mock'\n", "unknown key 'providr' in [model] ignored; did you mean 'provider'?"),
+        ("[server]\nprot = 3001\n", "unknown key 'prot' in [server] ignored; did you mean 'port'?"),
+        ("[graph]\nzzz = 1\n", "unknown key 'zzz' in [graph] ignored"),
+        ("[agents.a]\npromt = 'x'\n", "unknown key 'promt' in [agents.a] ignored; did you mean 'prompt'?"),
+    ],
+)
+def test_unknown_key_elsewhere_is_a_warning_with_a_hint(
+    tmp_path: Path, env: dict[str, str], cwd: Path, toml: str, message: str
+) -> None:
+    settings = load(toml, tmp_path, env, cwd)
+    assert len(settings.warnings) == 1
+    assert message in settings.warnings[0]
+
+
+def test_unknown_security_relevant_variable_is_an_error(env: dict[str, str], cwd: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, env={**env, "SPECAI_AUTH_ENABLE": "true"}, cwd=cwd)
+    assert info.value.message == (
+        "environment variable SPECAI_AUTH_ENABLE: unknown key 'enable' in [auth]; did you mean 'SPECAI_AUTH_ENABLED'?"
+    )
+
+
+def test_unknown_variable_elsewhere_is_a_warning(env: dict[str, str], cwd: Path) -> None:
+    settings = load_settings(
+        None, env={**env, "SPECAI_MODEL_TEMPERATUR": "0.5", "SPECAI_SERVER": "x"}, cwd=cwd
+    )
+    assert settings.warnings == (
+        "environment variable SPECAI_MODEL_TEMPERATUR: unknown key 'temperatur' in [model] ignored; "
+        "did you mean 'SPECAI_MODEL_TEMPERATURE'?",
+    )
+
+
+def test_min_password_length_defaults_to_8_and_is_checked(
+    tmp_path: Path, env: dict[str, str], cwd: Path
+) -> None:
+    assert load_settings(None, env=env, cwd=cwd).auth.min_password_length == 8
+    assert load("[auth]\nmin_password_length = 12\n", tmp_path, env, cwd).auth.min_password_length == 12
+    with pytest.raises(ConfigError, match="min_password_length: must be from 1 to 1024"):
+        load("[auth]\nmin_password_length = 0\n", tmp_path, env, cwd)

@@ -429,3 +429,71 @@ def test_directory_finds_users_by_name_and_id(tmp_path: Path) -> None:
     assert directory.by_id("alice") is None  # the name is not the id of a user added by the CLI
     users.remove_user(path, "alice")
     assert directory.by_id(alice.id) is None
+
+
+# --- minimum password length ([auth] min_password_length), through the CLI --------------------------------------
+
+
+def cli(home: Path, *args: str, password: str, config: str = "") -> tuple[int, str, str]:
+    """Run `specai ARGS --password-stdin` in process with `password` on stdin and an isolated home and config."""
+    from typer.testing import CliRunner
+
+    from specai.cli import app
+
+    config_path = home / "spec-ai.config.toml"
+    config_path.write_text(config)
+    env = {"SPECAI_HOME": str(home), "SPECAI_CONFIG": str(config_path), "NO_COLOR": "1"}
+    result = CliRunner().invoke(app, [*args, "--password-stdin"], input=password + "\n", env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_add_user_refuses_a_password_shorter_than_8_by_default(tmp_path: Path) -> None:
+    code, stdout, stderr = cli(tmp_path, "auth", "add-user", "alice", password="seven77")
+    assert code == 2, stderr
+    assert stderr.strip() == (
+        "error: the password is too short: use at least 8 characters ([auth] min_password_length)"
+    )
+    assert "seven77" not in stdout + stderr
+    assert not (tmp_path / "credentials.json").exists()
+    code, _, stderr = cli(tmp_path, "auth", "add-user", "alice", password="eight888")
+    assert code == 0, stderr
+    assert [u.username for u in users.load_users(tmp_path / "credentials.json")] == ["alice"]
+
+
+def test_passwd_refuses_a_short_password_and_keeps_the_old_one(tmp_path: Path) -> None:
+    path = tmp_path / "credentials.json"
+    users.add_user(path, "alice", PASSWORD)
+    before = path.read_text()
+    code, stdout, stderr = cli(
+        tmp_path,
+        "auth",
+        "passwd",
+        "alice",
+        password="elevenchars",
+        config="[auth]\nmin_password_length = 12\n",
+    )
+    assert code == 2, stderr
+    assert "use at least 12 characters" in stderr
+    assert "elevenchars" not in stdout + stderr
+    assert path.read_text() == before
+    code, _, stderr = cli(tmp_path, "auth", "passwd", "alice", password="twelve-chars")
+    assert code == 0, stderr  # the default minimum, 8, again
+
+
+def test_auth_hash_applies_the_minimum_too(tmp_path: Path) -> None:
+    code, stdout, stderr = cli(
+        tmp_path, "auth", "hash", password="short", config="[auth]\nmin_password_length = 6\n"
+    )
+    assert code == 2, stderr
+    assert stdout == ""
+    code, stdout, _ = cli(
+        tmp_path, "auth", "hash", password="sixsix", config="[auth]\nmin_password_length = 6\n"
+    )
+    assert code == 0
+    assert stdout.startswith("$argon2id$")
+
+
+def test_check_password_length_counts_characters_not_bytes() -> None:
+    assert users.check_password_length("ééééé", 5) == "ééééé"
+    with pytest.raises(InvalidRequestError, match="at least 6 characters"):
+        users.check_password_length("ééééé", 6)

@@ -47,6 +47,7 @@ class AuthSettings:
     lockout_secs: int = 30
     max_waiting_logins: int = 16  # password checks queued for a CPU; more get 429 at once
     hash_per_minute: int = 10  # POST /auth/hash per user
+    min_password_length: int = 8  # `specai auth add-user`/`passwd` refuse shorter new passwords
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,14 @@
 """How the config file and `SPECAI_*` variables become Settings: TOML read, types coerced, ranges checked.
 
-Every error names the key and where it came from (file or environment variable); unknown keys are warnings.
-Used by `specai.config.load_settings` only.
+Every error names the key and where it came from (file or environment variable). Unknown keys are warnings,
+except where a typo would silently weaken security (`_STRICT`): there they are errors. Both suggest the nearest
+valid key. Used by `specai.config.load_settings` only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -89,6 +91,7 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("auth", "max_failed_logins_per_user"): lambda v: None if 1 <= v <= 1000 else "must be from 1 to 1000",
     ("auth", "max_waiting_logins"): lambda v: None if 1 <= v <= 10_000 else "must be from 1 to 10000",
     ("auth", "hash_per_minute"): _positive,
+    ("auth", "min_password_length"): lambda v: None if 1 <= v <= 1024 else "must be from 1 to 1024",
     ("model", "provider"): _provider,
     ("model", "temperature"): _temperature,
     ("model", "max_tokens"): _optional_positive,
@@ -120,6 +123,28 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("agents", "memory_k"): _non_negative,
 }
 
+# Where an unknown key is an error, not a warning: a typo there would leave something open (`[auth] enable = true`
+# keeps auth off). A section maps to None when every key in it counts, else to the keys that do; an unknown key
+# counts when its nearest valid key does (or it starts like one, `tls_`/`cors`). Top level: a misspelt strict
+# section name (`[auht]`) is an error too.
+_STRICT: dict[str, frozenset[str] | None] = {
+    "auth": None,
+    "mesh": None,  # the mesh password, where it may go, and which peers are trusted
+    "server": frozenset(
+        {
+            "host",
+            "enable_cors",
+            "cors_origins",
+            "tls_cert_path",
+            "tls_key_path",
+            "tls_san",
+            "tls_validity_days",
+        }
+    ),
+    "agents": frozenset({"allowed_tools", "denied_tools"}),  # the tool policy
+}
+_STRICT_PREFIXES = ("tls", "cors")
+
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 _FREE_SECTIONS = ("sync",)
 
@@ -144,7 +169,8 @@ class _Parser:
         known = {"default_agent", "agents", *sections, *_FREE_SECTIONS}
         for key in raw:
             if key not in known:
-                self.warnings.append(f"{self.source}: unknown key '{key}' ignored")
+                self.unknown(key, sorted(known), None, strict=_nearest(key, known) in _STRICT)
+        self.unknown_env(sections)
         built: dict[str, Any] = {}
         for name, cls in sections.items():
             table = raw.get(name, {})
@@ -196,7 +222,7 @@ class _Parser:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for key in table:
             if key not in fields:
-                self.warnings.append(f"{self.source}: unknown key '{key}' in [{label}] ignored")
+                self.unknown(key, list(fields), label, strict=_is_strict(name, key, list(fields)))
         values: dict[str, Any] = {}
         for key, fld in fields.items():
             where = f"{self.source}: [{label}] {key}"
@@ -211,6 +237,31 @@ class _Parser:
             if check and (problem := check(values[key])):
                 raise ConfigError(f"{where}: {problem}, got {values[key]!r}")
         return cls(**values)
+
+    def unknown(
+        self, key: str, valid: list[str], label: str | None, *, strict: bool, env_prefix: str = ""
+    ) -> None:
+        """An unknown key: an error when `strict`, else a warning; both name the nearest valid key."""
+        where = f"environment variable {env_prefix}{key.upper()}" if env_prefix else self.source
+        place = f" in [{label}]" if label else ""
+        nearest = _nearest(key, valid)
+        if nearest and env_prefix:
+            nearest = env_prefix + nearest.upper()
+        hint = f"; did you mean '{nearest}'?" if nearest else ""
+        if strict:
+            raise ConfigError(f"{where}: unknown key '{key}'{place}{hint}")
+        self.warnings.append(f"{where}: unknown key '{key}'{place} ignored{hint}")
+
+    def unknown_env(self, sections: Mapping[str, type]) -> None:
+        """`SPECAI_<SECTION>_<KEY>` variables that name no key: the same rules as unknown keys in the file."""
+        for name, cls in sections.items():
+            prefix = f"SPECAI_{name.upper()}_"
+            fields = [f.name for f in dataclasses.fields(cls)]
+            for variable in sorted(v for v in self.env if v.startswith(prefix)):
+                key = variable.removeprefix(prefix).lower()
+                if key not in fields:
+                    strict = _is_strict(name, key, fields)
+                    self.unknown(key, fields, name, strict=strict, env_prefix=prefix)
 
     def convert(self, annotation: Any, value: Any, where: str, from_env: bool) -> Any:
         """Coerce one value to the field's declared type (annotations are strings under postponed evaluation)."""
@@ -258,3 +309,20 @@ class _Parser:
         except ValueError:
             raise ConfigError(f"{where}: expected {_TYPE_NAMES[kind]}, got {text!r}") from None
         return text
+
+
+def _nearest(key: str, valid: Any) -> str | None:
+    """The valid key `key` was most likely meant to be, if any is close."""
+    found = difflib.get_close_matches(key.lower(), list(valid), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _is_strict(section: str, key: str, valid: list[str]) -> bool:
+    """Whether an unknown `key` in `section` is an error (see `_STRICT`)."""
+    if section not in _STRICT:
+        return False
+    keys = _STRICT[section]
+    if keys is None:
+        return True
+    nearest = _nearest(key, valid)
+    return (nearest is not None and nearest in keys) or key.lower().startswith(_STRICT_PREFIXES)

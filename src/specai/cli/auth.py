@@ -41,8 +41,20 @@ def _path(ctx: typer.Context, credentials_file: Path | None) -> Path:
     return credentials_file.expanduser() if credentials_file else _settings.load(ctx).credentials_file
 
 
-def _new_password(password_stdin: bool) -> str:
-    return _prompt.read_password_stdin() if password_stdin else _prompt.ask_new_password()
+def _new_password(minimum: int, password_stdin: bool) -> str:
+    """A new password of at least `minimum` characters (`[auth] min_password_length`): a short one on stdin is a
+    usage error (exit 2), at a prompt it is asked for again. The password itself is never printed."""
+    from specai.errors import InvalidRequestError
+    from specai.users.directory import check_password_length
+
+    while True:
+        password = _prompt.read_password_stdin() if password_stdin else _prompt.ask_new_password()
+        try:
+            return check_password_length(password, minimum)
+        except InvalidRequestError as exc:
+            if password_stdin:
+                fail(exc.message, USAGE)
+            err.print(f"{exc.message}; try again")
 
 
 @app.command("add-user")
@@ -58,6 +70,9 @@ def add_user(
 ) -> None:
     """Add a user (argon2id hash, a new id) to the credentials file, creating it with mode 0600.
 
+    The password needs at least [auth] min_password_length characters (default 8): a shorter one from
+    --password-stdin exits 2; at the prompt it is asked for again.
+
     Examples:
 
       specai auth add-user                      # asks for name and password
@@ -68,10 +83,12 @@ def add_user(
     """
     from specai.users import directory as users
 
-    path = _path(ctx, credentials_file)
+    settings = _settings.load(ctx)
+    path = credentials_file.expanduser() if credentials_file else settings.credentials_file
     chosen = users.check_role(role) if role else None
     name = users.check_username(username) if username else users.check_username(_prompt.ask_username())
-    user = users.add_user(path, name, _new_password(password_stdin), chosen)
+    password = _new_password(settings.auth.min_password_length, password_stdin)
+    user = users.add_user(path, name, password, chosen)
     out.print(f"added user '{name}' ({user.role}) to {path}")
 
 
@@ -83,7 +100,10 @@ def passwd(
     password_stdin: PasswordStdin = False,
     credentials_file: CredentialsOption = None,
 ) -> None:
-    """Change a user's password.
+    """Change a user's password; every earlier token of theirs is revoked.
+
+    The new password needs at least [auth] min_password_length characters (default 8): a shorter one from
+    --password-stdin exits 2; at the prompt it is asked for again.
 
     Example:
 
@@ -91,9 +111,10 @@ def passwd(
     """
     from specai.users import directory as users
 
-    path = _path(ctx, credentials_file)
+    settings = _settings.load(ctx)
+    path = credentials_file.expanduser() if credentials_file else settings.credentials_file
     users.get_user(path, username)  # fail before asking for a password
-    users.set_password(path, username, _new_password(password_stdin))
+    users.set_password(path, username, _new_password(settings.auth.min_password_length, password_stdin))
     out.print(f"changed the password of '{username}'; every earlier token of theirs is revoked")
 
 
@@ -195,8 +216,10 @@ def list_users(
 
 @app.command("hash")
 @handle_errors
-def hash_password(password_stdin: PasswordStdin = False) -> None:
+def hash_password(ctx: typer.Context, password_stdin: PasswordStdin = False) -> None:
     """Print one argon2id hash of a password (for hand-edited credentials files).
+
+    The password needs at least [auth] min_password_length characters (default 8), as for add-user.
 
     Example:
 
@@ -204,7 +227,7 @@ def hash_password(password_stdin: PasswordStdin = False) -> None:
     """
     from specai.auth import hash_password as argon2_hash
 
-    password = _prompt.read_password_stdin() if password_stdin else _prompt.ask_new_password()
+    password = _new_password(_settings.load(ctx).auth.min_password_length, password_stdin)
     print(argon2_hash(password))
 
 

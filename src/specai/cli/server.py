@@ -8,7 +8,7 @@ import errno
 import ipaddress
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -16,6 +16,9 @@ from specai.cli import _settings
 from specai.cli._console import STARTUP_FAILURE, USAGE, err, exit_code_for, fail, out, print_warnings, warn
 from specai.config import JoinSettings, Settings
 from specai.errors import AuthError, ConfigError, SpecaiError, StartupError, TrustError
+
+if TYPE_CHECKING:
+    from specai.home_lock import ServerLocks
 
 
 def server(
@@ -97,6 +100,7 @@ def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
             STARTUP_FAILURE,
         )
     try:
+        locks = _lock(settings)  # held until this process exits: one server per home and SQLite file
         if settings.join is not None:
             _check_join(settings, settings.join)
         paths = ensure_server_cert(settings)
@@ -131,7 +135,17 @@ def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
         fail(exc.message, STARTUP_FAILURE)
     except KeyboardInterrupt:
         pass
+    locks.release()
     err.print("specai server stopped")
+
+
+def _lock(settings: Settings) -> ServerLocks:
+    """Refuse to start when another server uses this home, or this SQLite file from another home."""
+    from specai.home_lock import lock_server
+    from specai.store.urls import database_url, sqlite_file
+
+    url = database_url(settings)
+    return lock_server(settings.home, sqlite_file(url) if url.drivername.startswith("sqlite") else None)
 
 
 def _check_join(settings: Settings, join: JoinSettings) -> None:

@@ -71,6 +71,16 @@ def check_password(password: str) -> str:
     return password
 
 
+def check_password_length(password: str, minimum: int) -> str:
+    """Refuse a new password shorter than `minimum` characters (`[auth] min_password_length`), never echoing it."""
+    check_password(password)
+    if len(password) < minimum:
+        raise InvalidRequestError(
+            f"the password is too short: use at least {minimum} characters ([auth] min_password_length)"
+        )
+    return password
+
+
 def load_users(path: Path) -> list[User]:
     """Read and validate the credentials file; any problem is a CredentialsError naming the file."""
     try:
