@@ -180,10 +180,19 @@ def test_login_query_logout(cli_server: ServerProcess, client_home: Path) -> Non
     assert fresh["session_id"] != session
     again = json.loads(run_cli(client_home, "query", "more", "--server", url, "--json", "--continue").stdout)
     assert again["session_id"] == fresh["session_id"]
-    chosen = json.loads(
-        run_cli(client_home, "query", "x", "--server", url, "--json", "--session", "my-own-id").stdout
+    unknown = run_cli(client_home, "query", "x", "--server", url, "--json", "--session", "my-own-id")
+    assert unknown.returncode == 1, unknown.stderr  # an unknown id is not silently a new session...
+    assert unknown.stderr.strip() == (
+        f"error: no session 'my-own-id' on {origin}; pass --new to start one with that id"
     )
-    assert chosen["session_id"] == "my-own-id"
+    chosen = json.loads(
+        run_cli(
+            client_home, "query", "x", "--server", url, "--json", "--session", "my-own-id", "--new"
+        ).stdout
+    )
+    assert chosen["session_id"] == "my-own-id"  # ... unless --new says so
+    resumed = run_cli(client_home, "query", "y", "--server", url, "--json", "--session", "my-own-id")
+    assert json.loads(resumed.stdout)["session_id"] == "my-own-id", resumed.stderr
 
     agents = run_cli(client_home, "agents", "--json", SPECAI_SERVER=url)  # server from the environment
     assert agents.returncode == 0, agents.stderr

@@ -29,6 +29,21 @@ class Commands(LazyGroup):
             "specai.cli.remote:logout",
             "Revoke the saved token on the server, then forget it (the pin stays).",
         ),
+        LazyCommand(
+            "token",
+            "specai.cli.account:token",
+            "Print the token the CLI sends to the server, and nothing else (like `gh auth token`).",
+        ),
+        LazyCommand(
+            "whoami",
+            "specai.cli.account:whoami",
+            "Show whom the CLI is logged in as on a server: user, role, token expiry and the pinned fingerprint.",
+        ),
+        LazyCommand(
+            "servers",
+            "specai.cli.servers:app",
+            "The servers this CLI trusts (pinned certificates) and is logged in to; forget one.",
+        ),
         LazyCommand("health", "specai.cli.remote:health", "Check that a server is up."),
         LazyCommand("agents", "specai.cli.remote:agents", "List the agents a server offers."),
         LazyCommand(

@@ -19,6 +19,7 @@ from specai.errors import (
     SpecaiError,
     TrustError,
 )
+from specai.identity.trust import ServerUrlError
 
 OK = 0
 ERROR = 1
@@ -49,6 +50,8 @@ def exit_code_for(exc: SpecaiError) -> int:
     """Map an error to the documented exit code."""
     if isinstance(exc, TrustError):
         return UNTRUSTED_SERVER
+    if isinstance(exc, ServerUrlError):  # a --server value, or SPECAI_SERVER, that is not https://HOST:PORT
+        return USAGE
     if isinstance(exc, AuthError) or (isinstance(exc, RemoteError) and exc.http_status == 401):
         return AUTH_FAILURE
     return ERROR

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from specai.cli import _prompt
 from specai.cli._client import FingerprintOption, JsonOption, ServerOption, open_client
-from specai.cli._console import USAGE, err, fail, handle_errors, out, print_json
+from specai.cli._console import AUTH_FAILURE, USAGE, err, fail, handle_errors, out, print_json
+from specai.cli._duration import in_words
 from specai.cli._render import StreamRenderer
 from specai.config import DEFAULT_SERVER_URL, home_dir
 from specai.errors import RemoteError, SpecaiError
 from specai.identity.trust import LastSessions, SavedTokens, parse_server
+
+if TYPE_CHECKING:
+    from specai.client import SpecaiClient
+
+THROTTLED = "too_many_attempts"  # the server's code for a login lockout (429, with details.retry_after)
+MAX_TEMPERATURE = 2.0  # the range the server accepts (agents.runtime)
 
 
 @handle_errors
@@ -42,12 +50,24 @@ def login(
     with open_client(server, fingerprint, use_saved_token=False) as client:
         name = username or _prompt.ask_username()
         password = _prompt.read_password_stdin() if password_stdin else _prompt.ask_password()
-        body = client.login(name, password)
+        try:
+            body = client.login(name, password)
+        except RemoteError as exc:
+            if exc.http_status == 429 and exc.remote_code == THROTTLED:
+                fail(_locked_out(client.server.origin, exc), AUTH_FAILURE)
+            raise
     origin = client.server.origin
     expires_at = int(time.time()) + body.expires_in
     SavedTokens(home_dir()).set(origin, {"token": body.token, "username": name, "expires_at": expires_at})
     until = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires_at))
     out.print(f"logged in to {origin} as {name} (token valid until {until})")
+
+
+def _locked_out(origin: str, exc: RemoteError) -> str:
+    """The lockout in words: how long to wait, from the server's `retry_after` (also its Retry-After header)."""
+    wait = exc.details.get("retry_after") if isinstance(exc.details, dict) else None
+    when = f"try again in {in_words(wait)}" if isinstance(wait, int) else "try again later"
+    return f"{origin} refuses logins for now after too many failed attempts: {when}"
 
 
 @handle_errors
@@ -135,15 +155,34 @@ def agents(
 
 @handle_errors
 def query(
-    message: Annotated[str, typer.Argument(help="What to ask the agent.")],
+    message: Annotated[str, typer.Argument(help="What to ask the agent; - reads it from stdin.")],
     server: ServerOption = DEFAULT_SERVER_URL,
     agent: Annotated[
         Optional[str], typer.Option("--agent", "-a", help="Agent id (default: the server's default agent).")
     ] = None,
-    session: Annotated[Optional[str], typer.Option("--session", help="Session id to continue.")] = None,
+    session: Annotated[
+        Optional[str], typer.Option("--session", help="Session id to continue (it must exist; see --new).")
+    ] = None,
+    new: Annotated[
+        bool, typer.Option("--new", help="Start the session given with --session (that id must be unused).")
+    ] = False,
     continue_: Annotated[
         bool, typer.Option("--continue", help="Continue the last session used with this server.")
     ] = False,
+    system: Annotated[
+        Optional[str],
+        typer.Option(
+            "--system", help="An extra system prompt for this query (after the agent's; not stored)."
+        ),
+    ] = None,
+    temperature: Annotated[
+        Optional[float],
+        typer.Option("--temperature", help="Sampling temperature, 0 to 2 (default: the agent's)."),
+    ] = None,
+    max_tokens: Annotated[
+        Optional[int],
+        typer.Option("--max-tokens", help="Longest answer in tokens, 1 or more (default: the agent's)."),
+    ] = None,
     no_stream: Annotated[
         bool, typer.Option("--no-stream", help="Wait for the whole answer (POST /query).")
     ] = False,
@@ -154,25 +193,35 @@ def query(
 ) -> None:
     """Ask an agent; the answer streams to the terminal as it is produced.
 
+    `--session ID` continues that session and refuses an id the server does not have (a typo would otherwise
+    start a new conversation silently); `--session ID --new` starts a session with that id.
+
     Examples:
 
       specai query "hello"
 
       specai query "and then?" --continue
 
-      specai query "summarise" --agent writer --no-stream --json
+      git diff | specai query - --system "You review code. Be brief." --max-tokens 400
+
+      specai query "summarise" --agent writer --session notes-1 --new --no-stream --json
     """
-    if session and continue_:
-        fail("--session and --continue are alternatives: give one", USAGE)
+    _check_query_options(session, new, continue_, temperature, max_tokens)
+    if message == "-":
+        message = _stdin_message()
     origin = parse_server(server).origin
     last = LastSessions(home_dir())
     if continue_:
         session = last.get(origin)
         if not session:
             fail(f"no earlier session with {origin}; run a query first", USAGE)
+    fields: dict[str, Any] = {"agent": agent, "session_id": session, "system": system}
+    fields |= {"temperature": temperature, "max_tokens": max_tokens}
     with open_client(server, fingerprint) as client:
+        if session and not continue_:
+            _check_session(client, session, new=new)
         if json_output or no_stream:
-            body = client.query(message, agent=agent, session_id=session)
+            body = client.query(message, **fields)
             last.set(origin, body.session_id)
             if json_output:
                 print_json(body)
@@ -180,7 +229,48 @@ def query(
                 out.print(body.response, markup=False)
                 err.print(f"session {body.session_id} (continue with --continue)", style="dim")
             return
-        _stream(client.stream(message, agent=agent, session_id=session), last, origin)
+        _stream(client.stream(message, **fields), last, origin)
+
+
+def _check_query_options(
+    session: str | None, new: bool, continue_: bool, temperature: float | None, max_tokens: int | None
+) -> None:
+    """Usage errors (exit 2) before anything is read or sent."""
+    if session and continue_:
+        fail("--session and --continue are alternatives: give one", USAGE)
+    if new and not session:
+        fail(
+            "--new needs --session ID (the id of the session to start; without both, a query starts one)",
+            USAGE,
+        )
+    if temperature is not None and not 0 <= temperature <= MAX_TEMPERATURE:
+        fail(f"--temperature must be from 0 to {MAX_TEMPERATURE:g} (got {temperature:g})", USAGE)
+    if max_tokens is not None and max_tokens < 1:
+        fail(f"--max-tokens must be 1 or more (got {max_tokens})", USAGE)
+
+
+def _stdin_message() -> str:
+    """The message piped in for `-`: all of stdin, without its final newline."""
+    text = sys.stdin.read()
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text.strip():
+        fail("the message on stdin is empty (pipe the message in, e.g. echo 'hello' | specai query -)", USAGE)
+    return text
+
+
+def _check_session(client: SpecaiClient, session: str, *, new: bool) -> None:
+    """`--session ID` must name a session the server has (one of the caller's); with --new, one it has not."""
+    origin = client.server.origin
+    try:
+        client.session(session)
+    except RemoteError as exc:
+        if exc.http_status != 404:
+            raise
+        if not new:
+            fail(f"no session '{session}' on {origin}; pass --new to start one with that id")
+        return
+    if new:
+        fail(f"session '{session}' already exists on {origin}; drop --new to continue it")
 
 
 def _stream(events: Iterator[dict[str, Any]], last: LastSessions, origin: str) -> None:

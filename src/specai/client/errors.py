@@ -39,6 +39,10 @@ def error_text(response: httpx.Response) -> str:
     return response_error(response).message
 
 
+# What OpenSSL says when the first bytes back are not a TLS record, e.g. `HTTP/1.1 400 Bad Request`.
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL", "HTTP_REQUEST"})
+
+
 def transport_error(server: ServerAddress, exc: httpx.HTTPError) -> SpecaiError:
     """TrustError when the handshake refused a certificate other than the pinned one, else ConnectionFailedError."""
     cause: BaseException | None = exc
@@ -47,8 +51,39 @@ def transport_error(server: ServerAddress, exc: httpx.HTTPError) -> SpecaiError:
             return TrustError(
                 f"{server.origin} now presents a certificate that does not match the pin; refusing to continue"
             )
+        if isinstance(cause, ssl.SSLError) and cause.reason in _NOT_TLS:
+            return plain_http(server)
         cause = cause.__cause__ or cause.__context__
     return ConnectionFailedError(f"lost the connection to {server.origin}: {reason(exc)}")
+
+
+def plain_http(server: ServerAddress) -> ConnectionFailedError:
+    """The port answered a TLS hello with something else: most likely a plain HTTP server, or the wrong port."""
+    return ConnectionFailedError(
+        f"{server.origin} answered in plain HTTP, not TLS: is it a specai server (they always use TLS), "
+        "or is the URL's port wrong?"
+    )
+
+
+def handshake_failure(server: ServerAddress, exc: OSError) -> ConnectionFailedError:
+    """A TLS handshake that failed after the connection was made, in words."""
+    if isinstance(exc, ssl.SSLError) and exc.reason in _NOT_TLS:
+        return plain_http(server)
+    if isinstance(exc, ssl.SSLEOFError | ConnectionResetError):
+        return ConnectionFailedError(
+            f"{server.origin} closed the connection during the TLS handshake: is it a specai server, "
+            "or is the URL's port wrong?"
+        )
+    return ConnectionFailedError(f"TLS handshake with {server.origin} failed: {reason(exc)}")
+
+
+def unreachable(server: ServerAddress, exc: OSError) -> ConnectionFailedError:
+    """No connection at all: refused (nothing listens there), or the name or network is wrong."""
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectionFailedError(
+            f"cannot reach {server.origin}: connection refused (is the server running, and on that port?)"
+        )
+    return ConnectionFailedError(f"cannot reach {server.origin}: {reason(exc)}")
 
 
 def reason(exc: BaseException) -> str:

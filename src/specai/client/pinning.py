@@ -5,24 +5,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Callable
 
-from specai.client.errors import reason
+from specai.client.errors import handshake_failure, unreachable
 from specai.errors import ConnectionFailedError, TlsError, TrustError
 from specai.identity.fingerprint import fingerprint_der
-from specai.identity.tls import fetch_peer_cert, pinned_ssl_context
+from specai.identity.tls import pinned_ssl_context
 from specai.identity.trust import KnownServers, ServerAddress, verify_identity
 
 __all__ = ["check_pin", "fetch_cert", "fetch_cert_async", "pinned_context"]
 
 
 def fetch_cert(server: ServerAddress, timeout: float) -> bytes:
-    """The server's DER certificate from a handshake that verifies nothing and sends nothing else."""
+    """The server's DER certificate from a handshake that verifies nothing and sends nothing else; a failure says
+    which step failed (the connection, or the TLS handshake: plain HTTP on the port, or silence)."""
+    address = server.origin.removeprefix("https://")
     try:
-        return fetch_peer_cert(server.host, server.port, timeout=timeout)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConnectionFailedError(f"cannot reach {server.origin}: {reason(exc)}") from None
+        sock = socket.create_connection((server.host, server.port), timeout=timeout)
+    except TimeoutError:
+        raise ConnectionFailedError(
+            f"connecting to {address} timed out after {timeout:g} s: is the address right, or is a firewall "
+            "dropping the connection?"
+        ) from None
+    except OSError as exc:
+        raise unreachable(server, exc) from None
+    with sock:
+        try:
+            with _unverified().wrap_socket(sock, server_hostname=server.host) as tls:
+                der = tls.getpeercert(True)
+        except TimeoutError:
+            raise ConnectionFailedError(
+                f"TLS handshake with {address} timed out after {timeout:g} s: something accepts connections on "
+                "that port but does not speak TLS"
+            ) from None
+        except OSError as exc:  # ssl.SSLError included
+            raise handshake_failure(server, exc) from None
+    if not der:
+        raise TlsError(f"{server.origin} presented no certificate")
+    return der
 
 
 async def fetch_cert_async(server: ServerAddress, handshake_secs: float) -> bytes:
@@ -36,8 +58,10 @@ async def fetch_cert_async(server: ServerAddress, handshake_secs: float) -> byte
         raise ConnectionFailedError(
             f"{server.origin} did not complete a TLS handshake in {handshake_secs:g} s"
         ) from None
-    except (OSError, ssl.SSLError) as exc:
-        raise ConnectionFailedError(f"cannot reach {server.origin}: {reason(exc)}") from None
+    except ssl.SSLError as exc:
+        raise handshake_failure(server, exc) from None
+    except OSError as exc:
+        raise unreachable(server, exc) from None
     try:
         der = writer.get_extra_info("ssl_object").getpeercert(True)
     finally:

@@ -27,24 +27,26 @@ class ServerAddress:
         return f"https://{host}:{self.port}"
 
 
+class ServerUrlError(InvalidRequestError):
+    """A server URL that is not `https://HOST[:PORT]`: on the command line, a usage error."""
+
+
 def parse_server(url: str) -> ServerAddress:
-    """Parse `https://host[:port]` (scheme optional); plain http is refused."""
+    """Parse `https://host[:port]` (scheme optional); plain http is refused (ServerUrlError)."""
     text = url.strip()
     if "://" not in text:
         text = "https://" + text
     parts = urlsplit(text)
-    if parts.scheme != "https":
-        raise InvalidRequestError(
-            f"specai servers speak HTTPS only; use https:// instead of {parts.scheme}://"
-        )
+    if parts.scheme.lower() != "https":
+        raise ServerUrlError(f"specai servers speak HTTPS only; use https:// instead of {parts.scheme}://")
     if not parts.hostname:
-        raise InvalidRequestError(f"'{url}' is not a server URL (expected https://HOST:PORT)")
+        raise ServerUrlError(f"'{url}' is not a server URL (expected https://HOST:PORT)")
     try:
         port = 3000 if parts.port is None else parts.port
     except ValueError:
         port = 0
     if not 1 <= port <= 65535:
-        raise InvalidRequestError(f"'{url}' has an invalid port")
+        raise ServerUrlError(f"'{url}' has an invalid port (expected a number from 1 to 65535)")
     return ServerAddress(parts.hostname.lower(), port)
 
 
@@ -62,6 +64,10 @@ class _JsonMap:
 
     def get(self, origin: str) -> Any:
         return self._read().get(origin)
+
+    def all(self) -> dict[str, Any]:
+        """Every entry, in the order they were first stored."""
+        return self._read()
 
     def set(self, origin: str, value: Any) -> None:
         data = self._read()
