@@ -137,6 +137,29 @@ def test_pubkey_pin_matches_openssl(tmp_path: Path) -> None:
     assert stdout.strip() == openssl_pubkey_pin(CERT_PEM.decode())
 
 
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (("--server", "ftp://127.0.0.1:3000"), "error: --server: specai servers speak HTTPS only"),
+        (
+            ("--server", "https://127.0.0.1:99999"),
+            "error: --server: 'https://127.0.0.1:99999' has an invalid port",
+        ),
+        (
+            ("--server", "https://127.0.0.1:3000", "--fingerprint", "AA:BB"),
+            "error: --fingerprint: 'AA:BB' is not a SHA-256 fingerprint",
+        ),
+    ],
+)
+def test_a_malformed_server_or_fingerprint_is_a_usage_error_before_connecting(
+    tmp_path: Path, args: tuple[str, ...], problem: str
+) -> None:
+    code, stdout, stderr = invoke(make_home(tmp_path), *args)
+    assert code == 2
+    assert stdout == ""
+    assert stderr.startswith(problem), stderr
+
+
 # --- a running server's, checked ---------------------------------------------------------------------------------
 
 

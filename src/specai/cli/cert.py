@@ -23,10 +23,32 @@ PEM_BEGIN, PEM_END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----
 
 app = typer.Typer(help="Show the server's TLS identity.", no_args_is_help=True)
 
+
+def _check_server(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """A malformed `--server` is a usage error as everywhere (the shared check loads only when one is given)."""
+    if value is None:
+        return None
+    from specai.cli._client import check_server_url
+
+    return check_server_url(ctx, param, value)
+
+
+def _check_fingerprint(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """A malformed `--fingerprint` (or SPECAI_FINGERPRINT) is a usage error as everywhere."""
+    if value is None:
+        return None
+    from specai.cli._client import check_fingerprint
+
+    return check_fingerprint(ctx, param, value)
+
+
 RemoteOption = Annotated[
     Optional[str],
     typer.Option(
-        "--server", "-s", help="Read the certificate a running server presents instead of the local file."
+        "--server",
+        "-s",
+        help="Read the certificate a running server presents instead of the local file.",
+        callback=_check_server,
     ),
 ]
 
@@ -116,6 +138,7 @@ def pem(
             "--server",
             "-s",
             help="Fetch the certificate a running server presents, checked against its pin or --fingerprint.",
+            callback=_check_server,
         ),
     ] = None,
     fingerprint: Annotated[
@@ -124,6 +147,7 @@ def pem(
             "--fingerprint",
             envvar="SPECAI_FINGERPRINT",
             help="With --server: the SHA-256 fingerprint the certificate must have (pins it).",
+            callback=_check_fingerprint,
         ),
     ] = None,
     pubkey_pin: Annotated[
