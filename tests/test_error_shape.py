@@ -157,7 +157,8 @@ def _last_data(text: str) -> tuple[str | None, Any]:
                 {
                     "error": {
                         "message": "server is shutting down",
-                        "type": "upstream_error",
+                        "type": "server_error",
+                        "param": None,
                         "code": "shutting_down",
                     }
                 },
@@ -236,3 +237,78 @@ def test_hash_requires_token_when_auth_on(client: TestClient) -> None:
 
 def test_hash_empty_password(client: TestClient, headers: dict[str, str]) -> None:
     assert_error(client.post("/auth/hash", json={"password": ""}, headers=headers), 400, "invalid_request")
+
+
+# -- /v1/*: the same failures in OpenAI's error body (the OpenAI SDKs show only what is there) ----------------------
+
+CHAT = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def assert_openai_error(response: Any, status: int, kind: str, code: str) -> dict[str, Any]:
+    """`{"error": {"message", "type", "param", "code"}}` with OpenAI's `type` for the status and specai's code."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error: dict[str, Any] = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert (error["type"], error["code"]) == (kind, code), error
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    return error
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/models/default", "/v1/chat/completions"])
+def test_v1_without_a_valid_token_is_an_authentication_error(client: TestClient, path: str) -> None:
+    method = "POST" if path.endswith("completions") else "GET"
+    body = CHAT if method == "POST" else None
+    error = assert_openai_error(
+        client.request(method, path, json=body), 401, "authentication_error", "unauthorized"
+    )
+    assert "Bearer" in error["message"]
+    bad = {"Authorization": "Basic abc"}
+    assert_openai_error(
+        client.request(method, path, json=body, headers=bad), 401, "authentication_error", "unauthorized"
+    )
+    assert_error(client.get("/agents", headers=bad), 401, "unauthorized")  # the rest keeps specai's shape
+
+
+def test_v1_with_a_read_only_key_is_a_permission_error(client: TestClient, headers: dict[str, str]) -> None:
+    made = client.post("/auth/keys", json={"name": "reader"}, headers=headers)
+    assert made.status_code == 201, made.text
+    reader = {"Authorization": f"Bearer {made.json()['key']}"}
+    assert client.get("/v1/models", headers=reader).status_code == 200
+    assert_openai_error(
+        client.post("/v1/chat/completions", json=CHAT, headers=reader), 403, "permission_error", "forbidden"
+    )
+    assert_error(client.post("/query", json={"message": "hi"}, headers=reader), 403, "forbidden")
+
+
+def test_v1_routing_validation_and_size_errors(client: TestClient, headers: dict[str, str]) -> None:
+    assert_openai_error(client.get("/v1/nope", headers=headers), 404, "not_found_error", "not_found")
+    assert_openai_error(
+        client.delete("/v1/models", headers=headers), 405, "invalid_request_error", "method_not_allowed"
+    )
+    error = assert_openai_error(
+        client.post("/v1/chat/completions", json={"model": 5, "messages": []}, headers=headers),
+        400,
+        "invalid_request_error",
+        "invalid_request",
+    )
+    assert error["param"] == "model"
+    assert_openai_error(
+        client.post("/v1/chat/completions", content=b"{nope", headers=headers),
+        400,
+        "invalid_request_error",
+        "invalid_request",
+    )
+    big = client.post(
+        "/v1/chat/completions", content=b"x" * 5000, headers={**headers, "content-type": "application/json"}
+    )
+    assert_openai_error(big, 413, "invalid_request_error", "payload_too_large")
+    missing = client.post("/v1/chat/completions", json={**CHAT, "model": "zz"}, headers=headers)
+    error = assert_openai_error(missing, 404, "not_found_error", "model_not_found")
+    assert error["message"] == "agent 'zz' not found; available: default"
+    assert_error(
+        client.post("/query", json={"message": "x", "agent": "zz"}, headers=headers), 404, "agent_not_found"
+    )

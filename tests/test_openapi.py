@@ -67,15 +67,24 @@ def test_the_error_body_is_the_one_the_server_sends(schema: dict[str, Any]) -> N
     assert error["properties"]["error"]["type"] == error["properties"]["code"]["type"] == "string"
 
 
+def test_the_openai_error_body_is_the_one_v1_sends(schema: dict[str, Any]) -> None:
+    body = schema["components"]["schemas"]["OpenAIErrorBody"]
+    assert body["required"] == ["error"]
+    error = _component(schema, body["properties"]["error"]["$ref"])
+    assert set(error["properties"]) == set(error["required"]) == {"message", "type", "param", "code"}
+
+
 def test_every_error_response_references_the_error_body(schema: dict[str, Any]) -> None:
+    """specai's body everywhere, OpenAI's under /v1/ (what each sends: tests/test_error_shape.py)."""
     for method, path, operation in _operations(schema):
         errors = {status: r for status, r in operation["responses"].items() if int(status) >= 400}
         assert {"400", "503"} <= set(errors), (method, path, sorted(errors))
+        body = "OpenAIErrorBody" if path.startswith("/v1/") else "ErrorBody"
         for status, response in errors.items():
             content = response.get("content") or {}
             assert list(content) == ["application/json"], (method, path, status, content)
             ref = content["application/json"]["schema"].get("$ref", "")
-            assert ref == "#/components/schemas/ErrorBody", (method, path, status, ref)
+            assert ref == f"#/components/schemas/{body}", (method, path, status, ref)
             assert response["description"], (method, path, status)
 
 

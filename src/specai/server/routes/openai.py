@@ -19,7 +19,7 @@ import msgspec
 from litestar import Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from specai.agents.runtime import ClientRequest, QueryInput, Run
@@ -72,7 +72,11 @@ REFUSED: tuple[tuple[str, Callable[[ChatCompletionIn], bool], str], ...] = (
         'modalities other than ["text"] are not supported',
     ),
     ("prediction", lambda d: d.prediction is not None, "prediction is not supported"),
-    ("web_search_options", lambda d: d.web_search_options is not None, "web search is not supported"),
+    (
+        "web_search_options",
+        lambda d: d.web_search_options is not None,
+        "web_search_options is not supported (no web search)",
+    ),
     ("functions", lambda d: d.functions is not None, "functions is the legacy form: send tools instead"),
     (
         "function_call",
@@ -114,7 +118,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         sync_to_thread=False,
         responses=openai_error_responses(401, 404),
     )
-    def retrieve_model(model_id: str) -> ModelOut:
+    def retrieve_model(model_id: FromPath[str]) -> ModelOut:
         """One available agent as an OpenAI model (404 for an unknown or unavailable one)."""
         agent = server.runtime.agents.get(model_id)
         if agent is None or not agent.available:
