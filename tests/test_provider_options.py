@@ -209,6 +209,18 @@ async def test_openai_finish_reasons(raw: str, reason: str | None) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("raw", "reason"), [("stop", "tool_calls"), ("eos", "tool_calls"), ("length", "length")]
+)
+async def test_openai_compatible_server_that_misnames_a_tool_call_finish(raw: str, reason: str) -> None:
+    turn = Turn(tool_calls=[FakeToolCall("get_weather", {"city": "Oslo"})], reason=raw)
+    async with upstream(FakeOpenAI, turns=[turn]) as (_fake, provider):
+        events = await events_of(provider, ask(tools=(WEATHER,)))
+    assert [c.name for c in calls_of(events)] == ["get_weather"]
+    assert finish_of(events) == reason
+
+
+@pytest.mark.anyio
 async def test_openai_client_supplied_tool_results() -> None:
     async with upstream(FakeOpenAI) as (fake, provider):
         request = ask(messages=CLIENT_CONVERSATION, tools=(WEATHER, CLOCK))

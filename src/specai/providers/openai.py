@@ -193,11 +193,14 @@ class OpenAIProvider(BaseProvider):
             if transport_failure(exc) is None:
                 raise
             raise self._error(exc, started) from exc
-        for call in tool_calls.calls():
+        calls = tool_calls.calls()
+        for call in calls:
             yield ToolCallRequested(call)
         if usage is not None:
             yield usage
-        yield Finished(finish_reason(reason))
+        final = finish_reason(reason)
+        # some compatible servers (llama.cpp, older Ollama) say "stop" or nothing after tool calls
+        yield Finished("tool_calls" if calls and final in ("stop", None) else final)
 
     def unsupported(self, request: ModelRequest) -> str | None:
         """Everything is passed through; only a tool_choice that forces a tool nobody offered is refused."""
