@@ -165,6 +165,87 @@ def test_an_unreachable_or_silent_server_is_a_connection_failure(tmp_path: Path)
             asyncio.run(fetch_cert_async(silent, 0.3))
 
 
+@contextlib.contextmanager
+def plain_http_listener() -> Iterator[int]:
+    """A loopback port that answers whatever arrives with an HTTP 400, as a plain HTTP server does to a TLS hello."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(3)
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_a_plain_http_port_is_said_in_words() -> None:
+    with plain_http_listener() as port:
+        address = parse_server(f"https://127.0.0.1:{port}")
+        expected = (
+            f"https://127.0.0.1:{port} answered in plain HTTP, not TLS: is it a specai server (they always use TLS), "
+            "or is the URL's port wrong?"
+        )
+        with pytest.raises(ConnectionFailedError) as blocking:
+            fetch_cert(address, timeout=5)
+        assert blocking.value.message == expected
+        with pytest.raises(ConnectionFailedError) as looped:
+            asyncio.run(fetch_cert_async(address, 5))
+        assert looped.value.message == expected
+        result = CliRunner().invoke(app, ["health", "--server", address.origin, "--fingerprint", FP])
+    assert result.exit_code == 1, result.output
+    assert result.stderr == f"error: {expected}\n"
+
+
+def test_a_server_that_never_completes_the_handshake_times_out_in_words(tmp_path: Path) -> None:
+    with tls_listener(tmp_path, handshake=False) as (port, _):
+        address = parse_server(f"https://127.0.0.1:{port}")
+        with pytest.raises(ConnectionFailedError) as info:
+            fetch_cert(address, timeout=0.3)
+    assert info.value.message == (
+        f"TLS handshake with 127.0.0.1:{port} timed out after 0.3 s: something accepts connections on that port "
+        "but does not speak TLS"
+    )
+
+
+def test_a_refused_connection_asks_whether_the_server_runs() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        closed = parse_server(f"https://127.0.0.1:{probe.getsockname()[1]}")
+    expected = f"cannot reach {closed.origin}: connection refused (is the server running, and on that port?)"
+    with pytest.raises(ConnectionFailedError) as blocking:
+        fetch_cert(closed, timeout=2)
+    assert blocking.value.message == expected
+    with pytest.raises(ConnectionFailedError) as looped:
+        asyncio.run(fetch_cert_async(closed, 2))
+    assert looped.value.message == expected
+    result = CliRunner().invoke(app, ["health", "--server", closed.origin])
+    assert (result.exit_code, result.stderr) == (1, f"error: {expected}\n")
+
+
+def test_plain_http_in_an_open_clients_cause_chain_is_said_in_words() -> None:
+    cause = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    cause.reason = "WRONG_VERSION_NUMBER"
+    exc = httpx.ConnectError("handshake failed")
+    exc.__cause__ = cause
+    assert "answered in plain HTTP, not TLS" in transport_error(SERVER, exc).message
+
+
 def test_a_peer_opens_only_after_its_pin_matches(tmp_path: Path) -> None:
     with tls_listener(tmp_path) as (port, received):
         address = parse_server(f"https://127.0.0.1:{port}")
