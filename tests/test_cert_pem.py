@@ -15,7 +15,7 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from live import ServerProcess, make_home, run_cli
+from live import ServerProcess, Terminal, make_home, run_cli
 from typer.testing import CliRunner
 
 from specai.cli import app
@@ -197,6 +197,29 @@ def test_remote_pem_with_the_fingerprint_is_the_served_certificate_and_pins_it(
     pem.write_text(result.stdout)
     with httpx.Client(verify=ssl.create_default_context(cafile=pem)) as client:
         assert client.get(f"{served.url}/health").status_code == 200
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("answer", ["y", "n"])
+def test_remote_pem_at_a_terminal_asks_before_trusting(
+    served: ServerProcess, client_home: Path, answer: str
+) -> None:
+    with Terminal(client_home, "cert", "pem", "--server", served.url) as term:
+        term.expect(served.fingerprint)
+        term.expect("Trust this server and remember it?")
+        term.type_line(answer)
+        code = term.finish()
+        shown = term.text()
+    if answer == "y":
+        assert code == 0, shown
+        assert ssl.DER_cert_to_PEM_cert(served.der()).strip().replace("\n", "\r\n") in shown
+        assert json.loads((client_home / "known_servers.json").read_text()) == {
+            served.url: served.fingerprint
+        }
+    else:
+        assert code == 5, shown
+        assert "BEGIN CERTIFICATE" not in shown
+        assert not (client_home / "known_servers.json").exists()
 
 
 @pytest.mark.live
