@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -174,6 +173,8 @@ def pem(
 
       curl -k --pinnedpubkey "$(specai cert pem --pubkey-pin)" https://127.0.0.1:3000/health
     """
+    import ssl  # not at the top: `cert fingerprint` starts without it
+
     der = _trusted_der(server, fingerprint) if server else _local_der(ctx)
     if pubkey_pin:
         print(_pubkey_pin(der))
@@ -182,6 +183,8 @@ def pem(
 
 
 def _local_der(ctx: typer.Context) -> bytes:
+    import ssl
+
     from specai.identity.tls import read_cert  # cryptography: the first certificate of any PEM file
 
     return ssl.PEM_cert_to_DER_cert(read_cert(_local_cert(ctx)).pem)
