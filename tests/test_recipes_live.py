@@ -79,12 +79,12 @@ class Bench:
     key: str = ""
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = cli_env(self.home, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra)
+        env = cli_env(self.home, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
         for name in TRUST_ENV:
             env.pop(name, None)
         if self.url:
             env.update(SPECAI_URL=self.url, SPECAI_API_KEY=self.key)
-        return env
+        return env | extra
 
     def run(self, name: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
         """Run recipe `name` as written, in the work folder (where specai.pem is)."""
@@ -284,3 +284,13 @@ def test_curl_pinnedpubkey_refuses_another_key(ready: Bench, tmp_path: Path) -> 
     )
     assert done.returncode == 90, done.stderr  # CURLE_SSL_PINNEDPUBKEYNOTMATCH
     assert done.stdout == ""
+
+
+@pytest.mark.live
+def test_a_login_token_from_specai_token_works_in_a_recipe_too(ready: Bench) -> None:
+    token = run_cli(ready.home, "token", "--server", ready.url)
+    assert token.returncode == 0, token.stderr
+    assert not token.stdout.startswith("spk_")  # the login token, not the key
+    done = ready.run("curl", SPECAI_API_KEY=token.stdout.strip())
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["choices"][0]["message"]["content"] == MOCK_REPLY
