@@ -157,8 +157,10 @@ def pem(
         ),
     ] = False,
 ) -> None:
-    """Print the certificate to trust, as PEM: what curl --cacert, SSL_CERT_FILE and
-    ssl.create_default_context(cafile=...) take.
+    """Print the certificate other tools should trust, as PEM.
+
+    It is what curl --cacert, SSL_CERT_FILE and ssl.create_default_context(cafile=...) take; the README's "Use it
+    from other tools" has tested recipes for the openai SDK, llm, litellm and curl.
 
     Without --server it prints the local server's certificate (run it on the server machine). With --server the
     certificate is checked first, as `specai login` checks it: against --fingerprint, else the pin saved in
