@@ -461,15 +461,15 @@ def test_every_protected_route_rejects_missing_and_bad_tokens(auth_live: ServerP
                 url += "?" + "&".join(f"{k}={v}" for k, v in queries[path].items())
             body = bodies.get(path, {}) if method != "GET" else None
             response = client.request(method, url, json=body)
-            assert_error(response, 401, "unauthorized")
+            assert_refused(response, path, 401, "unauthorized")
             for label, token in bad_tokens.items():
                 response = client.request(
                     method, url, json=body, headers={"Authorization": f"Bearer {token}"}
                 )
                 assert response.status_code == 401, (path, method, label, response.text)
-                assert_error(response, 401, "unauthorized")
+                assert_refused(response, path, 401, "unauthorized")
             response = client.request(method, url, json=body, headers={"Authorization": good})  # no "Bearer "
-            assert_error(response, 401, "unauthorized")
+            assert_refused(response, path, 401, "unauthorized")
             if path == "/auth/logout":  # would revoke `good` for the rest of the loop: see test_tokens*.py
                 continue
             if path == "/graph/stream":  # an endless SSE response: check its status only
@@ -481,14 +481,27 @@ def test_every_protected_route_rejects_missing_and_bad_tokens(auth_live: ServerP
                 assert ok.status_code == 204, ok.text
             elif "{" in path:  # the placeholder id names nothing: authenticated, then not found
                 assert ok.status_code == 404, (path, method, ok.text)
-                assert_error(ok, 404, ok.json()["code"])
-                assert ok.json()["code"] in ("not_found", "unknown_instance")
+                assert assert_refused(ok, path, 404) in ("not_found", "unknown_instance", "model_not_found")
             elif (path, method) in refused:
                 assert ok.status_code == 400, (path, method, ok.text)
             elif (path, method) == ("/auth/keys", "POST"):
                 assert ok.status_code == 201, ok.text
             else:
                 assert ok.status_code == 200, (path, method, ok.text)
+
+
+def assert_refused(response: httpx.Response, path: str, status: int, code: str | None = None) -> str:
+    """The error body of `path`: specai's, or under /v1/ OpenAI's (`{"error": {message, type, param, code}}`,
+    specai's code in `error.code`); returns the code."""
+    if not path.startswith("/v1/"):
+        return str(assert_error(response, status, code or response.json()["code"])["code"])
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["message"]
+    assert code is None or error["code"] == code, error
+    return str(error["code"])
 
 
 def test_token_shape_and_claims(auth_live: ServerProcess) -> None:
