@@ -11,7 +11,19 @@ from specai import __version__
 
 pytestmark = pytest.mark.live  # each test runs the CLI as a process
 
-COMMANDS = ("server", "auth", "cert", "login", "logout", "query", "agents", "health")
+COMMANDS = (
+    "server",
+    "auth",
+    "cert",
+    "login",
+    "logout",
+    "token",
+    "whoami",
+    "servers",
+    "query",
+    "agents",
+    "health",
+)
 
 
 def test_help_lists_every_command(home: Path) -> None:
@@ -34,12 +46,30 @@ def test_unknown_command_is_a_usage_error(home: Path) -> None:
 
 
 def test_subcommand_help_has_examples(home: Path) -> None:
-    for args in (("auth", "add-user"), ("query",), ("login",), ("cert", "show"), ("server",)):
+    for args in (
+        ("auth", "add-user"),
+        ("query",),
+        ("login",),
+        ("cert", "show"),
+        ("server",),
+        ("token",),
+        ("whoami",),
+        ("servers",),
+        ("servers", "forget"),
+    ):
         result = run_cli(home, *args, "--help")
         assert result.returncode == 0, args
         assert "Example" in result.stdout, args
 
 
 def test_read_commands_take_json(home: Path) -> None:
-    for args in (("auth", "list-users"), ("cert", "show"), ("agents",), ("health",), ("query",)):
+    for args in (
+        ("auth", "list-users"),
+        ("cert", "show"),
+        ("agents",),
+        ("health",),
+        ("query",),
+        ("whoami",),
+        ("servers",),
+    ):
         assert "--json" in run_cli(home, *args, "--help").stdout, args

@@ -12,11 +12,7 @@ from specai.cli._duration import until, utc_stamp
 from specai.config import home_dir
 from specai.identity.trust import KnownServers, LastSessions, SavedTokens, parse_server
 
-app = typer.Typer(
-    help="The servers this CLI trusts (pinned certificates) and is logged in to; forget one.",
-    invoke_without_command=True,
-    no_args_is_help=False,
-)
+app = typer.Typer(invoke_without_command=True, no_args_is_help=False)  # help: the callback's docstring
 
 
 @app.callback(invoke_without_command=True)
