@@ -54,7 +54,7 @@ def _new_password(minimum: int, password_stdin: bool) -> str:
         except InvalidRequestError as exc:
             if password_stdin:
                 fail(exc.message, USAGE)
-            err.print(f"{exc.message}; try again")
+            err.print(f"{exc.message}; try again", markup=False, highlight=False)
 
 
 @app.command("add-user")
