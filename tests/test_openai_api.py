@@ -202,7 +202,7 @@ def test_sampling_parameters_reach_the_provider(client: TestClient) -> None:
     assert (options.presence_penalty, options.frequency_penalty) == (0.5, -0.5)
     assert options.response_format == {
         "type": "json_schema",
-        "json_schema": {"name": "answer", "schema": schema, "description": None, "strict": None},
+        "json_schema": {"name": "answer", "schema": schema},
     }
     complete(client, stop=["a", "b"], response_format={"type": "json_object"}, max_tokens=5)
     options = recorder.requests[1].options

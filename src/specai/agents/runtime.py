@@ -120,9 +120,8 @@ class ClientRequest:
 class AgentEvent:
     """One step of a run, mirroring the wire's StreamChunk `type`."""
 
-    type: (
-        str  # start | chunk | tool_call | tool_result | end | error (a client tool's tool_call has its `id`)
-    )
+    # start | chunk | tool_call | tool_result | end | error; a client tool's tool_call also has the call's `id`
+    type: str
     data: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -143,14 +142,12 @@ class Run:
     context: ToolContext = field(default_factory=ToolContext)
     failure: SpecaiError | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    client_tools: tuple[ToolSpec, ...] | None = (
-        None  # offered instead of the agent's; their calls end the run
-    )
+    # the client's tools, offered instead of the agent's: the model's calls of them end the run, for the client
+    client_tools: tuple[ToolSpec, ...] | None = None
     tool_choice: ToolChoice | None = None
-    client_calls: list[ToolCall] = field(default_factory=list)  # what the model asked the client to run
-    finish_reason: str | None = (
-        None  # OpenAI's words, set before `end`: stop, length, tool_calls, content_filter
-    )
+    client_calls: list[ToolCall] = field(default_factory=list)
+    # why the last model call ended, in OpenAI's words (stop, length, tool_calls, content_filter); set before `end`
+    finish_reason: str | None = None
 
     async def events(self) -> AsyncIterator[AgentEvent]:
         """Stream the run; provider failures end it with an `error` event (and `failure` set) instead of raising."""

@@ -373,13 +373,8 @@ async def _chunks(
             yield chunk({"content": event.data["text"]})
         elif event.type == "tool_call" and "id" in event.data:  # a client tool's call, for the client to run
             function = {"name": event.data["name"], "arguments": json.dumps(event.data["arguments"])}
-            yield chunk(
-                {
-                    "tool_calls": [
-                        {"index": calls, "id": event.data["id"], "type": "function", "function": function}
-                    ]
-                }
-            )
+            call = {"index": calls, "id": event.data["id"], "type": "function", "function": function}
+            yield chunk({"tool_calls": [call]})
             calls += 1
         elif event.type == "error":
             status = run.failure.status if run.failure is not None else 500

@@ -43,8 +43,8 @@ class StreamOptionsIn(msgspec.Struct):
     include_usage: bool = False
 
 
-class JsonSchemaIn(msgspec.Struct):
-    """`response_format.json_schema`: the schema the answer must follow."""
+class JsonSchemaIn(msgspec.Struct, omit_defaults=True):
+    """`response_format.json_schema`: the schema the answer must follow (passed on without the fields not given)."""
 
     name: str
     schema: dict[str, Any] | None = None
