@@ -77,6 +77,20 @@ def handshake_failure(server: ServerAddress, exc: OSError) -> ConnectionFailedEr
     return ConnectionFailedError(f"TLS handshake with {server.origin} failed: {reason(exc)}")
 
 
+def timed_out(server: ServerAddress, seconds: float, *, connected: bool) -> ConnectionFailedError:
+    """Silence, in words: no answer to the connection, or a connection whose TLS handshake never completed."""
+    address = server.origin.removeprefix("https://")
+    if connected:
+        return ConnectionFailedError(
+            f"TLS handshake with {address} timed out after {seconds:g} s: something accepts connections on that "
+            "port but does not speak TLS"
+        )
+    return ConnectionFailedError(
+        f"connecting to {address} timed out after {seconds:g} s: is the address right, or is a firewall "
+        "dropping the connection?"
+    )
+
+
 def unreachable(server: ServerAddress, exc: OSError) -> ConnectionFailedError:
     """No connection at all: refused (nothing listens there), or the name or network is wrong."""
     if isinstance(exc, ConnectionRefusedError):

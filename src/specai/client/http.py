@@ -136,13 +136,38 @@ class SpecaiClient:
         """Revoke an API key; returns its record."""
         return self._call("DELETE", f"/auth/keys/{quote(key_id, safe='')}", ApiKeyOut)
 
-    def query(self, message: str, **fields: Any) -> QueryOut:
-        """POST /query: the whole answer at once."""
-        return self._call("POST", "/query", QueryOut, _query_body(message, fields))
+    def query(
+        self,
+        message: str,
+        *,
+        agent: str | None = None,
+        session_id: str | None = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> QueryOut:
+        """POST /query: the whole answer at once. `system` is an extra system prompt for this query only (after
+        the agent's own, not stored); None leaves the agent's choice (its session, prompt, temperature, limit)."""
+        body = QueryIn(
+            message, session_id, agent, temperature=temperature, max_tokens=max_tokens, system=system
+        )
+        return self._call("POST", "/query", QueryOut, body)
 
-    def stream(self, message: str, **fields: Any) -> Iterator[dict[str, Any]]:
-        """POST /stream: yield each StreamChunk as it arrives."""
-        for event in self._events("POST", "/stream", json=body_of(_query_body(message, fields))):
+    def stream(
+        self,
+        message: str,
+        *,
+        agent: str | None = None,
+        session_id: str | None = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """POST /stream: yield each StreamChunk as it arrives (the options as for `query`)."""
+        body = QueryIn(
+            message, session_id, agent, temperature=temperature, max_tokens=max_tokens, system=system
+        )
+        for event in self._events("POST", "/stream", json=body_of(body)):
             if event.data:
                 yield json.loads(event.data)
 
@@ -336,10 +361,6 @@ class SpecaiClient:
 def _with_query(path: str, query: dict[str, Any]) -> str:
     present = {key: value for key, value in query.items() if value is not None}
     return f"{path}?{urlencode(present)}" if present else path
-
-
-def _query_body(message: str, fields: dict[str, Any]) -> QueryIn:
-    return QueryIn(message, **{k: v for k, v in fields.items() if v is not None})
 
 
 def _remote_error(response: httpx.Response) -> RemoteError:

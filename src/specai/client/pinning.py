@@ -9,8 +9,8 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from specai.client.errors import handshake_failure, unreachable
-from specai.errors import ConnectionFailedError, TlsError, TrustError
+from specai.client.errors import handshake_failure, timed_out, unreachable
+from specai.errors import TlsError, TrustError
 from specai.identity.fingerprint import fingerprint_der
 from specai.identity.tls import pinned_ssl_context
 from specai.identity.trust import KnownServers, ServerAddress, verify_identity
@@ -21,14 +21,10 @@ __all__ = ["check_pin", "fetch_cert", "fetch_cert_async", "pinned_context"]
 def fetch_cert(server: ServerAddress, timeout: float) -> bytes:
     """The server's DER certificate from a handshake that verifies nothing and sends nothing else; a failure says
     which step failed (the connection, or the TLS handshake: plain HTTP on the port, or silence)."""
-    address = server.origin.removeprefix("https://")
     try:
         sock = socket.create_connection((server.host, server.port), timeout=timeout)
     except TimeoutError:
-        raise ConnectionFailedError(
-            f"connecting to {address} timed out after {timeout:g} s: is the address right, or is a firewall "
-            "dropping the connection?"
-        ) from None
+        raise timed_out(server, timeout, connected=False) from None
     except OSError as exc:
         raise unreachable(server, exc) from None
     with sock:
@@ -36,10 +32,7 @@ def fetch_cert(server: ServerAddress, timeout: float) -> bytes:
             with _unverified().wrap_socket(sock, server_hostname=server.host) as tls:
                 der = tls.getpeercert(True)
         except TimeoutError:
-            raise ConnectionFailedError(
-                f"TLS handshake with {address} timed out after {timeout:g} s: something accepts connections on "
-                "that port but does not speak TLS"
-            ) from None
+            raise timed_out(server, timeout, connected=True) from None
         except OSError as exc:  # ssl.SSLError included
             raise handshake_failure(server, exc) from None
     if not der:
@@ -48,27 +41,26 @@ def fetch_cert(server: ServerAddress, timeout: float) -> bytes:
 
 
 async def fetch_cert_async(server: ServerAddress, handshake_secs: float) -> bytes:
-    """`fetch_cert` for an event loop: a silent server costs a timer, not one of the few threads."""
+    """`fetch_cert` for an event loop: a silent server costs a timer, not one of the few threads;
+    `handshake_secs` bounds the connection and the handshake together."""
+    writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(handshake_secs):
-            _, writer = await asyncio.open_connection(
-                server.host, server.port, ssl=_unverified(), server_hostname=server.host
-            )
+            _, writer = await asyncio.open_connection(server.host, server.port)
+            await writer.start_tls(_unverified(), server_hostname=server.host)
+        der = writer.get_extra_info("ssl_object").getpeercert(True)
     except TimeoutError:
-        raise ConnectionFailedError(
-            f"{server.origin} did not complete a TLS handshake in {handshake_secs:g} s"
-        ) from None
+        raise timed_out(server, handshake_secs, connected=writer is not None) from None
     except ssl.SSLError as exc:
         raise handshake_failure(server, exc) from None
     except OSError as exc:
-        raise unreachable(server, exc) from None
-    try:
-        der = writer.get_extra_info("ssl_object").getpeercert(True)
+        raise (unreachable(server, exc) if writer is None else handshake_failure(server, exc)) from None
     finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(1):
-                await writer.wait_closed()
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await writer.wait_closed()
     if not der:
         raise TlsError(f"{server.origin} presented no certificate")
     return bytes(der)
