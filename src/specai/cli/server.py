@@ -67,6 +67,9 @@ def server(
     clients can pin its fingerprint. With [auth] enabled = true every route but /health, /cert and
     /auth/token needs a bearer token.
 
+    One $SPECAI_HOME serves one server at a time: a second one on the same home (or on the same SQLite
+    database file) exits 3 at once, naming the process that has it. Give each server its own home.
+
     Examples:
 
       specai server
@@ -75,7 +78,7 @@ def server(
 
       specai server --cert /etc/ssl/me.pem --key /etc/ssl/me.key
 
-      specai server --port 3001 --join https://10.0.0.5:3000 --join-fingerprint AA:BB:...:FF
+      SPECAI_HOME=~/.spec-ai-web1 specai server --port 3001 --join https://10.0.0.5:3000 --join-fingerprint FP
     """
     settings = _settings.load(ctx, config)
     if join_fingerprint and not join:
