@@ -239,10 +239,18 @@ class _Parser:
         return cls(**values)
 
     def unknown(
-        self, key: str, valid: list[str], label: str | None, *, strict: bool, env_prefix: str = ""
+        self,
+        key: str,
+        valid: list[str],
+        label: str | None,
+        *,
+        strict: bool,
+        variable: str = "",
+        env_prefix: str = "",
     ) -> None:
-        """An unknown key: an error when `strict`, else a warning; both name the nearest valid key."""
-        where = f"environment variable {env_prefix}{key.upper()}" if env_prefix else self.source
+        """An unknown key (from `variable` when it came from the environment): an error when `strict`, else a
+        warning; both name the nearest valid key."""
+        where = f"environment variable {variable}" if variable else self.source
         place = f" in [{label}]" if label else ""
         nearest = _nearest(key, valid)
         if nearest and env_prefix:
@@ -261,7 +269,7 @@ class _Parser:
                 key = variable.removeprefix(prefix).lower()
                 if key not in fields:
                     strict = _is_strict(name, key, fields)
-                    self.unknown(key, fields, name, strict=strict, env_prefix=prefix)
+                    self.unknown(key, fields, name, strict=strict, variable=variable, env_prefix=prefix)
 
     def convert(self, annotation: Any, value: Any, where: str, from_env: bool) -> Any:
         """Coerce one value to the field's declared type (annotations are strings under postponed evaluation)."""
