@@ -251,6 +251,8 @@ def _check_query_options(
 
 def _stdin_message() -> str:
     """The message piped in for `-`: all of stdin, without its final newline."""
+    if sys.stdin.isatty():
+        err.print("reading the message from the terminal; end it with Ctrl-D", style="dim")
     text = sys.stdin.read()
     text = text.removesuffix("\n").removesuffix("\r")
     if not text.strip():
