@@ -17,7 +17,8 @@ from specai.cli import app
 from specai.cli._client import check_fingerprint, check_server_url
 from specai.cli._duration import in_words
 from specai.cli._lazy import LazyGroup
-from specai.cli.account import unverified_claims
+from specai.cli.account import API_KEY_PREFIX, unverified_claims
+from specai.users.keys import KEY_PREFIX
 
 ORIGIN = "https://127.0.0.1:3000"
 OTHER = "https://10.0.0.5:4443"
@@ -157,6 +158,7 @@ def test_whoami_reads_a_role_only_as_the_token_says(cli: Path) -> None:
 
 
 def test_whoami_with_an_api_key_says_what_it_cannot_know(cli: Path) -> None:
+    assert API_KEY_PREFIX == KEY_PREFIX  # kept apart so whoami loads no database code
     facts = json.loads(run("whoami", "--json", SPECAI_TOKEN="spk_0123456789abcdef_" + "x" * 43).stdout)
     assert (facts["token_kind"], facts["username"], facts["expires_at"], facts["expired"]) == (
         "api_key",

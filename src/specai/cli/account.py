@@ -16,7 +16,7 @@ from specai.cli._duration import until, utc_stamp
 from specai.config import DEFAULT_SERVER_URL, home_dir
 from specai.identity.trust import KnownServers, parse_server
 
-API_KEY_PREFIX = "spk_"  # `specai auth token create` keys; opaque here (only the server can read them)
+API_KEY_PREFIX = "spk_"  # users.keys.KEY_PREFIX (that module loads the database layer); opaque to the client
 
 
 @handle_errors
@@ -85,13 +85,12 @@ def _facts(origin: str, from_env: str | None, login: SavedLogin | None) -> dict[
     """What is known locally about the login for `origin` (SPECAI_TOKEN, when set, is what gets sent)."""
     token = from_env or (login.token if login else "")
     claims = unverified_claims(token)
-    if from_env:
-        username = _text(claims.get("sub"))
-        expires_at = claims.get("exp") if isinstance(claims.get("exp"), int) else None
-    else:
-        assert login is not None
-        username = login.username or _text(claims.get("sub"))
-        expires_at = login.expires_at
+    username, expires_at = _text(claims.get("sub")), claims.get("exp")
+    if not isinstance(expires_at, int) or isinstance(expires_at, bool):
+        expires_at = None
+    if not from_env and login is not None:  # what the login noted beats what the token says
+        username = login.username or username
+        expires_at = login.expires_at if login.expires_at is not None else expires_at
     return {
         "server": origin,
         "token_source": "SPECAI_TOKEN" if from_env else "tokens.json",
@@ -107,7 +106,11 @@ def _facts(origin: str, from_env: str | None, login: SavedLogin | None) -> dict[
 def _show(facts: dict[str, Any]) -> None:
     source = "from SPECAI_TOKEN" if facts["token_source"] == "SPECAI_TOKEN" else "saved by specai login"
     kind = {"api_key": "API key", "login": "login token"}.get(facts["token_kind"], "token")
-    user = facts["username"] or "not known here (an API key names its owner only to the server)"
+    user = facts["username"] or (
+        "not known here (an API key names its owner only to the server)"
+        if facts["token_kind"] == "api_key"
+        else "not known here"
+    )
     role = facts["role"]
     stamp = facts["expires_at"]
     expires = "not known here" if stamp is None else until(int(dt.datetime.fromisoformat(stamp).timestamp()))
