@@ -14,6 +14,7 @@ from specai.identity.trust import (
     LastSessions,
     SavedTokens,
     ServerAddress,
+    ServerUrlError,
     parse_server,
     verify_identity,
 )
@@ -84,6 +85,20 @@ def test_parse_server_rejects_malformed_urls(url: str, problem: str) -> None:
     with pytest.raises(InvalidRequestError, match=problem) as info:
         parse_server(url)
     assert url in info.value.message
+    assert isinstance(info.value, ServerUrlError)  # the CLI's usage error (exit 2); same code on the wire
+    assert info.value.code == "invalid_request"
+
+
+def test_every_entry_is_listed_in_the_order_first_stored(home: Path) -> None:
+    tokens = SavedTokens(home)
+    assert tokens.all() == {}
+    for origin in ("https://b:1", "https://a:1", "https://c:1"):
+        tokens.set(origin, {"token": origin})
+    tokens.set("https://b:1", {"token": "new"})  # replacing keeps the place
+    assert tokens.remove("https://a:1") is True
+    assert tokens.remove("https://a:1") is False
+    assert list(tokens.all()) == ["https://b:1", "https://c:1"]
+    assert tokens.all()["https://b:1"] == {"token": "new"}
 
 
 # --- verify_identity ------------------------------------------------------------------------------------------
