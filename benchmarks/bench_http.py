@@ -54,7 +54,7 @@ from _common import (
 )
 from _steps_app import STEPS
 
-USER, PASSWORD = "bench", "pw"
+USER, PASSWORD = "bench", "bench-password"
 ROUNDS = 3  # measurements per target
 WARMUP_SECONDS = 1.0
 LOGINS = 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import stat
 import time
 from pathlib import Path
@@ -112,53 +113,70 @@ def test_specai_token_wins_as_it_is_what_commands_send(cli: Path) -> None:
 # --- specai whoami ------------------------------------------------------------------------------------------------
 
 
-def test_whoami_shows_what_the_login_saved(cli: Path) -> None:
+def closed_origin() -> str:
+    """An https origin on loopback where nothing listens (the connection is refused at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"https://127.0.0.1:{port}"
+
+
+def test_whoami_shows_what_the_login_saved_when_the_server_cannot_be_asked(cli: Path) -> None:
+    origin = closed_origin()
     expires = int(time.time()) + 7200
     save(
         cli,
         "tokens.json",
         {
-            ORIGIN: {
+            origin: {
                 "token": jwt_like({"sub": "alice", "exp": expires}),
                 "username": "alice",
                 "expires_at": expires,
             }
         },
     )
-    save(cli, "known_servers.json", {ORIGIN: FP_A})
-    shown = run("whoami", "--json")
-    assert shown.exit_code == 0, shown.output
+    save(cli, "known_servers.json", {origin: FP_A})
+    shown = run("whoami", "--json", "--server", origin)
+    assert shown.exit_code == 1, shown.output
     assert json.loads(shown.stdout) == {
-        "server": ORIGIN,
+        "server": origin,
         "token_source": "tokens.json",
         "token_kind": "login",
         "username": "alice",
         "role": None,
+        "scope": None,
+        "verified": False,
         "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)),
         "expired": False,
         "fingerprint": FP_A,
     }
-    text = run("whoami").stdout
-    assert f"server       {ORIGIN}" in text
+    line = one_error_line(shown)
+    assert line.startswith(f"error: could not ask {origin} (showing what is saved here): ")
+    assert "refused" in line
+    text = run("whoami", "--server", origin).stdout
+    assert f"server       {origin}" in text
     assert "user         alice" in text
     assert f"fingerprint  {FP_A}" in text
     assert "(in 1 h 59 min)" in text or "(in 2 h)" in text
-    assert "role         not known here" in text
+    assert "role         not known (the server was not asked)" in text
 
 
-def test_whoami_reads_a_role_only_as_the_token_says(cli: Path) -> None:
+def test_whoami_never_takes_a_role_from_the_token(cli: Path) -> None:
+    origin = closed_origin()
+    save(cli, "known_servers.json", {origin: FP_A})
     token = jwt_like({"sub": "bob", "role": "admin", "exp": int(time.time()) + 60})
-    result = run("whoami", "--server", OTHER, SPECAI_TOKEN=token)
-    assert result.exit_code == 0, result.output
-    assert "user         bob" in result.stdout
-    assert "role         admin (as the token says; only the server decides)" in result.stdout
-    assert "from SPECAI_TOKEN" in result.stdout
-    assert "not pinned" in result.stdout
+    result = run("whoami", "--server", origin, "--json", SPECAI_TOKEN=token)
+    assert result.exit_code == 1, result.output
+    facts = json.loads(result.stdout)
+    assert (facts["username"], facts["role"], facts["token_source"]) == ("bob", None, "SPECAI_TOKEN")
 
 
 def test_whoami_with_an_api_key_says_what_it_cannot_know(cli: Path) -> None:
     assert API_KEY_PREFIX == KEY_PREFIX  # kept apart so whoami loads no database code
-    facts = json.loads(run("whoami", "--json", SPECAI_TOKEN="spk_0123456789abcdef_" + "x" * 43).stdout)
+    origin = closed_origin()
+    save(cli, "known_servers.json", {origin: FP_A})
+    answer = run("whoami", "--json", "--server", origin, SPECAI_TOKEN="spk_0123456789abcdef_" + "x" * 43)
+    facts = json.loads(answer.stdout)
     assert (facts["token_kind"], facts["username"], facts["expires_at"], facts["expired"]) == (
         "api_key",
         None,

@@ -65,10 +65,19 @@ def test_login_token_whoami_servers_forget(account_server: ServerProcess, client
         account_server.fingerprint,
     )
     assert (facts["token_kind"], facts["expired"]) == ("login", False)
+    assert (facts["role"], facts["scope"], facts["verified"]) == (
+        "admin",
+        "admin",
+        True,
+    )  # the server's answer
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", facts["expires_at"])
     shown = run_cli(client_home, "whoami", "--server", url).stdout
     assert "user         alice" in shown
     assert "(in 23 h 59 min)" in shown or "(in 1 day)" in shown  # the server's default: a day
+    assert "role         admin (token scope admin)" in shown
+    rejected = run_cli(client_home, "whoami", "--server", url, SPECAI_TOKEN=token[:-4] + "AAAA")
+    assert rejected.returncode == 4, rejected.stderr  # a token the server does not honour
+    assert "expired or not honoured by the server" in rejected.stderr
 
     listed = run_cli(client_home, "servers", "--json")
     assert listed.returncode == 0, listed.stderr

@@ -11,7 +11,7 @@ import pytest
 from databases import ENGINES, database_toml
 from litestar.testing import TestClient
 
-from helpers import assert_error
+from helpers import assert_error, assert_openai_error
 from specai import auth
 from specai.config import load_settings
 from specai.identity.tls import ensure_server_cert, read_cert
@@ -242,20 +242,6 @@ def test_hash_empty_password(client: TestClient, headers: dict[str, str]) -> Non
 # -- /v1/*: the same failures in OpenAI's error body (the OpenAI SDKs show only what is there) ----------------------
 
 CHAT = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def assert_openai_error(response: Any, status: int, kind: str, code: str) -> dict[str, Any]:
-    """`{"error": {"message", "type", "param", "code"}}` with OpenAI's `type` for the status and specai's code."""
-    assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error: dict[str, Any] = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
-    assert (error["type"], error["code"]) == (kind, code), error
-    assert isinstance(error["message"], str)
-    assert error["message"]
-    return error
 
 
 @pytest.mark.parametrize("path", ["/v1/models", "/v1/models/default", "/v1/chat/completions"])

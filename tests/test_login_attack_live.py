@@ -194,7 +194,7 @@ async def test_auth_hash_is_rate_limited_per_user(clients: dict[str, httpx.Async
         tokens[name] = {"Authorization": f"Bearer {response.json()['token']}"}
 
     async def hash_as(name: str) -> httpx.Response:
-        return await client.post("/auth/hash", json={"password": "pw-x"}, headers=tokens[name])
+        return await client.post("/auth/hash", json={"password": "pw-x-long-enough"}, headers=tokens[name])
 
     responses = await asyncio.gather(*(hash_as("bob") for _ in range(HASH_PER_MINUTE + 3)))
     statuses = sorted(r.status_code for r in responses)

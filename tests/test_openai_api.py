@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
+import helpers
 from helpers import assert_error
 from specai.agents.runtime import AgentRuntime, ClientRequest, QueryInput
 from specai.config import load_settings
@@ -99,17 +100,8 @@ def complete(client: TestClient, **body: Any) -> Any:
 
 
 def assert_openai_error(response: Any, status: int, kind: str, code: str, param: str | None = None) -> str:
-    """OpenAI's error body, exactly its four fields; returns the message."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
-    assert (error["type"], error["code"], error["param"]) == (kind, code, param), error
-    assert isinstance(error["message"], str)
-    assert error["message"]
-    return str(error["message"])
+    """OpenAI's error body with exactly this `param`; returns the message."""
+    return str(helpers.assert_openai_error(response, status, kind, code, param)["message"])
 
 
 def chunks(response: Any) -> list[Any]:

@@ -186,3 +186,27 @@ def test_a_user_account_gets_403_on_mesh_routes_and_a_mesh_account_does_not(clie
     assert_error(client.get("/registry/agents", headers=login(client, "alice")), 403, "forbidden")
     assert client.get("/registry/agents", headers=login(client, "relay")).status_code == 200
     assert client.get("/registry/agents", headers=login(client, "root")).status_code == 200
+
+
+def test_whoami_names_the_account_and_scope_behind_each_token(client: TestClient) -> None:
+    alice = client.get("/auth/whoami", headers=login(client, "alice")).json()
+    assert (alice["username"], alice["role"], alice["scope"], alice["auth_enabled"]) == (
+        "alice",
+        "user",
+        "write",
+        True,
+    )
+    read_key = make_key(client, login(client, "bob"), "read")
+    bob = client.get("/auth/whoami", headers=bearer(read_key["key"])).json()
+    assert (bob["username"], bob["scope"]) == ("bob", "read")  # the key's scope, not the account's
+    assert bob["user_id"] != alice["user_id"]
+    assert_error(client.get("/auth/whoami"), 401, "unauthorized")
+    assert_error(client.get("/auth/whoami", headers=bearer("spk_nope")), 401, "unauthorized")
+
+
+def test_auth_hash_refuses_a_password_shorter_than_the_minimum(client: TestClient) -> None:
+    headers = login(client, "alice")
+    assert_error(
+        client.post("/auth/hash", json={"password": "short"}, headers=headers), 400, "invalid_request"
+    )
+    assert client.post("/auth/hash", json={"password": "long enough"}, headers=headers).status_code == 200

@@ -115,7 +115,15 @@ def test_a_new_frank_is_not_the_old_frank(live: ServerProcess, client_home: Path
     add_user(live.home, "frank")
     old = cli_login(client_home, live, "frank")
     asked = run_cli(
-        client_home, "query", "remember me", "--session", "frank-diary", "--no-stream", "--server", live.url
+        client_home,
+        "query",
+        "remember me",
+        "--session",
+        "frank-diary",
+        "--new",
+        "--no-stream",
+        "--server",
+        live.url,
     )
     assert asked.returncode == 0, asked.stderr
     assert run_cli(live.home, "auth", "remove-user", "frank").returncode == 0

@@ -10,10 +10,19 @@ import sys
 import time
 from typing import Any
 
-from specai.cli._client import JsonOption, SavedLogin, ServerOption, not_logged_in, saved_login
-from specai.cli._console import AUTH_FAILURE, fail, handle_errors, out, print_json
+from specai.cli._client import (
+    FingerprintOption,
+    JsonOption,
+    SavedLogin,
+    ServerOption,
+    not_logged_in,
+    open_client,
+    saved_login,
+)
+from specai.cli._console import AUTH_FAILURE, ERROR, exit_code_for, fail, handle_errors, out, print_json
 from specai.cli._duration import until, utc_stamp
 from specai.config import DEFAULT_SERVER_URL, home_dir
+from specai.errors import RemoteError, SpecaiError
 from specai.identity.trust import KnownServers, parse_server
 
 API_KEY_PREFIX = "spk_"  # users.keys.KEY_PREFIX (that module loads the database layer); opaque to the client
@@ -48,12 +57,16 @@ def token(server: ServerOption = DEFAULT_SERVER_URL) -> None:
 
 
 @handle_errors
-def whoami(server: ServerOption = DEFAULT_SERVER_URL, json_output: JsonOption = False) -> None:
-    """Show whom the CLI is logged in as on a server: user, role, token expiry and the pinned fingerprint.
+def whoami(
+    server: ServerOption = DEFAULT_SERVER_URL,
+    fingerprint: FingerprintOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Show whom the CLI is logged in as on a server: user, role, token scope and expiry, and the pin.
 
-    Nothing is sent to the server: this is what `specai login` saved here (or what SPECAI_TOKEN carries, read
-    without verifying it; only the server can say whether a token is still honoured). Exit 4 when not logged
-    in, or when the token has expired (after printing what is known).
+    The server is asked (over the pinned connection) whom the token speaks for, so the answer is the server's:
+    a revoked or expired token says so (exit 4). When the server cannot be reached, what `specai login` saved
+    here is shown and the command exits 1.
 
     Examples:
 
@@ -67,18 +80,45 @@ def whoami(server: ServerOption = DEFAULT_SERVER_URL, json_output: JsonOption = 
     if not from_env and login is None:
         fail(not_logged_in(origin, None), AUTH_FAILURE)
     facts = _facts(origin, from_env, login)
+    problem = None
+    rejected = False
+    try:
+        if not facts["expired"]:  # known to be dead: no need to ask
+            with open_client(server, fingerprint) as client:
+                answer = client.whoami()
+            facts.update(username=answer.username, role=answer.role, scope=answer.scope, verified=True)
+            facts["fingerprint"] = KnownServers(home_dir()).get(origin)
+    except RemoteError as exc:
+        if exc.http_status == 404:  # a server older than GET /auth/whoami
+            problem = "it does not report roles (a specai server older than this client)"
+        elif exc.http_status == 401:
+            facts["expired"] = rejected = True  # the server no longer honours it, whatever its date says
+        else:
+            raise
+    except SpecaiError as exc:
+        if exit_code_for(exc) != ERROR:  # an untrusted certificate or a bad URL is not "unreachable"
+            raise
+        problem = exc.message
     if json_output:
         print_json(facts)
     else:
         _show(facts)
-    if facts["expired"] and from_env:
+    if from_env and facts["expired"]:
         fail(
-            f"the token in SPECAI_TOKEN has expired (as it says): set a fresh one, or unset it and run "
-            f"specai login --server {origin}",
+            "the token in SPECAI_TOKEN is expired or not honoured by the server: set a fresh one, or unset it "
+            f"and run specai login --server {origin}",
+            AUTH_FAILURE,
+        )
+    if rejected:
+        fail(
+            f"{origin} does not honour the saved token (revoked, or its user changed): "
+            f"run specai login --server {origin}",
             AUTH_FAILURE,
         )
     if facts["expired"]:
         fail(not_logged_in(origin, login), AUTH_FAILURE)
+    if problem is not None:
+        fail(f"could not ask {origin} (showing what is saved here): {problem}")
 
 
 def _facts(origin: str, from_env: str | None, login: SavedLogin | None) -> dict[str, Any]:
@@ -96,7 +136,9 @@ def _facts(origin: str, from_env: str | None, login: SavedLogin | None) -> dict[
         "token_source": "SPECAI_TOKEN" if from_env else "tokens.json",
         "token_kind": "api_key" if token.startswith(API_KEY_PREFIX) else "login" if claims else "unknown",
         "username": username,
-        "role": _text(claims.get("role")),  # no specai token carries one today: None
+        "role": None,  # only the server knows (GET /auth/whoami)
+        "scope": None,
+        "verified": False,
         "expires_at": utc_stamp(expires_at),
         "expired": expires_at is not None and expires_at <= time.time(),
         "fingerprint": KnownServers(home_dir()).get(origin),
@@ -111,16 +153,15 @@ def _show(facts: dict[str, Any]) -> None:
         if facts["token_kind"] == "api_key"
         else "not known here"
     )
-    role = facts["role"]
     stamp = facts["expires_at"]
     expires = "not known here" if stamp is None else until(int(dt.datetime.fromisoformat(stamp).timestamp()))
     pin = facts["fingerprint"] or "not pinned (the next command asks, or pass --fingerprint)"
     out.print(f"server       {facts['server']}")
     out.print(f"user         {user}")
-    if role:
-        out.print(f"role         {role} (as the token says; only the server decides)")
+    if facts["verified"]:
+        out.print(f"role         {facts['role']} (token scope {facts['scope']})")
     else:
-        out.print("role         not known here (the token does not carry it; no server route tells it yet)")
+        out.print("role         not known (the server was not asked)")
     out.print(f"token        {kind}, {source}")
     out.print(f"expires      {expires}")
     out.print(f"fingerprint  {pin}")
@@ -140,9 +181,3 @@ def unverified_claims(token: str) -> dict[str, Any]:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
-
-
-def _stamp(epoch: int | None) -> str | None:
-    return (
-        None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
-    )

@@ -20,7 +20,15 @@ from specai.errors import RemoteError
 from specai.identity.fingerprint import fingerprint_der
 from specai.identity.trust import KnownServers, ServerAddress, parse_server
 from specai.server.schemas.agents import AgentListOut, QueryIn, QueryOut
-from specai.server.schemas.auth import ApiKeyListOut, ApiKeyOut, KeyIn, NewApiKeyOut, TokenIn, TokenOut
+from specai.server.schemas.auth import (
+    ApiKeyListOut,
+    ApiKeyOut,
+    KeyIn,
+    NewApiKeyOut,
+    TokenIn,
+    TokenOut,
+    WhoAmIOut,
+)
 from specai.server.schemas.graph import (
     BootstrapIn,
     BootstrapOut,
@@ -123,6 +131,10 @@ class SpecaiClient:
     def logout(self) -> None:
         """Revoke the token this client carries, on the server."""
         self._send("POST", "/auth/logout")
+
+    def whoami(self) -> WhoAmIOut:
+        """The account, role and scope the server sees behind this client's token."""
+        return self._call("GET", "/auth/whoami", WhoAmIOut)
 
     def create_key(self, name: str, scope: str, expires_days: int | None) -> NewApiKeyOut:
         """A new API key (its `key` is shown only in this answer)."""

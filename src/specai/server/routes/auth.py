@@ -1,17 +1,17 @@
 """Exchange a password for a bearer token; hash passwords for the credentials file."""
 
 import anyio
-from litestar import Request, post
+from litestar import Request, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
 from specai import auth
 from specai.errors import AuthDisabledError, InvalidCredentialsError
 from specai.server.errors import error_responses
-from specai.server.schemas.auth import HashIn, HashOut, TokenIn, TokenOut
+from specai.server.schemas.auth import HashIn, HashOut, TokenIn, TokenOut, WhoAmIOut
 from specai.server.security import principal
 from specai.server.state import ServerState
-from specai.users.directory import User, check_password
+from specai.users.directory import User, check_password_length
 from specai.users.throttle import Lane, checked_login, client_key
 
 
@@ -57,10 +57,22 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
     async def hash_password(data: JSONBody[HashIn], request: Request) -> HashOut:
         """Return an argon2id hash of a password (protected when auth is on; rate-limited per user, and it
         queues behind logins for a password-check slot)."""
-        check_password(data.password)
+        check_password_length(data.password, server.settings.auth.min_password_length)
         await server.hash_limit.hit(principal(request).user_id)
         async with server.password_gate.slot(Lane.SUSPECT):
             hashed = await anyio.to_thread.run_sync(auth.hash_password, data.password)
         return HashOut(password_hash=hashed)
 
-    return [create_token, hash_password]
+    @get(
+        "/auth/whoami",
+        operation_id="WhoAmI",
+        tags=["auth"],
+        sync_to_thread=False,
+        responses=error_responses(401),
+    )
+    def whoami(request: Request) -> WhoAmIOut:
+        """The account this request's token speaks for, its role and the token's scope (any valid token)."""
+        who = principal(request)
+        return WhoAmIOut(who.name, who.user_id, who.role, who.scope, server.users is not None)
+
+    return [create_token, hash_password, whoami]

@@ -34,6 +34,16 @@ class HashOut(msgspec.Struct):
     password_hash: str
 
 
+class WhoAmIOut(msgspec.Struct):
+    """`GET /auth/whoami`: the account and token scope a request speaks for (`local` when auth is off)."""
+
+    username: str
+    user_id: str
+    role: str
+    scope: str
+    auth_enabled: bool
+
+
 class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
     """`POST /auth/keys`: a name to recognise the key by, its scope, and its lifetime in days (null = never)."""
 
