@@ -7,6 +7,7 @@ one without the `live` marker fails, so `make test-fast` (`-m "not live"`) never
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -797,3 +798,32 @@ class RecordingTlsServer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@contextlib.contextmanager
+def loopback_server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A listener on 127.0.0.1:<port> (yielded) that passes each accepted connection to `handle` on one thread,
+    closing it afterwards and ignoring socket errors; stops with the block."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):  # ssl.SSLError is an OSError
+                handle(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from live import loopback_server
 from typer.testing import CliRunner
 
 from specai.cli import Commands, app
@@ -113,35 +114,22 @@ def tls_listener(tmp_path: Path, handshake: bool = True) -> Iterator[tuple[int, 
     (tmp_path / "k.pem").write_bytes(KEY_PEM)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
     received: list[bytes] = []
-    stop = threading.Event()
+    quiet = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn, contextlib.suppress(ssl.SSLError, OSError):
-                if not handshake:
-                    stop.wait(3)
-                    continue
-                conn.settimeout(3)
-                with ctx.wrap_socket(conn, server_side=True) as tls:
-                    received.append(tls.recv(65536))
+    def handle(conn: socket.socket) -> None:
+        if not handshake:
+            quiet.wait(3)
+            return
+        conn.settimeout(3)
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            received.append(tls.recv(65536))
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
     try:
-        yield listener.getsockname()[1], received
+        with loopback_server(handle) as port:
+            yield port, received
     finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
+        quiet.set()
 
 
 def test_both_clients_fetch_the_certificate_sending_nothing(tmp_path: Path) -> None:
@@ -167,34 +155,15 @@ def test_an_unreachable_or_silent_server_is_a_connection_failure(tmp_path: Path)
             asyncio.run(fetch_cert_async(silent, 0.3))
 
 
-@contextlib.contextmanager
-def plain_http_listener() -> Iterator[int]:
+def plain_http_listener() -> contextlib.AbstractContextManager[int]:
     """A loopback port that answers whatever arrives with an HTTP 400, as a plain HTTP server does to a TLS hello."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn, contextlib.suppress(OSError):
-                conn.settimeout(3)
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(3)
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
+    return loopback_server(handle)
 
 
 def test_a_plain_http_port_is_said_in_words() -> None:

@@ -9,8 +9,6 @@ import socket
 import ssl
 import stat
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from live import loopback_server
 
 from specai.config import ServerSettings, Settings
 from specai.errors import TlsError
@@ -329,39 +328,17 @@ def test_normalize_fingerprint_rejects_garbage(garbage: str) -> None:
 # --- peer certificates and pinning over real loopback TLS ------------------------------------------------------
 
 
-@contextlib.contextmanager
-def tls_server(cert: Path, key: Path) -> Iterator[int]:
+def tls_server(cert: Path, key: Path) -> contextlib.AbstractContextManager[int]:
     """A tiny TLS server on 127.0.0.1:<port> that handshakes each connection, then closes it."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                try:
-                    with ctx.wrap_socket(conn, server_side=True) as tls_conn:
-                        tls_conn.recv(1)
-                except (ssl.SSLError, OSError):
-                    pass
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        with ctx.wrap_socket(conn, server_side=True) as tls_conn:
+            tls_conn.recv(1)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
+    return loopback_server(handle)
 
 
 def test_fetch_peer_cert_returns_the_served_certificate(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def whoami(
     fingerprint: FingerprintOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Show whom the CLI is logged in as on a server: user, role, token scope and expiry, and the pin.
+    """Show whom the CLI is logged in as on a server: user, role, token expiry and the pinned fingerprint.
 
     The server is asked (over the pinned connection) whom the token speaks for, so the answer is the server's:
     a revoked or expired token says so (exit 4). When the server cannot be reached, what `specai login` saved
