@@ -827,3 +827,15 @@ def loopback_server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
         stop.set()
         thread.join(timeout=5)
         listener.close()
+
+
+def cli_login(client_home: Path, server: ServerProcess, user: str = "alice", password: str = PASSWORD) -> str:
+    """`specai login` with the real CLI (pinned by --fingerprint, password from stdin); returns the saved token."""
+    result = run_cli(
+        client_home,
+        *("login", "--server", server.url, "--username", user, "--password-stdin"),
+        *("--fingerprint", server.fingerprint),
+        input=password + "\n",
+    )
+    assert result.returncode == 0, result.stderr
+    return str(json.loads((client_home / "tokens.json").read_text())[server.url]["token"])

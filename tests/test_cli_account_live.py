@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live import PASSWORD, CliProcess, ServerProcess, add_user, make_home, run_cli
+from live import PASSWORD, CliProcess, ServerProcess, add_user, cli_login, make_home, run_cli
 
 pytestmark = pytest.mark.live
 
@@ -28,25 +28,9 @@ def account_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
     proc.stop()
 
 
-def login(home: Path, server: ServerProcess, user: str = "alice", password: str = PASSWORD) -> None:
-    result = run_cli(
-        home,
-        "login",
-        "--server",
-        server.url,
-        "--username",
-        user,
-        "--password-stdin",
-        "--fingerprint",
-        server.fingerprint,
-        input=password + "\n",
-    )
-    assert result.returncode == 0, result.stderr
-
-
 def test_login_token_whoami_servers_forget(account_server: ServerProcess, client_home: Path) -> None:
     url = account_server.url
-    login(client_home, account_server)
+    cli_login(client_home, account_server)
 
     printed = run_cli(client_home, "token", SPECAI_SERVER=url)
     assert printed.returncode == 0, printed.stderr
@@ -108,7 +92,7 @@ def test_login_token_whoami_servers_forget(account_server: ServerProcess, client
 def test_query_from_stdin_with_system_and_max_tokens(
     account_server: ServerProcess, client_home: Path
 ) -> None:
-    login(client_home, account_server)
+    cli_login(client_home, account_server)
     url = account_server.url
 
     def ask(*args: str, stdin: str) -> dict[str, object]:
@@ -141,7 +125,7 @@ def test_query_from_stdin_with_system_and_max_tokens(
 
 
 def test_session_must_exist_unless_new(account_server: ServerProcess, client_home: Path) -> None:
-    login(client_home, account_server)
+    cli_login(client_home, account_server)
     url = account_server.url
     missing = run_cli(client_home, "query", "hi", "--server", url, "--session", "notes-7")
     assert missing.returncode == 1

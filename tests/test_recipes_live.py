@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from live import PASSWORD, ServerProcess, add_user, cli_env, make_home, parse_sse, run_cli
+from live import ServerProcess, add_user, cli_env, cli_login, make_home, parse_sse, run_cli
 
 from specai.identity.tls import create_self_signed
 from specai.providers.mock import MOCK_REPLY
@@ -115,13 +115,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
     (home / "spec-ai.config.toml").write_text("[auth]\nenabled = true\n")
     server = ServerProcess(home).start()
     try:
-        login = run_cli(
-            home,
-            *("login", "--server", server.url, "--username", "alice", "--password-stdin"),
-            *("--fingerprint", server.fingerprint),
-            input=PASSWORD + "\n",
-        )
-        assert login.returncode == 0, login.stderr
+        cli_login(home, server)
         work = home.parent / "work"
         work.mkdir()
         yield Bench(server, home, work)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from databases import ENGINES, database_toml
-from live import PASSWORD, ServerProcess, add_user, run_cli
+from live import PASSWORD, ServerProcess, add_user, cli_login, run_cli
 
 from helpers import assert_error
 
@@ -27,17 +27,6 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     yield server
     server.stop()
     server.close()
-
-
-def cli_login(client_home: Path, server: ServerProcess, user: str, password: str = PASSWORD) -> str:
-    result = run_cli(
-        client_home,
-        *("login", "--server", server.url, "--username", user, "--password-stdin"),
-        *("--fingerprint", server.fingerprint),
-        input=password + "\n",
-    )
-    assert result.returncode == 0, result.stderr
-    return str(json.loads((client_home / "tokens.json").read_text())[server.url]["token"])
 
 
 def status(server: ServerProcess, token: str, path: str = "/agents") -> int:
