@@ -285,7 +285,9 @@ async def test_every_write_is_logged_with_a_snapshot(graph: GraphStore) -> None:
         "version",
         "timestamp",
         "data",
+        "origin",
     }
+    assert log[0].origin is None  # made here, not synced from another member
 
 
 async def test_failed_writes_log_nothing(graph: GraphStore) -> None:

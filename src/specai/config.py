@@ -86,6 +86,19 @@ class MeshSettings:
 
 
 @dataclass(frozen=True)
+class SyncSettings:
+    """`[sync]`: graph sync between mesh members; the coordinator pulls from every live member each interval."""
+
+    enabled: bool = False
+    interval_secs: float = 60.0
+    namespaces: list[dict[str, Any]] = field(default_factory=list)  # [{session_id, graph_name}] enabled at start
+    max_concurrent_syncs: int = 3
+    max_clock_skew_secs: float = 60.0  # remote stamps further ahead than this are refused
+    page_size: int = 1000  # changes per /sync/request page
+    retry_interval_secs: float = 300.0  # the longest backoff after a peer fails
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     """`[model]`: the default model every agent falls back to."""
 
@@ -139,7 +152,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     agents: Mapping[str, AgentSettings] = field(default_factory=dict)
     mesh: MeshSettings = field(default_factory=MeshSettings)
-    sync: Mapping[str, Any] = field(default_factory=dict)
+    sync: SyncSettings = field(default_factory=SyncSettings)
     join: JoinSettings | None = None  # set by `specai server --join`, never by the file or the environment
     warnings: tuple[str, ...] = ()
 

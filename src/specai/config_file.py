@@ -24,6 +24,7 @@ from specai.config import (
     ModelSettings,
     ServerSettings,
     Settings,
+    SyncSettings,
 )
 from specai.errors import ConfigError
 
@@ -54,6 +55,15 @@ def _is_sha256(text: str) -> bool:
         return len(bytes.fromhex(text.strip().lower().removeprefix("sha256:").replace(":", ""))) == 32
     except ValueError:
         return False
+
+
+def _namespaces(value: list[dict[str, Any]]) -> str | None:
+    for entry in value:
+        if set(entry) - {"session_id", "graph_name"} or not isinstance(entry.get("session_id"), str):
+            return 'each entry must be {session_id = "...", graph_name = "default"}'
+        if entry.get("graph_name", "default") != "default":
+            return "graph_name must be 'default' (a session holds one graph)"
+    return None
 
 
 def _port(value: int) -> str | None:
@@ -112,6 +122,12 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("mesh", "max_members_per_account"): _positive,
     ("mesh", "max_queued_messages"): _positive,
     ("mesh", "max_inbox_bytes"): _positive,
+    ("sync", "interval_secs"): lambda v: None if v >= 0.1 else "must be 0.1 or more",
+    ("sync", "namespaces"): lambda v: _namespaces(v),
+    ("sync", "max_concurrent_syncs"): _positive,
+    ("sync", "max_clock_skew_secs"): _positive,
+    ("sync", "page_size"): lambda v: None if 1 <= v <= 5000 else "must be from 1 to 5000",
+    ("sync", "retry_interval_secs"): _positive,
     ("mesh", "trusted_fingerprints"): lambda v: next(
         (f"{f!r} is not a SHA-256 fingerprint (64 hex digits)" for f in v if not _is_sha256(f)), None
     ),
@@ -146,7 +162,6 @@ _STRICT: dict[str, frozenset[str] | None] = {
 _STRICT_PREFIXES = ("tls", "cors")
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-_FREE_SECTIONS = ("sync",)
 
 
 class _Parser:
@@ -165,8 +180,9 @@ class _Parser:
             "graph": GraphSettings,
             "mesh": MeshSettings,
             "model": ModelSettings,
+            "sync": SyncSettings,
         }
-        known = {"default_agent", "agents", *sections, *_FREE_SECTIONS}
+        known = {"default_agent", "agents", *sections}
         for key in raw:
             if key not in known:
                 self.unknown(key, sorted(known), None, strict=_nearest(key, known) in _STRICT)
@@ -193,19 +209,12 @@ class _Parser:
                 f"{self.source}: default_agent: '{default_agent}' is not a configured agent "
                 f"(configured: {', '.join(sorted(agents or ['default']))})"
             )
-        free: dict[str, dict[str, Any]] = {}
-        for name in _FREE_SECTIONS:
-            table = raw.get(name, {})
-            if not isinstance(table, dict):
-                raise ConfigError(f"{self.source}: [{name}] must be a table")
-            free[name] = dict(table)
         return Settings(
             home=home,
             config_path=path,
             default_agent=default_agent,
             agents=agents,
             warnings=tuple(self.warnings),
-            sync=free["sync"],
             **built,
         )
 

@@ -18,9 +18,15 @@ _LOG_CHANGE = insert(graph_changelog)  # built once; compiled once per engine
 
 
 async def log_change(
-    conn: AsyncConnection, kind: str, operation: str, entity: Node | Edge, now: dt.datetime
+    conn: AsyncConnection,
+    kind: str,
+    operation: str,
+    entity: Node | Edge,
+    now: dt.datetime,
+    origin: str | None = None,
 ) -> None:
-    """Record one write to a node or edge, with its snapshot, in the transaction that made it."""
+    """Record one write to a node or edge, with its snapshot, in the transaction that made it (`origin`: the
+    mesh member a synced change came from)."""
     await conn.execute(
         _LOG_CHANGE,
         {
@@ -32,6 +38,7 @@ async def log_change(
             "version": entity.version,
             "data": entity.as_dict(),
             "created_at": now,
+            "origin": origin,
         },
     )
 

@@ -111,6 +111,7 @@ class Change:
     version: int
     data: dict[str, Any] | None
     created_at: dt.datetime
+    origin: str | None = None  # the mesh member a synced change came from; None when made here
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Change:
@@ -118,7 +119,7 @@ class Change:
         return cls(**row._mapping)
 
     def as_dict(self) -> dict[str, Any]:
-        """The change-stream event body (the original's keys plus `id`, `entity_uid` and `version`)."""
+        """The change-stream event body (the original's keys plus `id`, `entity_uid`, `version` and `origin`)."""
         return {
             "id": self.id,
             "session_id": self.session_id,
@@ -129,6 +130,7 @@ class Change:
             "version": self.version,
             "timestamp": self.created_at.isoformat(),
             "data": self.data,
+            "origin": self.origin,
         }
 
 

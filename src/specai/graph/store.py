@@ -28,6 +28,7 @@ from specai.graph.validate import (
     check_version,
     check_weight,
 )
+from specai.graph.sync.recorder import SyncRecorder
 from specai.graph.write import GraphWrite
 from specai.ids import check_node_id, check_session_id
 from specai.store import Store
@@ -40,9 +41,15 @@ class GraphStore:
     """Graph reads and writes; every write and its changelog rows commit in one transaction."""
 
     def __init__(
-        self, store: Store, notifier: Notifier | None = None, *, max_nodes_per_account: int = 0
+        self,
+        store: Store,
+        notifier: Notifier | None = None,
+        *,
+        max_nodes_per_account: int = 0,
+        recorder: SyncRecorder | None = None,
     ) -> None:
         self.store = store
+        self.recorder = recorder  # logs writes to synced sessions as changes for the other mesh members
         self.notifier = notifier or ChangeNotifier()
         self.access = GraphAccess(max_nodes_per_account)
         self.changelog = Changelog(store)
@@ -56,8 +63,11 @@ class GraphStore:
         *,
         claim: bool = False,
         missing_error: NotFoundError | None = None,
+        synced: bool = False,
     ) -> AsyncIterator[GraphWrite]:
         """A write transaction for one session, as `who` (None: trusted code); watchers are woken after commit.
+
+        `synced` marks the write of changes that came from another member: they are not logged again (no echo).
 
         On PostgreSQL a per-session lock, held until commit, makes changelog ids of a session commit in
         increasing order, so a watcher's `id > cursor` never skips a row committed late.
@@ -76,7 +86,10 @@ class GraphStore:
                     conn, session_id, who, "write", claim=claim, missing_error=missing_error
                 )
                 owner_id = grant.owner_id
-            yield GraphWrite(conn, session_id, owner_id)
+            recorder = self.recorder
+            if recorder is not None and (synced or not await recorder.enabled(conn, session_id)):
+                recorder = None
+            yield GraphWrite(conn, session_id, owner_id, sync=recorder)
         self.notifier.notify(session_id)
 
     async def _check(

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from specai.graph.changelog import log_change
 from specai.graph.model import Edge, Node
+from specai.graph.sync.recorder import SyncRecorder
 from specai.store.schema import graph_edges, graph_nodes
 from specai.store.types import utcnow
 
@@ -28,6 +29,7 @@ class GraphWrite:
     session_id: str
     owner_id: str | None = None
     now: dt.datetime = field(default_factory=utcnow)
+    sync: SyncRecorder | None = None  # set when the session is synced: each write also becomes a change
 
     def new_entity(self, fields: dict[str, Any]) -> dict[str, Any]:
         """The columns of a new node or edge: `fields` plus a fresh uid, the session, version 1 and timestamps."""
@@ -41,8 +43,10 @@ class GraphWrite:
         }
 
     async def log(self, kind: str, operation: str, entity: Node | Edge) -> None:
-        """Log a write of this transaction to the changelog."""
+        """Log a write of this transaction to the changelog (and, in a synced session, to the sync log)."""
         await log_change(self.conn, kind, operation, entity, self.now)
+        if self.sync is not None:
+            await self.sync.record(self.conn, kind, operation, entity)  # type: ignore[arg-type]
 
     async def create_node(self, kind: str, label: str, props: dict[str, Any]) -> Node:
         """Insert a node of this session at version 1, and log its create."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,13 +15,16 @@ from specai.config import Settings
 from specai.errors import TokenError
 from specai.graph.feed import Notifier
 from specai.graph.store import GraphStore
+from specai.graph.sync.engine import SyncEngine
+from specai.graph.sync.hlc import HybridClock
+from specai.graph.sync.recorder import SyncRecorder
 from specai.identity.tls import CertInfo, ensure_server_cert
 from specai.mesh.peer_token import PeerTokenVerifier, load_signing_key, peer_principal
 from specai.mesh.peer_token import issue as issue_peer_token
 from specai.mesh.queue import MessageQueue
 from specai.mesh.registry import MemberInfo, MeshRegistry
 from specai.store import Store
-from specai.users.access import Principal
+from specai.users.access import LOCAL, Principal
 from specai.users.directory import Directory
 from specai.users.keys import ApiKeyStore, StoredRevocations
 from specai.users.throttle import LoginThrottle, RateLimiter, VerifyGate
@@ -37,22 +41,49 @@ class Services:
     graph: GraphStore
     mesh: MeshRegistry
     messages: MessageQueue
+    sync: SyncEngine
 
     @classmethod
-    def bind(cls, store: Store, settings: Settings, instance_id: str, notifier: Notifier) -> Services:
+    def bind(
+        cls,
+        store: Store,
+        settings: Settings,
+        instance_id: str,
+        notifier: Notifier,
+        users: Directory | None = None,
+    ) -> Services:
         """Every store-backed service of this server, on `store`."""
         mesh, quota = settings.mesh, settings.graph.max_nodes_per_account
+        clock = HybridClock(instance_id, int(settings.sync.max_clock_skew_secs * 1000))
+        graph = GraphStore(store, notifier, max_nodes_per_account=quota, recorder=SyncRecorder(clock))
         return cls(
             store=store,
             keys=ApiKeyStore(store),
             revocations=StoredRevocations(store),
             sessions=SessionStore(store),
-            graph=GraphStore(store, notifier, max_nodes_per_account=quota),
+            graph=graph,
             mesh=MeshRegistry(store, instance_id, mesh.leader_timeout_secs, mesh.max_members_per_account),
             messages=MessageQueue(
                 store, mesh.max_payload_bytes, mesh.max_queued_messages, mesh.max_inbox_bytes
             ),
+            sync=SyncEngine(graph, clock, *_owner_names(users)),
         )
+
+
+def _owner_names(users: Directory | None) -> tuple[Callable[[str], str | None], Callable[[str], str | None]]:
+    """How a synced session's owner id here maps to the user name all members share, and back."""
+    if users is None:  # auth disabled: everything belongs to the one local user
+        return (lambda owner_id: LOCAL.name), (lambda name: LOCAL.user_id)
+
+    def name_of(owner_id: str) -> str | None:
+        user = users.by_id(owner_id)
+        return None if user is None else user.username
+
+    def id_of(name: str) -> str | None:
+        user = users.get(name)
+        return None if user is None else user.id
+
+    return name_of, id_of
 
 
 @dataclass
@@ -82,7 +113,7 @@ class ServerState:
 
     def attach(self, store: Store) -> Services:
         """Bind the services to the open store and hand the agents their sessions and graph (lifespan step 2)."""
-        services = Services.bind(store, self.settings, self.instance_id, self.notifier)
+        services = Services.bind(store, self.settings, self.instance_id, self.notifier, self.users)
         self._services = services
         self.runtime.sessions = services.sessions
         self.runtime.graph = services.graph
@@ -132,6 +163,12 @@ class ServerState:
         if (services := self._services) is None:
             raise RuntimeError("the store is not open yet")
         return services.graph
+
+    def sync(self) -> SyncEngine:
+        """Graph sync (open between start-up and shutdown)."""
+        if (services := self._services) is None:
+            raise RuntimeError("the store is not open yet")
+        return services.sync
 
     def sessions(self) -> SessionStore:
         """The session store (open between start-up and shutdown)."""

@@ -13,6 +13,7 @@ from specai.store.schema import (
     v2_graph_tables,
     v3_mesh_tables,
     v4_access_tables,
+    v5_sync_tables,
 )
 
 
@@ -50,6 +51,13 @@ def _v4_access(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE mesh_members ADD COLUMN owner_id TEXT")
 
 
+def _v5_sync(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    v5_sync_tables(md)
+    md.create_all(conn)
+    conn.exec_driver_sql("ALTER TABLE graph_changelog ADD COLUMN origin TEXT")
+
+
 # Append new steps at the end; never edit or reorder a released step (upgrade tests rely on them).
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sessions and messages", _v1_sessions),
@@ -58,5 +66,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         4, "access model: API keys, revoked tokens, graph owners and shares, mesh member owners", _v4_access
     ),
+    Migration(5, "graph sync: configs, register state, per-origin log, heads, peers, conflicts", _v5_sync),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -243,9 +243,122 @@ def v4_mesh_members(md: MetaData) -> Table:
     )
 
 
+SYNC_KINDS = ENTITY_KINDS
+
+
+def v5_sync_tables(md: MetaData) -> tuple[Table, Table, Table, Table, Table, Table]:
+    """Graph sync as schema version 5 defines it (frozen): configs, register state, per-origin log, heads,
+    what each peer reported having, and the conflicts resolved here."""
+    configs = Table(
+        "graph_sync_configs",
+        md,
+        Column("session_id", Text, primary_key=True),
+        Column("graph_name", Text, primary_key=True),
+        Column("sync_enabled", Boolean, nullable=False),
+        Column("conflict_resolution_strategy", Text, nullable=False),
+        Column("sync_interval_seconds", Integer, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+        Column("last_sync_at", UTCDateTime, nullable=True),
+    )
+    entities = Table(
+        "graph_sync_entities",
+        md,
+        Column("uid", Text, primary_key=True),
+        Column("session_id", Text, nullable=False),
+        Column("kind", Text, nullable=False),
+        Column("source_uid", Text, nullable=True),
+        Column("target_uid", Text, nullable=True),
+        Column("alive", Boolean, nullable=False),
+        Column("state", JSONText, nullable=False),
+        CheckConstraint(f"kind IN ({', '.join(repr(k) for k in SYNC_KINDS)})", name="kind"),
+        Index(None, "session_id", "kind"),
+        Index(None, "source_uid"),
+        Index(None, "target_uid"),
+    )
+    log = Table(
+        "graph_sync_log",
+        md,
+        Column("session_id", Text, primary_key=True),
+        Column("origin", Text, primary_key=True),
+        Column("seq", BigInteger, primary_key=True, autoincrement=False),
+        Column("uid", Text, nullable=False),
+        Column("body", JSONText, nullable=False),
+        Index(None, "session_id", "uid"),
+    )
+    heads = Table(
+        "graph_sync_heads",
+        md,
+        Column("session_id", Text, primary_key=True),
+        Column("origin", Text, primary_key=True),
+        Column("head", BigInteger, nullable=False),
+    )
+    peers = Table(
+        "graph_sync_peers",
+        md,
+        Column("session_id", Text, primary_key=True),
+        Column("peer", Text, primary_key=True),
+        Column("their_vector", JSONText, nullable=False),
+        Column("reported_at", UTCDateTime, nullable=True),
+        Column("pulled_at", UTCDateTime, nullable=True),
+    )
+    conflicts = Table(
+        "graph_sync_conflicts",
+        md,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("session_id", Text, nullable=False),
+        Column("graph_name", Text, nullable=False),
+        Column("entity_type", Text, nullable=False),
+        Column("uid", Text, nullable=False),
+        Column("field", Text, nullable=False),
+        Column("winner_stamp", Text, nullable=False),
+        Column("loser_stamp", Text, nullable=False),
+        Column("winner_value", JSONText, nullable=True),
+        Column("loser_value", JSONText, nullable=True),
+        Column("local_won", Boolean, nullable=False),
+        Column("detected_at", UTCDateTime, nullable=False),
+        Index("ix_graph_sync_conflicts_pair", "session_id", "uid", "field", "winner_stamp", "loser_stamp", unique=True),
+        Index(None, "session_id", "id"),
+    )
+    return configs, entities, log, heads, peers, conflicts
+
+
+def v5_changelog(md: MetaData) -> Table:
+    """`graph_changelog` since version 5: `origin` names the mesh member a synced change came from (NULL: here)."""
+    return Table(
+        "graph_changelog",
+        md,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("session_id", Text, nullable=False),
+        Column("entity_type", Text, nullable=False),
+        Column("entity_id", BigInteger, nullable=False),
+        Column("entity_uid", Text, nullable=False),
+        Column("operation", Text, nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("data", JSONText, nullable=True),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("origin", Text, nullable=True),
+        CheckConstraint(f"entity_type IN ({', '.join(repr(k) for k in ENTITY_KINDS)})", name="entity_type"),
+        CheckConstraint(f"operation IN ({', '.join(repr(o) for o in CHANGE_OPERATIONS)})", name="operation"),
+        Index(None, "session_id", "id"),
+        Index(None, "created_at"),
+        sqlite_autoincrement=True,
+    )
+
+
 # The current schema; once a step alters one of these tables, define the new shape here separately.
 sessions, messages = v1_session_tables(metadata)
-graph_nodes, graph_edges, graph_changelog, graph_changelog_state = v2_graph_tables(metadata)
+graph_nodes, graph_edges, _v2_changelog, graph_changelog_state = v2_graph_tables(metadata)
+metadata.remove(_v2_changelog)
+graph_changelog = v5_changelog(metadata)
 mesh_members = v4_mesh_members(metadata)
 mesh_messages, mesh_deliveries = v3_queue_tables(metadata)
 api_keys, revoked_tokens, graph_sessions, graph_shares = v4_access_tables(metadata)
+(
+    graph_sync_configs,
+    graph_sync_entities,
+    graph_sync_log,
+    graph_sync_heads,
+    graph_sync_peers,
+    graph_sync_conflicts,
+) = v5_sync_tables(metadata)
