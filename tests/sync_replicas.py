@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from specai.graph.store import GraphStore
 from specai.graph.sync.engine import SyncEngine
 from specai.graph.sync.hlc import HybridClock
@@ -14,7 +16,6 @@ from specai.graph.sync.payload import SyncPayload
 from specai.graph.sync.recorder import SyncRecorder
 from specai.store import Store
 from specai.store.schema import graph_edges, graph_nodes
-from sqlalchemy import select
 
 SESSION = "shared"
 
@@ -72,7 +73,14 @@ class Replica:
         return {
             "nodes": {n.uid: (n.node_type, n.label, n.properties) for n in nodes},
             "edges": {
-                e.uid: (uid_of[e.source_id], uid_of[e.target_id], e.edge_type, e.predicate, e.weight, e.properties or {})
+                e.uid: (
+                    uid_of[e.source_id],
+                    uid_of[e.target_id],
+                    e.edge_type,
+                    e.predicate,
+                    e.weight,
+                    e.properties or {},
+                )
                 for e in edges
             },
         }

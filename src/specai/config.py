@@ -91,7 +91,9 @@ class SyncSettings:
 
     enabled: bool = False
     interval_secs: float = 60.0
-    namespaces: list[dict[str, Any]] = field(default_factory=list)  # [{session_id, graph_name}] enabled at start
+    namespaces: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # [{session_id, graph_name}] enabled at start
     max_concurrent_syncs: int = 3
     max_clock_skew_secs: float = 60.0  # remote stamps further ahead than this are refused
     page_size: int = 1000  # changes per /sync/request page

@@ -17,6 +17,7 @@ from specai.graph.feed import ChangeFeed, ChangeNotifier, Notifier
 from specai.graph.model import Change, Edge, GraphPlan, Node, Page, PlanResult
 from specai.graph.plan import apply_plan
 from specai.graph.rows import containing, edge_or_404, find, missing, node_or_404, page, session_of
+from specai.graph.sync.recorder import SyncRecorder
 from specai.graph.validate import (
     DEFAULT_LIMIT,
     check_edge_type,
@@ -28,7 +29,6 @@ from specai.graph.validate import (
     check_version,
     check_weight,
 )
-from specai.graph.sync.recorder import SyncRecorder
 from specai.graph.write import GraphWrite
 from specai.ids import check_node_id, check_session_id
 from specai.store import Store

@@ -93,7 +93,9 @@ def insert_ignore(conn: AsyncConnection | Connection, table: Table, *key: str) -
     return dialect_insert(table).on_conflict_do_nothing(index_elements=list(key) or None)
 
 
-def upsert(conn: AsyncConnection | Connection, table: Table, key: Sequence[str], columns: Sequence[str]) -> Insert:
+def upsert(
+    conn: AsyncConnection | Connection, table: Table, key: Sequence[str], columns: Sequence[str]
+) -> Insert:
     """`INSERT ... ON CONFLICT (key) DO UPDATE SET` each of `columns` to the inserted value."""
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     statement = dialect_insert(table)

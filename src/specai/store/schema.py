@@ -317,7 +317,15 @@ def v5_sync_tables(md: MetaData) -> tuple[Table, Table, Table, Table, Table, Tab
         Column("loser_value", JSONText, nullable=True),
         Column("local_won", Boolean, nullable=False),
         Column("detected_at", UTCDateTime, nullable=False),
-        Index("ix_graph_sync_conflicts_pair", "session_id", "uid", "field", "winner_stamp", "loser_stamp", unique=True),
+        Index(
+            "ix_graph_sync_conflicts_pair",
+            "session_id",
+            "uid",
+            "field",
+            "winner_stamp",
+            "loser_stamp",
+            unique=True,
+        ),
         Index(None, "session_id", "id"),
     )
     return configs, entities, log, heads, peers, conflicts

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from specai.errors import UnprocessableError
 from specai.graph.model import NODE_TYPES
-from specai.graph.validate import check_edge_type, check_label
 from specai.graph.sync.hlc import Stamp, parse_stamp
+from specai.graph.validate import check_edge_type, check_label
 from specai.ids import is_instance_id
 
 Kind = Literal["node", "edge"]
@@ -140,13 +140,21 @@ def _parse(kind: Kind, item: dict[str, Any], tombstone: bool) -> SyncChange:
     operation = item["operation"]
     if operation not in ("create", "update"):
         raise ValueError("operation must be 'create' or 'update'")
+    prev = {str(name): parse_stamp(value) for name, value in (item.get("prev") or {}).items()}
+    fields = _fields(kind, item)
+    if operation == "create" and kind == "node" and not all(name in fields for name in NODE_FIELDS):
+        raise ValueError("a node create sets node_type and label")
+    return SyncChange(kind, operation, uid, origin, seq, stamp, context, fields, prev, ends)
+
+
+def _fields(kind: Kind, item: dict[str, Any]) -> dict[str, Any]:
+    """The registers a change sets, from `changed` and the values beside it (a property left out: removed)."""
     changed = item["changed"]
     if not isinstance(changed, list) or len(changed) > MAX_CHANGED:
         raise ValueError("changed must be a list of register names")
     props = item.get("properties") or {}
     if not isinstance(props, dict):
         raise ValueError("properties must be an object")
-    prev = {str(name): parse_stamp(value) for name, value in (item.get("prev") or {}).items()}
     fields: dict[str, Any] = {}
     allowed = NODE_FIELDS if kind == "node" else EDGE_FIELDS
     for name in changed:
@@ -158,9 +166,7 @@ def _parse(kind: Kind, item: dict[str, Any], tombstone: bool) -> SyncChange:
             fields[name] = _checked(kind, name, item[name])
         else:
             raise ValueError(f"unknown register {name!r} for a {kind}")
-    if operation == "create" and kind == "node" and not all(name in fields for name in NODE_FIELDS):
-        raise ValueError("a node create sets node_type and label")
-    return SyncChange(kind, operation, uid, origin, seq, stamp, context, fields, prev, ends)
+    return fields
 
 
 def _checked(kind: Kind, name: str, value: Any) -> Any:
@@ -191,5 +197,5 @@ def _vector(value: Any) -> dict[str, int]:
         isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
         for k, v in versions.items()
     ):
-        raise ValueError("a version vector is {\"versions\": {instance_id: seq}}")
+        raise ValueError('a version vector is {"versions": {instance_id: seq}}')
     return dict(versions)

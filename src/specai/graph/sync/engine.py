@@ -25,7 +25,7 @@ from specai.graph.sync.hlc import HybridClock, stamp_text
 from specai.graph.sync.materialize import edges_to_recheck, show_edges, show_nodes
 from specai.graph.sync.payload import SyncPayload
 from specai.graph.sync.recorder import SyncRecorder, Write, registers
-from specai.graph.sync.registers import Overwrite, State, alive, empty, merge, values
+from specai.graph.sync.registers import Overwrite, State, alive, empty, merge, stamp_of, values
 from specai.graph.validate import check_limit, parse_cursor
 from specai.ids import check_new_session_id, check_session_id
 from specai.store.engine import insert_ignore, upsert
@@ -71,7 +71,9 @@ def check_graph(graph_name: str | None) -> str:
     """A session holds one graph, `default` (the original's graph names selected no data of their own)."""
     name = graph_name or DEFAULT_GRAPH
     if name != DEFAULT_GRAPH:
-        raise UnknownGraphError(f"graph '{name}' does not exist: a session holds one graph, named '{DEFAULT_GRAPH}'")
+        raise UnknownGraphError(
+            f"graph '{name}' does not exist: a session holds one graph, named '{DEFAULT_GRAPH}'"
+        )
     return name
 
 
@@ -248,24 +250,31 @@ class SyncEngine:
 
     async def _reconcile(self, conn: AsyncConnection, session_id: str) -> None:
         """Log, as this member's changes, every difference between the visible graph and the sync state."""
-        nodes = [Node.from_row(r) for r in await conn.execute(
-            select(graph_nodes).where(graph_nodes.c.session_id == session_id).order_by(graph_nodes.c.id)
-        )]
-        edges = [Edge.from_row(r) for r in await conn.execute(
-            select(graph_edges).where(graph_edges.c.session_id == session_id).order_by(graph_edges.c.id)
-        )]
+        nodes = [
+            Node.from_row(r)
+            for r in await conn.execute(
+                select(graph_nodes).where(graph_nodes.c.session_id == session_id).order_by(graph_nodes.c.id)
+            )
+        ]
+        edges = [
+            Edge.from_row(r)
+            for r in await conn.execute(
+                select(graph_edges).where(graph_edges.c.session_id == session_id).order_by(graph_edges.c.id)
+            )
+        ]
         uid_of = {node.id: node.uid for node in nodes}
         known = {
             row.uid: (row.kind, row.state)
             for row in await conn.execute(
-                select(graph_sync_entities.c.uid, graph_sync_entities.c.kind, graph_sync_entities.c.state).where(
-                    graph_sync_entities.c.session_id == session_id
-                )
+                select(
+                    graph_sync_entities.c.uid, graph_sync_entities.c.kind, graph_sync_entities.c.state
+                ).where(graph_sync_entities.c.session_id == session_id)
             )
         }
         writes: list[Write] = []
         shown: set[str] = set()
-        for entity in [*nodes, *edges]:
+        entities: list[Node | Edge] = [*nodes, *edges]
+        for entity in entities:
             kind: Kind = "node" if isinstance(entity, Node) else "edge"
             shown.add(entity.uid)
             current = known.get(entity.uid, (kind, empty()))[1]
@@ -423,8 +432,8 @@ class SyncEngine:
                 "entity_type": change.kind,
                 "uid": change.uid,
                 "field": o.field,
-                "winner_stamp": stamp_text(tuple(o.winner["t"])),  # type: ignore[arg-type]
-                "loser_stamp": stamp_text(tuple(o.loser["t"])),  # type: ignore[arg-type]
+                "winner_stamp": stamp_text(stamp_of(o.winner)),
+                "loser_stamp": stamp_text(stamp_of(o.loser)),
                 "winner_value": {"value": o.winner["v"]} if "v" in o.winner else None,
                 "loser_value": {"value": o.loser["v"]} if "v" in o.loser else None,
                 "local_won": o.local_won,
@@ -478,7 +487,9 @@ class SyncEngine:
         if below is not None:
             query = query.where(graph_sync_conflicts.c.id < below)
         async with self.store.connect() as conn:
-            rows = (await conn.execute(query.order_by(graph_sync_conflicts.c.id.desc()).limit(limit + 1))).all()
+            rows = (
+                await conn.execute(query.order_by(graph_sync_conflicts.c.id.desc()).limit(limit + 1))
+            ).all()
         more = len(rows) > limit
         rows = rows[:limit]
         return Page([_conflict(row) for row in rows], str(rows[-1].id) if more else None)
@@ -495,7 +506,8 @@ class SyncEngine:
                 return 0
             origins = await journal.heads(tx.conn, session_id)
             floor = {
-                origin: min(reported.get(member, {}).get(origin, 0) for member in everyone) for origin in origins
+                origin: min(reported.get(member, {}).get(origin, 0) for member in everyone)
+                for origin in origins
             }
             gone = await journal.collectable(tx.conn, session_id, floor)
             await journal.forget(tx.conn, session_id, gone)
@@ -539,7 +551,9 @@ async def _check_sessions(conn: AsyncConnection, session_id: str, uids: set[str]
                 select(table.c.uid).where(table.c.uid.in_(chunk), table.c.session_id != session_id).limit(1)
             )
             if clash is not None:
-                raise ConflictError(f"uid {clash} belongs to another graph session here", details={"uid": clash})
+                raise ConflictError(
+                    f"uid {clash} belongs to another graph session here", details={"uid": clash}
+                )
 
 
 async def _report(
@@ -573,7 +587,9 @@ async def _report(
 
 async def _peers(conn: AsyncConnection, session_id: str) -> list[PeerRecord]:
     rows = await conn.execute(
-        select(graph_sync_peers).where(graph_sync_peers.c.session_id == session_id).order_by(graph_sync_peers.c.peer)
+        select(graph_sync_peers)
+        .where(graph_sync_peers.c.session_id == session_id)
+        .order_by(graph_sync_peers.c.peer)
     )
     return [PeerRecord(r.peer, dict(r.their_vector), r.reported_at, r.pulled_at) for r in rows]
 

@@ -50,7 +50,9 @@ async def next_seq(conn: AsyncConnection, session_id: str, origin: str, count: i
     return int(seq or 0) - count + 1
 
 
-async def known(conn: AsyncConnection, session_id: str, changes: Sequence[SyncChange]) -> set[tuple[str, int]]:
+async def known(
+    conn: AsyncConnection, session_id: str, changes: Sequence[SyncChange]
+) -> set[tuple[str, int]]:
     """Which of `changes` this member already holds."""
     found: set[tuple[str, int]] = set()
     by_origin: dict[str, list[int]] = {}
@@ -191,7 +193,9 @@ async def state(conn: AsyncConnection, uid: str) -> State:
     return (await states(conn, [uid])).get(uid) or empty()
 
 
-async def save(conn: AsyncConnection, session_id: str, kinds: dict[str, Kind], saved: dict[str, State]) -> None:
+async def save(
+    conn: AsyncConnection, session_id: str, kinds: dict[str, Kind], saved: dict[str, State]
+) -> None:
     """Store the register state of these entities."""
     rows = []
     for uid, entity in saved.items():
@@ -228,12 +232,16 @@ async def edges_touching(conn: AsyncConnection, node_uids: Sequence[str]) -> dic
 async def collectable(conn: AsyncConnection, session_id: str, floor: Vector) -> list[str]:
     """Deleted entities whose every logged change is at or below `floor` (what every known member holds)."""
     dead = (
-        await conn.execute(
-            select(graph_sync_entities.c.uid).where(
-                graph_sync_entities.c.session_id == session_id, graph_sync_entities.c.alive.is_(False)
+        (
+            await conn.execute(
+                select(graph_sync_entities.c.uid).where(
+                    graph_sync_entities.c.session_id == session_id, graph_sync_entities.c.alive.is_(False)
+                )
             )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     gone: list[str] = []
     for chunk in _chunks(list(dead)):
         rows = await conn.execute(

@@ -104,40 +104,55 @@ async def show_edges(
                 await log_change(conn, "edge", "delete", Edge.from_row(row), now, origin)
                 changed_rows += 1
             continue
-        assert fixed is not None and source is not None and target is not None
+        assert fixed is not None
+        assert source is not None
+        assert target is not None
         got = values(entity)
-        props = _props(got)
-        wanted = {
-            "predicate": got.get("predicate"),
-            "weight": float(got.get("weight", 1.0)),
-            "properties": props or None,
-        }
+        predicate: str | None = got.get("predicate")
+        weight = float(got.get("weight", 1.0))
+        props: dict[str, Any] | None = _props(got) or None
         if row is None:
             created = _created_at(entity)
-            fields = {
-                "uid": uid,
-                "session_id": session_id,
-                "source_id": source,
-                "target_id": target,
-                "edge_type": fixed.edge_type,
-                **wanted,
-                "version": 1,
-            }
-            new_id = await conn.scalar(
-                insert(graph_edges).returning(graph_edges.c.id),
-                {**fields, "created_at": created, "updated_at": now},
+            edge = Edge(
+                id=0,
+                uid=uid,
+                version=1,
+                session_id=session_id,
+                source_id=source,
+                target_id=target,
+                edge_type=fixed.edge_type,
+                predicate=predicate,
+                properties=props,
+                weight=weight,
+                created_at=created,
+                updated_at=now,
             )
-            edge = Edge(id=int(new_id or 0), **fields, created_at=created, updated_at=now)
+            columns = {k: v for k, v in edge.__dict__.items() if k != "id"}
+            new_id = await conn.scalar(insert(graph_edges).returning(graph_edges.c.id), columns)
+            edge = replace(edge, id=int(new_id or 0))
             await log_change(conn, "edge", "create", edge, now, origin)
             changed_rows += 1
             continue
         edge = Edge.from_row(row)
-        if (edge.predicate, edge.weight, edge.properties or None) != tuple(wanted.values()):
-            after = replace(edge, **wanted, version=edge.version + 1, updated_at=now)
+        if (edge.predicate, edge.weight, edge.properties or None) != (predicate, weight, props):
+            after = replace(
+                edge,
+                predicate=predicate,
+                weight=weight,
+                properties=props,
+                version=edge.version + 1,
+                updated_at=now,
+            )
             await conn.execute(
                 update(graph_edges)
                 .where(graph_edges.c.id == edge.id)
-                .values(**wanted, version=after.version, updated_at=now)
+                .values(
+                    predicate=predicate,
+                    weight=weight,
+                    properties=props,
+                    version=after.version,
+                    updated_at=now,
+                )
             )
             await log_change(conn, "edge", "update", after, now, origin)
             changed_rows += 1

@@ -59,7 +59,9 @@ class SyncPayload:
 
     def wire(self) -> dict[str, Any]:
         """The GraphSyncPayload body."""
-        nodes, edges, tombstones = [], [], []
+        nodes: list[dict[str, Any]] = []
+        edges: list[dict[str, Any]] = []
+        tombstones: list[dict[str, Any]] = []
         for change in self.changes:
             body = change.wire(self.session_id)
             if change.operation == "delete":

@@ -86,9 +86,13 @@ class SyncRecorder:
         ends: EdgeEnds | None,
     ) -> SyncChange:
         """Stamp, number and log one change of this member, and merge it into the entity's state."""
-        return (await self.write_many(conn, session_id, [Write(kind, operation, uid, fields, current, ends)]))[0]
+        return (
+            await self.write_many(conn, session_id, [Write(kind, operation, uid, fields, current, ends)])
+        )[0]
 
-    async def write_many(self, conn: AsyncConnection, session_id: str, writes: list[Write]) -> list[SyncChange]:
+    async def write_many(
+        self, conn: AsyncConnection, session_id: str, writes: list[Write]
+    ) -> list[SyncChange]:
         """`write` for many entities at once (enabling sync on a big session), numbered in order."""
         if not writes:
             return []
@@ -98,7 +102,9 @@ class SyncRecorder:
         merged: dict[str, dict[str, Any]] = {}
         for offset, w in enumerate(writes):
             seq = first + offset
-            prev = {name: stamp_of(w.current["fields"][name]) for name in w.fields if name in w.current["fields"]}
+            prev = {
+                name: stamp_of(w.current["fields"][name]) for name in w.fields if name in w.current["fields"]
+            }
             change = SyncChange(
                 w.kind,
                 w.operation,
