@@ -64,6 +64,11 @@ class Commands(LazyGroup):
             "specai.cli.mesh:app",
             "The mesh a server belongs to: its members (live or stale, and the leader), and messages between them.",
         ),
+        LazyCommand(
+            "sync",
+            "specai.cli.sync:app",
+            "Graph sync between mesh members: a session's status and peers, enable/disable, pull now, conflicts.",
+        ),
     )
 
 

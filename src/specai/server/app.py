@@ -18,7 +18,7 @@ from specai.mesh.registry import load_instance_id
 from specai.server.errors import EXCEPTION_HANDLERS
 from specai.server.lifespan import Lifespan
 from specai.server.limits import offline_openapi, request_gate, security_headers
-from specai.server.routes import agents, graph, graph_shares, health, mesh, openai, sessions, tokens
+from specai.server.routes import agents, graph, graph_shares, health, mesh, openai, sessions, sync, tokens
 from specai.server.routes import auth as auth_routes
 from specai.server.security import BearerAuth, MemoryTokenCache, TokenVerifier
 from specai.server.state import ServerState
@@ -68,6 +68,7 @@ def create_app(settings: Settings, *, store: Store | None = None, cert: CertInfo
             *graph.routes(state),
             *graph_shares.routes(state),
             *mesh.routes(state),
+            *sync.routes(state),
         ],
         on_startup=[lifespan.startup],
         on_shutdown=[lifespan.shutdown],

@@ -22,7 +22,7 @@ from specai.users.keys import ApiKey, ApiKeyStore, RevocationList, is_api_key
 _CACHE_SIZE = 4096
 _READ_METHODS = ("GET", "HEAD")
 LOGOUT_PATH = "/auth/logout"  # any token may revoke itself
-MESH_PATHS = ("/registry/", "/messages/")  # where peer tokens are accepted
+MESH_PATHS = ("/registry/", "/messages/", "/sync/")  # where peer tokens are accepted
 _EXPIRED = "token expired; run `specai login` again"
 _BAD_KEY = "invalid, expired or revoked API key"
 
@@ -190,10 +190,10 @@ class BearerAuth:
         scope["user"] = who
 
     def _peer(self, token: str, path: str) -> Principal:
-        """A peer token acts for one member instance, on the mesh routes only."""
+        """A peer token acts for one member instance, on the mesh and sync routes only."""
         assert self.peers is not None
         if not path.startswith(MESH_PATHS):
-            raise TokenError("a mesh peer token is accepted on /registry/* and /messages/* only")
+            raise TokenError("a mesh peer token is accepted on /registry/*, /messages/* and /sync/* only")
         return self.peers(token)
 
 
