@@ -581,7 +581,8 @@ def test_status_merges_what_peers_reported_with_the_coordinators_view(a: Member)
     a.state.sync_link = FakeLink(
         [
             {"instance_id": "peer-1", "state": "refused", "last_error": "401 unauthorized: invalid peer token",
-             "last_ok_at": None, "base_url": "https://10.0.0.2:3000", "failures": 3},
+             "last_ok_at": None, "base_url": "https://10.0.0.2:3000", "failures": 3,
+             "next_try_at": "2027-01-15T08:05:00+00:00"},
             {"instance_id": "peer-2", "state": "untrusted", "last_error": "certificate changed",
              "last_ok_at": 1_800_000_000.0, "base_url": "https://10.0.0.3:3000"},
         ],
@@ -597,6 +598,8 @@ def test_status_merges_what_peers_reported_with_the_coordinators_view(a: Member)
     )
     assert first["last_error"] == "401 unauthorized: invalid peer token"
     assert first["reported_at"] == peer["reported_at"]  # merged with what it reported
+    assert first["next_try_at"] == "2027-01-15T08:05:00+00:00"
+    assert second["next_try_at"] is None
     assert (second["instance_id"], second["state"], second["their_vector"]) == (
         "peer-2",
         "untrusted",
@@ -604,7 +607,8 @@ def test_status_merges_what_peers_reported_with_the_coordinators_view(a: Member)
     )
     assert second["last_ok_at"].startswith("2027-01-15T08:00:00")
     assert set(first) == {
-        "instance_id", "their_vector", "reported_at", "pulled_at", "state", "last_error", "last_ok_at", "base_url",
+        "instance_id", "their_vector", "reported_at", "pulled_at", "state", "last_error", "last_ok_at",
+        "next_try_at", "base_url",
     }  # fmt: skip
 
 

@@ -241,13 +241,14 @@ def render_status(body: SyncStatusOut) -> None:
     if not body.peers:
         out.print("no peers yet", markup=False)
         return
-    table = Table("peer", "state", "last error", "last ok", "their vector", "reported", "pulled")
+    table = Table("peer", "state", "last error", "last ok", "next try", "their vector", "reported", "pulled")
     for peer in body.peers:
         table.add_row(
             Text(peer.instance_id),
             _state(peer.state or "-"),
             Text(peer.last_error or "", style="red" if peer.last_error else ""),
             local_time(peer.last_ok_at),
+            local_time(peer.next_try_at),
             Text(_vector(peer.their_vector.versions)),
             local_time(peer.reported_at),
             local_time(peer.pulled_at),

@@ -426,6 +426,7 @@ def _merge_peers(records: list[PeerRecord], live: list[dict[str, Any]]) -> list[
         entry.state = _text(state.get("state"))
         entry.last_error = _text(state.get("last_error"))
         entry.last_ok_at = _when(state.get("last_ok_at"))
+        entry.next_try_at = _when(state.get("next_try_at"))
         entry.base_url = _text(state.get("base_url"))
     return [peers[name] for name in sorted(peers)]
 

@@ -116,7 +116,8 @@ class SyncApplyOut(msgspec.Struct):
 class PeerOut(msgspec.Struct):
     """A peer of a synced session: what it last reported holding and when it last asked (`reported_at`) or sent
     (`pulled_at`), plus the coordinator's live view when it runs here: `state` (ok, refused, untrusted,
-    unreachable, skew, not_enabled, pending), `last_error`, `last_ok_at`, `base_url`; null when unknown."""
+    unreachable, skew, not_enabled, pending), `last_error`, `last_ok_at`, `next_try_at`, `base_url`; null when
+    unknown."""
 
     instance_id: str
     their_vector: VectorClock
@@ -125,6 +126,7 @@ class PeerOut(msgspec.Struct):
     state: str | None = None
     last_error: str | None = None
     last_ok_at: str | None = None
+    next_try_at: str | None = None
     base_url: str | None = None
 
 
