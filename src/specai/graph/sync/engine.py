@@ -25,7 +25,7 @@ from specai.graph.sync.hlc import HybridClock, stamp_text
 from specai.graph.sync.materialize import edges_to_recheck, show_edges, show_nodes
 from specai.graph.sync.payload import SyncPayload
 from specai.graph.sync.recorder import SyncRecorder, Write, registers
-from specai.graph.sync.registers import Overwrite, State, alive, empty, merge, stamp_of, values
+from specai.graph.sync.registers import Overwrite, State, alive, empty, merge, same, stamp_of, values
 from specai.graph.validate import check_limit, parse_cursor
 from specai.ids import check_new_session_id, check_session_id
 from specai.store.engine import insert_ignore, upsert
@@ -286,7 +286,9 @@ class SyncEngine:
                 writes.append(Write(kind, "create", entity.uid, fields, current, ends))
                 continue
             before = values(current)
-            changed = {name: value for name, value in fields.items() if before.get(name, ABSENT) != value}
+            changed = {
+                name: value for name, value in fields.items() if not same(before.get(name, ABSENT), value)
+            }
             changed.update({name: ABSENT for name in before if name not in fields})
             if changed:
                 writes.append(Write(kind, "update", entity.uid, changed, current, ends))
@@ -346,9 +348,11 @@ class SyncEngine:
             config = await _require_enabled(conn, session_id)
             await self._check_owner(conn, session_id, tx.owner_id, payload.owner)
             held = await journal.known(conn, session_id, payload.changes)
+            # up to its head, every change of an origin is held here or was collected: never take one again
+            mine = await journal.heads(conn, session_id)
             fresh: dict[tuple[str, int], SyncChange] = {}
             for change in payload.changes:
-                if (change.origin, change.seq) not in held:
+                if (change.origin, change.seq) not in held and change.seq > mine.get(change.origin, 0):
                     fresh.setdefault((change.origin, change.seq), change)
             new = list(fresh.values())
             await _check_sessions(conn, session_id, {c.uid for c in new})
@@ -505,9 +509,9 @@ class SyncEngine:
             if not everyone:
                 return 0
             origins = await journal.heads(tx.conn, session_id)
-            floor = {
-                origin: min(reported.get(member, {}).get(origin, 0) for member in everyone)
-                for origin in origins
+            floor = {  # what every member holds, this one included (it may hold later changes out of order)
+                origin: min(head, *(reported.get(member, {}).get(origin, 0) for member in everyone))
+                for origin, head in origins.items()
             }
             gone = await journal.collectable(tx.conn, session_id, floor)
             await journal.forget(tx.conn, session_id, gone)

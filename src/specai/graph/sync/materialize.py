@@ -15,7 +15,7 @@ from specai.graph.changelog import log_change
 from specai.graph.model import Edge, Node
 from specai.graph.sync import journal
 from specai.graph.sync.change import PROPERTY
-from specai.graph.sync.registers import State, alive, ends, stamp_of, values
+from specai.graph.sync.registers import State, alive, ends, same, stamp_of, values
 from specai.store.schema import graph_edges, graph_nodes
 
 
@@ -71,7 +71,7 @@ async def show_nodes(
             shown.nodes += 1
             continue
         node = Node.from_row(row)
-        if (node.node_type, node.label, node.properties) != tuple(wanted.values()):
+        if not same((node.node_type, node.label, node.properties), tuple(wanted.values())):
             changed = replace(node, **wanted, version=node.version + 1, updated_at=now)
             await conn.execute(
                 update(graph_nodes)
@@ -134,7 +134,7 @@ async def show_edges(
             changed_rows += 1
             continue
         edge = Edge.from_row(row)
-        if (edge.predicate, edge.weight, edge.properties or None) != (predicate, weight, props):
+        if not same((edge.predicate, edge.weight, edge.properties or None), (predicate, weight, props)):
             after = replace(
                 edge,
                 predicate=predicate,

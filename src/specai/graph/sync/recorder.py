@@ -12,7 +12,7 @@ from specai.graph.model import Edge, Node
 from specai.graph.sync import journal
 from specai.graph.sync.change import ABSENT, PROPERTY, EdgeEnds, Kind, Operation, SyncChange
 from specai.graph.sync.hlc import HybridClock
-from specai.graph.sync.registers import merge, newest, stamp_of, values
+from specai.graph.sync.registers import merge, newest, same, stamp_of, values
 from specai.store.schema import graph_nodes, graph_sync_configs
 
 
@@ -67,7 +67,9 @@ class SyncRecorder:
             fields = registers(entity)
         elif operation == "update":
             after = registers(entity)
-            fields = {name: value for name, value in after.items() if before.get(name, ABSENT) != value}
+            fields = {
+                name: value for name, value in after.items() if not same(before.get(name, ABSENT), value)
+            }
             fields.update({name: ABSENT for name in before if name not in after})
             if not fields:
                 return None

@@ -8,6 +8,7 @@ arrival; an update never touches existence, so it never revives a deleted entity
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,8 +55,19 @@ def alive(state: State) -> bool:
 
 
 def values(state: State) -> dict[str, Any]:
-    """Every register that holds a value (removed properties left out)."""
-    return {name: reg["v"] for name, reg in state["fields"].items() if "v" in reg}
+    """Every register that holds a value (removed properties left out). A create sets the whole entity at its
+    stamp, so a register written before the newest create (in an earlier life of the uid) is no value of it."""
+    reg = state.get("exists")
+    start = stamp_of(reg) if reg is not None and reg["v"] else ZERO
+    return {name: r["v"] for name, r in state["fields"].items() if "v" in r and stamp_of(r) >= start}
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal as JSON values: 1, 1.0 and True differ (Python's == takes them for one, so a change between them
+    would be neither logged nor shown)."""
+    if a is ABSENT or b is ABSENT:
+        return a is b
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def ends(state: State) -> EdgeEnds | None:
