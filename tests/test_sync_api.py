@@ -78,6 +78,14 @@ class Member:
     def enable(self, session: str = SESSION, enabled: bool = True) -> None:
         self.ok("link", "POST", f"/sync/enable/{session}/default", json={"enabled": enabled})
 
+    def register(self, instance_id: str) -> None:
+        """Register a member id here as the `link` account, so what it reports about itself counts."""
+        member = {
+            "instance_id": instance_id, "hostname": "127.0.0.1", "port": 3001, "capabilities": [],
+            "agent_profiles": [], "base_url": "https://127.0.0.1:3001", "fingerprint": "AA:" * 31 + "AA",
+        }  # fmt: skip
+        self.ok("link", "POST", "/registry/register", json=member)
+
     def pull(self, other: Member, vector: Any = None, **fields: Any) -> dict[str, Any]:
         """What `other` serves us past `vector`, asked for as this member."""
         body = {
@@ -342,6 +350,12 @@ def test_two_servers_converge_through_the_routes(a: Member, b: Member) -> None:
     assert a.graph() == b.graph()
     assert len(a.graph()[0]) == 3
     peers = {p["instance_id"]: p for p in a.ok("link", "GET", f"/sync/status/{SESSION}/default")["peers"]}
+    # an account's report counts only for an instance it registered here: b's id is nobody's on a yet
+    assert b.instance_id not in peers
+    a.register(b.instance_id)
+    b.pull(a, vector=body["vector_clock"])
+    assert a.apply(back, sender=b).status_code == 200
+    peers = {p["instance_id"]: p for p in a.ok("link", "GET", f"/sync/status/{SESSION}/default")["peers"]}
     assert peers[b.instance_id]["reported_at"] is not None  # it asked
     assert peers[b.instance_id]["pulled_at"] is not None  # and it sent
     assert peers[b.instance_id]["state"] is None  # no coordinator here
@@ -465,6 +479,7 @@ def test_sending_instance_in_the_query_and_the_body_must_agree(a: Member, b: Mem
     a.enable()
     b.enable()
     payload = {**b.pull(a)["payload"], "sending_instance": "x-1"}
+    b.register("x-1")
     response = b.call("link", "POST", "/sync/apply", json=payload, params={"sending_instance": "x-2"})
     assert_error(response, 400, "invalid_request")
     assert b.apply(payload).status_code == 200  # the body field alone
@@ -564,6 +579,9 @@ def test_bulk_answers_200_only_when_every_graph_changed(a: Member) -> None:
 def test_status_merges_what_peers_reported_with_the_coordinators_view(a: Member) -> None:
     a.node("first")
     a.enable()
+    a.ok("link", "POST", "/sync/request", json={"session_id": SESSION, "requesting_instance": "peer-1"})
+    assert a.ok("link", "GET", f"/sync/status/{SESSION}/default")["peers"] == []  # not its instance: ignored
+    a.register("peer-1")
     a.ok("link", "POST", "/sync/request", json={"session_id": SESSION, "requesting_instance": "peer-1"})
     status = a.ok("link", "GET", f"/sync/status/{SESSION}/default")
     assert status["coordinator_running"] is False

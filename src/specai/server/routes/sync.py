@@ -24,7 +24,13 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from specai.errors import ForbiddenError, InvalidRequestError, SpecaiError, UnprocessableError
+from specai.errors import (
+    ForbiddenError,
+    InvalidRequestError,
+    SpecaiError,
+    UnknownInstanceError,
+    UnprocessableError,
+)
 from specai.graph.sync.engine import (
     DEFAULT_PAGE,
     PeerRecord,
@@ -136,7 +142,7 @@ def _protocol_routes(server: ServerState) -> list[HTTPRouteHandler]:
     async def request_changes(request: Request, data: JSONBody[SyncRequestIn]) -> SyncRequestOut:
         """Every change held here past the caller's `vector_clock`, one page (`payload.more`: ask again with
         `payload.vector_clock`); the vector is remembered as what `requesting_instance` holds."""
-        requester = _acting(principal(request), data.requesting_instance, "requesting_instance")
+        requester = await _acting(server, principal(request), data.requesting_instance, "requesting_instance")
         vector = parse_vector(data.vector_clock)
         limit = DEFAULT_PAGE if data.limit is None else data.limit
         payload = await sync().request(data.session_id, data.graph_name, vector, limit, requester=requester)
@@ -160,7 +166,9 @@ def _protocol_routes(server: ServerState) -> list[HTTPRouteHandler]:
         if sending_instance is not None and data.sending_instance not in (None, sending_instance):
             raise InvalidRequestError("sending_instance differs between the query and the body")
         who = principal(request)
-        sender = bound_instance(who) if named is None else _acting(who, named, "sending_instance")
+        sender = (
+            bound_instance(who) if named is None else await _acting(server, who, named, "sending_instance")
+        )
         body = msgspec.structs.asdict(data)
         del body["sending_instance"]
         stats = await sync().apply(SyncPayload.from_wire(body, "default"), sender=sender)
@@ -354,12 +362,22 @@ def _reading_routes(server: ServerState) -> list[HTTPRouteHandler]:
     return [status, configs, conflicts]
 
 
-def _acting(who: Principal, named: str, field: str) -> str:
-    """The member a request speaks for: the one a peer token names (403 for another), else the one named."""
+async def _acting(server: ServerState, who: Principal, named: str, field: str) -> str | None:
+    """The member whose vector a request reports (it feeds tombstone collection): the one a peer token names
+    (403 for another), any for an admin, or an instance the calling mesh account registered here; None (nothing
+    recorded) for any other name a mesh account gives."""
     named = check_instance_id(named, field)
     bound = bound_instance(who)
-    if bound is not None and bound != named:
-        raise ForbiddenError(f"this peer token acts for member '{bound}' only, not '{named}' ({field})")
+    if bound is not None:
+        if bound != named:
+            raise ForbiddenError(f"this peer token acts for member '{bound}' only, not '{named}' ({field})")
+        return named
+    if who.is_admin:
+        return named
+    try:
+        await server.mesh().authorize(named, who)
+    except (ForbiddenError, UnknownInstanceError):
+        return None
     return named
 
 
