@@ -380,6 +380,25 @@ async def test_collection_waits_for_this_member_to_hold_the_whole_history(member
     assert await b.vector() == {"a": 3}
 
 
+async def test_collection_waits_for_the_create_a_delete_came_without(member: Open) -> None:
+    """A page cut after the delete's origin leaves b holding a delete whose create (from c) it has not seen yet:
+    forgetting the entity then would let that create revive it on b alone."""
+    a, b, c = await member("a"), await member("b"), await member("c")
+    doomed = await c.graph.create_node(SESSION, "entity", "made on c")
+    await a.pull(c)
+    await a.graph.delete_node((await node_by_uid(a, doomed.uid)).id)
+    first = await b.pull(a, limit=1, pages=1)  # a's own origin first: the delete, and `more`
+    assert first == 1
+    assert await b.log_keys() == [("a", 1)]
+    await c.pull(a)
+    await c.pull(b)  # c tells b it holds {a: 1, c: 1}
+    assert await b.sync.collect(SESSION, ["a", "b", "c"]) == 0
+    await b.pull(a)
+    for replica in (a, b, c):
+        assert doomed.uid not in (await replica.dump())["nodes"], replica.name
+    assert await b.sync.collect(SESSION, ["a", "b", "c"]) == 1  # the whole history here now
+
+
 async def test_a_uid_of_another_session_is_refused(member: Open) -> None:
     a, b = await member("a"), await member("b")
     theirs = await b.graph.create_node("elsewhere", "entity", "b's own")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from specai.graph.sync.change import Kind, SyncChange, from_wire
@@ -230,7 +230,9 @@ async def edges_touching(conn: AsyncConnection, node_uids: Sequence[str]) -> dic
 
 
 async def collectable(conn: AsyncConnection, session_id: str, floor: Vector) -> list[str]:
-    """Deleted entities whose every logged change is at or below `floor` (what every known member holds)."""
+    """Deleted entities whose every logged change is at or below `floor` (what every known member holds), their
+    create among them: a delete held without its create (a page cut between their origins) must wait, or that
+    create arriving later would revive the entity here alone."""
     dead = (
         (
             await conn.execute(
@@ -245,17 +247,18 @@ async def collectable(conn: AsyncConnection, session_id: str, floor: Vector) -> 
     gone: list[str] = []
     for chunk in _chunks(list(dead)):
         rows = await conn.execute(
-            select(graph_sync_log.c.uid, graph_sync_log.c.origin, func.max(graph_sync_log.c.seq).label("top"))
-            .where(graph_sync_log.c.session_id == session_id, graph_sync_log.c.uid.in_(chunk))
-            .group_by(graph_sync_log.c.uid, graph_sync_log.c.origin)
+            select(
+                graph_sync_log.c.uid, graph_sync_log.c.origin, graph_sync_log.c.seq, graph_sync_log.c.body
+            ).where(graph_sync_log.c.session_id == session_id, graph_sync_log.c.uid.in_(chunk))
         )
         blocked: set[str] = set()
-        seen: set[str] = set()
+        created: set[str] = set()
         for row in rows:
-            seen.add(row.uid)
-            if int(row.top) > floor.get(row.origin, 0):
+            if int(row.seq) > floor.get(row.origin, 0):
                 blocked.add(row.uid)
-        gone.extend(uid for uid in chunk if uid in seen and uid not in blocked)
+            if row.body.get("operation") == "create":
+                created.add(row.uid)
+        gone.extend(uid for uid in chunk if uid in created and uid not in blocked)
     return gone
 
 
