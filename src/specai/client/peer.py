@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -65,14 +65,24 @@ class Peer:
         )
         return presented
 
-    async def call(self, method: str, path: str, body: msgspec.Struct | None = None) -> httpx.Response:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: msgspec.Struct | None = None,
+        *,
+        json: dict[str, Any] | None = None,
+        operation_secs: float | None = None,
+    ) -> httpx.Response:
         """One request with this peer's credentials, renewed once when refused (401); the caller reads the
-        status, and the body with `decode`."""
+        status, and the body with `decode`. `json` sends a built wire form instead of a Struct (sync payloads);
+        `operation_secs` replaces the default timeout of each connect, read and write (for large bodies)."""
         http = await self._connected()
-        payload = None if body is None else body_of(body)
+        payload = json if body is None else body_of(body)
+        limit = httpx.USE_CLIENT_DEFAULT if operation_secs is None else httpx.Timeout(operation_secs)
         for attempt in range(2):
             headers = await self._headers(attempt > 0)
-            response = await http.request(method, path, json=payload, headers=headers)
+            response = await http.request(method, path, json=payload, headers=headers, timeout=limit)
             if response.status_code != 401 or attempt or not self._renewable():
                 return response
         raise AssertionError("unreachable")

@@ -3,10 +3,11 @@
 Start: (1) the store: the one `create_app` was given, or opened (and migrated) from `[database]`; (2) the services
 bound to it: API keys, revoked token ids (loaded), sessions, graph, mesh registry (this server registered, which
 fixes its rank as leader) and message queue; (3) background tasks: the retention pruner at once, the mesh link once
-the server answers (`serving`, called by the runner: a member registers only once it can be reached). Listeners and
-leases join step 3. Stop in reverse: background tasks (the mesh link first gets `LEAVE_SECS` to deregister from
-its peers once `stopping` is set), the services (provider connections closed), then the store, closed only when it
-was opened here.
+the server answers (`serving`, called by the runner: a member registers only once it can be reached), and with
+`[sync] enabled` the graph sync coordinator right after it (`state.sync_link`; None otherwise). Listeners and
+leases join step 3. Stop in reverse: background tasks (the sync coordinator first; the mesh link gets `LEAVE_SECS`
+to deregister from its peers once `stopping` is set), the services (provider connections closed), then the store,
+closed only when it was opened here.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from specai.errors import SpecaiError
 from specai.server.mesh_link import Credentials, MeshLink, mesh_credentials
 from specai.server.state import ServerState
+from specai.server.sync_link import SyncLink, http_remotes
 from specai.store import Store
 
 PRUNE_EVERY_SECS = 3600
@@ -63,9 +65,20 @@ class Lifespan:
             mesh_credentials(state.settings) if join else Credentials(),
             announce,
             state.trust_registry,
+            state.issue_peer_token,
         )
         self._link = asyncio.create_task(self._run_link(link, request_stop), name="specai-mesh-link")
         self._tasks.append(self._link)
+        if state.settings.sync.enabled:
+            sync = SyncLink(
+                state.settings.sync,
+                state.sync(),
+                state.mesh(),
+                state.graph().notifier,
+                http_remotes(link.peer_for),
+            )
+            state.sync_link = sync
+            self._tasks.append(asyncio.create_task(self._run_sync(sync), name="specai-sync-link"))
 
     async def shutdown(self) -> None:
         """Background tasks, then services, then the store (Litestar's `on_shutdown`)."""
@@ -77,6 +90,7 @@ class Lifespan:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self.state.sync_link = None
         await self.state.runtime.aclose()
         self.state.detach()
         if self._opened is not None:
@@ -91,6 +105,12 @@ class Lifespan:
             request_stop()
         except Exception:
             log.exception("the mesh link failed; this server no longer heartbeats its peers")
+
+    async def _run_sync(self, sync: SyncLink) -> None:
+        try:
+            await sync.run(self.state.stopping)
+        except Exception:
+            log.exception("the graph sync coordinator failed; synced sessions are no longer pulled or pushed")
 
     async def _prune(self) -> None:
         """Apply the retention settings now and every hour; a failure is logged and retried later."""

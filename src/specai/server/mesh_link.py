@@ -25,7 +25,7 @@ from specai.client.errors import error_text, reason
 from specai.client.peer import REQUEST_TIMEOUT, Credentials, Peer
 from specai.config import Settings, resolve_secret
 from specai.errors import AuthError, ConnectionFailedError, SpecaiError, TlsError, TrustError
-from specai.identity.fingerprint import normalize_fingerprint
+from specai.identity.fingerprint import fingerprint_der, normalize_fingerprint
 from specai.identity.trust import KnownServers, parse_server
 from specai.mesh.registry import Member, MemberInfo, MeshRegistry
 from specai.server.schemas.mesh import (
@@ -66,7 +66,8 @@ class NoPeerToken(ConnectionFailedError):
 
 class MeshLink:
     """A member joins the registry, heartbeats every peer until the server stops, then leaves; a registry (no
-    `join_url`) only keeps its own entry fresh and evicts members that went silent (it contacts no member)."""
+    `join_url`) only keeps its own entry fresh and evicts members that went silent (it heartbeats no member;
+    graph sync calls members through `peer_for`)."""
 
     def __init__(
         self,
@@ -78,10 +79,12 @@ class MeshLink:
         credentials: Credentials,
         announce: Callable[[str], None] = print,
         on_join: Callable[[bytes, str], None] | None = None,
+        issue_token: Callable[[str, str], tuple[str, int]] | None = None,
     ) -> None:
         self.settings = settings
         self.announce = announce
         self.on_join = on_join
+        self.issue_token = issue_token  # a registry signs the peer tokens it calls its members with
         self.failing: set[str] = set()  # peers whose last heartbeat failed: warn once, then on recovery
         self.registry = registry
         self.me = me
@@ -183,6 +186,40 @@ class MeshLink:
         if fingerprint in self.trusted:
             return Peer(address, fingerprint, credentials=self.credentials)
         return Peer(address, fingerprint, tokens=lambda refresh: self._token(member.instance_id, refresh))
+
+    def peer_for(self, member: Member) -> Peer | None:
+        """A new pinned Peer for calling `member` beyond heartbeats (graph sync), the caller's to close; None
+        when it cannot be called yet (itself, not joined, no https address or fingerprint, no token source).
+
+        The registry is called at the address joined and the certificate pinned then, with the mesh login;
+        another member with a peer token from the registry; and when this server is the registry, every member
+        with a peer token it signs itself (members accept tokens the registry they joined signed).
+        """
+        if member.instance_id == self.me.instance_id:
+            return None
+        if self.join is None:
+            target = _target(member)
+            if target is None or self.issue_token is None:
+                return None
+            audience = member.instance_id
+            return Peer(*target, tokens=lambda refresh: self._signed(audience, refresh))
+        if self.registry_id is None:
+            return None
+        if member.instance_id == self.registry_id:
+            registry = self.peers.get(self.registry_id)
+            if registry is None or registry.der is None:
+                return None
+            return Peer(self.join, fingerprint_der(registry.der), credentials=self.credentials)
+        return self._member_peer(member)
+
+    async def _signed(self, audience: str, refresh: bool) -> str:
+        """A peer token this registry signs for calling member `audience` (cached until it nears expiry)."""
+        assert self.issue_token is not None
+        cached = self._tokens.get(audience)
+        if cached is None or refresh or cached[1] - time.time() < TOKEN_RENEW_SECS:
+            token, expires = self.issue_token(self.me.instance_id, audience)
+            cached = self._tokens[audience] = (token, float(expires))
+        return cached[0]
 
     async def _drop(self, instance_id: str) -> None:
         task = self.loops.pop(instance_id, None)

@@ -7,7 +7,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specai.agents.runtime import AgentRuntime
 from specai.agents.sessions import SessionStore
@@ -28,6 +28,9 @@ from specai.users.access import LOCAL, Principal
 from specai.users.directory import Directory
 from specai.users.keys import ApiKeyStore, StoredRevocations
 from specai.users.throttle import LoginThrottle, RateLimiter, VerifyGate
+
+if TYPE_CHECKING:
+    from specai.server.sync_link import SyncLink
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class ServerState:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = field(default_factory=time.monotonic)
     _services: Services | None = None
+    sync_link: SyncLink | None = None  # the graph sync coordinator, while it runs ([sync] enabled)
     _peer_tokens: PeerTokenVerifier | None = None  # set once joined: checks tokens the registry signed
     _signing_key: Any = None  # this server's TLS key, loaded when it first issues a peer token
 
