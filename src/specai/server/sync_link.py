@@ -281,7 +281,7 @@ class SyncLink:
                     continue
                 self._spawn("pull", session, member, functools.partial(self._pull_task, session, member))
             try:
-                await self._collect(session, live)
+                await self.engine.collect(session, live)
             except SpecaiError as exc:
                 log.warning("tombstone collection of session %r failed: %s", session, exc)
 
@@ -289,20 +289,6 @@ class SyncLink:
         """Wait until no pull or push is under way, those they start included (tests; shutdown cancels)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
-
-    async def _collect(self, session_id: str, live: list[str]) -> int:
-        """Forget tombstones, but only while this server holds everything each peer reported holding.
-
-        A delete can arrive here before the create it deletes (from another origin, through another peer). The
-        engine judges a tombstone by the changes logged here and the peers' vectors, not by this server's own
-        heads; collected before the create arrives, the create would bring the entity back. Caught up with every
-        peer's report, this server holds every change the deleter had seen (a report past the delete was made
-        after it).
-        """
-        status = await self.engine.status(session_id)
-        if any(_ahead(peer.their_vector, status.vector) for peer in status.peers):
-            return 0
-        return await self.engine.collect(session_id, live)
 
     async def close(self) -> None:
         """Stop every task and close every connection."""
