@@ -61,6 +61,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_mesh.py
 	$(BIN)/python benchmarks/bench_login.py
 	$(BIN)/python benchmarks/bench_cli.py
+	$(BIN)/python benchmarks/bench_sync.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
