@@ -441,6 +441,18 @@ def test_every_protected_route_rejects_missing_and_bad_tokens(auth_live: ServerP
         ("/bootstrap", "POST"),
         ("/registry/register", "POST"),
         ("/registry/peer-token", "POST"),
+        ("/sync/request", "POST"),
+        ("/sync/apply", "POST"),
+    }
+    # a session of sync routes is named, but its graph must be `default` (422 `unknown_graph`), and sync is off
+    # here (`/sync/now`: 503, no coordinator), so these answer with their own codes once authenticated
+    sync_answers = {
+        ("/sync/status/{session_id}/{graph_name}", "GET"): (422, "unknown_graph"),
+        ("/sync/enable/{session_id}/{graph_name}", "POST"): (400, "invalid_request"),
+        ("/sync/configure/{session_id}/{graph_name}", "POST"): (400, "invalid_request"),
+        ("/sync/now/{session_id}/{graph_name}", "POST"): (422, "unknown_graph"),
+        ("/sync/bulk/{session_id}", "POST"): (400, "invalid_request"),
+        ("/sync/configs/{session_id}", "GET"): (200, None),
     }
 
     with auth_live.client() as client:
@@ -477,7 +489,12 @@ def test_every_protected_route_rejects_missing_and_bad_tokens(auth_live: ServerP
                     assert streamed.status_code == 200
                 continue
             ok = client.request(method, url, json=body, headers={"Authorization": f"Bearer {good}"})
-            if path == "/messages/ack/{instance_id}":  # acknowledging nothing is fine
+            if (path, method) in sync_answers:
+                status, code = sync_answers[path, method]
+                assert ok.status_code == status, (path, method, ok.text)
+                if code is not None:
+                    assert_refused(ok, path, status, code)
+            elif path == "/messages/ack/{instance_id}":  # acknowledging nothing is fine
                 assert ok.status_code == 204, ok.text
             elif "{" in path:  # the placeholder id names nothing: authenticated, then not found
                 assert ok.status_code == 404, (path, method, ok.text)
