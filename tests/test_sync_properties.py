@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, note, settings
@@ -37,7 +37,7 @@ from sync_replicas import (
 )
 
 import specai.graph.write
-from specai.graph.sync.change import ABSENT, PROPERTY, EdgeEnds, Kind, SyncChange
+from specai.graph.sync.change import ABSENT, PROPERTY, EdgeEnds, Kind, Operation, SyncChange
 from specai.graph.sync.engine import SyncNotEnabledError
 from specai.graph.sync.hlc import ClockSkewError, Stamp
 from specai.graph.sync.registers import State, empty, merge
@@ -159,9 +159,10 @@ TWO_LIVE = precondition(lambda self: len(self.enabled()) >= 2)
 class Replicas(RuleBasedStateMachine):
     """2-5 members writing concurrently and exchanging partially, twice, out of order, or crashing mid-apply."""
 
-    def __init__(self, template: Path) -> None:
+    template: ClassVar[Path]  # an empty migrated database, copied for each member
+
+    def __init__(self) -> None:
         super().__init__()
-        self.template = template
         self.tmp = Path(tempfile.mkdtemp(prefix="sync-machine-"))
         self.loop = asyncio.new_event_loop()
         self.replicas: list[Replica] = []
@@ -561,12 +562,14 @@ MACHINE_SETTINGS = settings(
 def test_replicas_converge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     template = asyncio.run(migrated_template(tmp_path / "template.db"))
     monkeypatch.setattr(specai.graph.write, "uuid", TICKER)
-    run_state_machine_as_test(lambda: Replicas(template), settings=MACHINE_SETTINGS)
+    monkeypatch.setattr(Replicas, "template", template, raising=False)
+    run_state_machine_as_test(Replicas, settings=MACHINE_SETTINGS)
 
 
 # --- the merge alone -------------------------------------------------------------------------------------------
 
 ORIGINS = ("a", "b", "c")
+OPERATIONS: tuple[Operation, ...] = ("create", "update", "delete")
 UIDS = ("n1", "n2", "e1")
 EDGE_ENDS = EdgeEnds("n1", "n2", "RELATES_TO")
 
@@ -589,7 +592,7 @@ def changes(draw: st.DrawFn) -> list[SyncChange]:
         seqs[origin] += 1
         uid = draw(st.sampled_from(UIDS))
         kind: Kind = "edge" if uid == "e1" else "node"
-        operation = draw(st.sampled_from(["create", "update", "delete"]))
+        operation: Operation = draw(st.sampled_from(OPERATIONS))
         names = ["label", PROPERTY + "k", PROPERTY + "m"] if kind == "node" else ["weight", PROPERTY + "k"]
         fields: dict[str, Any] = {}
         if operation != "delete":
@@ -639,12 +642,15 @@ def as_changes(states: dict[str, State]) -> list[SyncChange]:
         for name, reg in registers:
             t = reg["t"]
             stamp = (t[0], t[1], t[2])
+            operation: Operation = "update"
+            fields: dict[str, Any] = {}
+            prev: dict[str, Stamp] = {}
             if name is None:
                 operation = "create" if reg["v"] else "delete"
-                fields: dict[str, Any] = {}
             else:
-                operation, fields = "update", {name: reg.get("v", ABSENT)}
-            prev = {} if name is None or "p" not in reg else {name: tuple(reg["p"])}
+                fields = {name: reg.get("v", ABSENT)}
+                if "p" in reg:
+                    prev = {name: (reg["p"][0], reg["p"][1], reg["p"][2])}
             out.append(SyncChange(kind, operation, uid, t[2], reg["q"], stamp, reg["c"], fields, prev, ends))
     return out
 
