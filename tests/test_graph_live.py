@@ -445,7 +445,9 @@ def test_stream_delivers_changes_with_ids_and_snapshots(live: Live) -> None:
         "version",
         "timestamp",
         "data",
+        "origin",
     }
+    assert first["origin"] is None  # written here, not synced from another member
     assert first["data"] == a
     assert first["entity_uid"] == a["uid"]
     assert watcher.others == []
