@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -17,6 +19,24 @@ CHANGE_BATCH = 500
 _LOG_CHANGE = insert(graph_changelog)  # built once; compiled once per engine
 
 
+def change_row(
+    kind: str, operation: str, entity: Node | Edge, now: dt.datetime, origin: str | None = None
+) -> dict[str, Any]:
+    """The changelog row of one write to a node or edge, with its snapshot (`origin`: the mesh member a synced
+    change came from)."""
+    return {
+        "session_id": entity.session_id,
+        "entity_type": kind,
+        "entity_id": entity.id,
+        "entity_uid": entity.uid,
+        "operation": operation,
+        "version": entity.version,
+        "data": entity.as_dict(),
+        "created_at": now,
+        "origin": origin,
+    }
+
+
 async def log_change(
     conn: AsyncConnection,
     kind: str,
@@ -25,22 +45,19 @@ async def log_change(
     now: dt.datetime,
     origin: str | None = None,
 ) -> None:
-    """Record one write to a node or edge, with its snapshot, in the transaction that made it (`origin`: the
-    mesh member a synced change came from)."""
-    await conn.execute(
-        _LOG_CHANGE,
-        {
-            "session_id": entity.session_id,
-            "entity_type": kind,
-            "entity_id": entity.id,
-            "entity_uid": entity.uid,
-            "operation": operation,
-            "version": entity.version,
-            "data": entity.as_dict(),
-            "created_at": now,
-            "origin": origin,
-        },
-    )
+    """Record one write to a node or edge in the transaction that made it."""
+    await conn.execute(_LOG_CHANGE, change_row(kind, operation, entity, now, origin))
+
+
+async def log_changes(
+    conn: AsyncConnection, kind: str, changes: Sequence[tuple[str, Node | Edge, str | None]], now: dt.datetime
+) -> None:
+    """Record many `(operation, entity, origin)` writes in one statement, in order."""
+    if changes:
+        await conn.execute(
+            _LOG_CHANGE,
+            [change_row(kind, operation, entity, now, origin) for operation, entity, origin in changes],
+        )
 
 
 class Changelog:

@@ -11,11 +11,12 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from specai.graph.changelog import log_changes
 from specai.graph.model import Edge, Node
 from specai.graph.sync import journal
 from specai.graph.sync.change import PROPERTY
 from specai.graph.sync.registers import State, alive, ends, same, stamp_of, values
-from specai.store.schema import graph_changelog, graph_edges, graph_nodes
+from specai.store.schema import graph_edges, graph_nodes
 
 
 @dataclass
@@ -64,30 +65,6 @@ class _Rows:
             ids = {row.uid: int(row.id) for row in await conn.execute(statement, values)}
             created = [("create", replace(e, id=ids[e.uid]), origin) for e, origin in self.inserts]
         await log_changes(conn, kind, [*self.log, *created], self.now)
-
-
-async def log_changes(
-    conn: AsyncConnection, kind: str, changes: Sequence[tuple[str, Node | Edge, str | None]], now: dt.datetime
-) -> None:
-    """Changelog rows for many materialized changes in one statement, in order."""
-    if changes:
-        await conn.execute(
-            insert(graph_changelog),
-            [
-                {
-                    "session_id": entity.session_id,
-                    "entity_type": kind,
-                    "entity_id": entity.id,
-                    "entity_uid": entity.uid,
-                    "operation": operation,
-                    "version": entity.version,
-                    "data": entity.as_dict(),
-                    "created_at": now,
-                    "origin": origin,
-                }
-                for operation, entity, origin in changes
-            ],
-        )
 
 
 async def show_nodes(
