@@ -524,5 +524,5 @@ def test_a_wrong_pinned_fingerprint_is_untrusted_and_a_refused_token_is_refused(
     finally:
         beating.set()
         thread.join(5)
-        for fake in ("impostor", "stranger"):
-            http.delete(f"/registry/deregister/{fake}")
+        for fake_id in ("impostor", "stranger"):
+            http.delete(f"/registry/deregister/{fake_id}")
