@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sync_replicas import SESSION, Replica, canonical, sqlite_url
 
 from specai.errors import ConflictError
-from specai.graph.sync.change import SyncChange
+from specai.graph.sync.change import EdgeEnds, SyncChange
 from specai.graph.sync.engine import OwnerMismatchError
 from specai.graph.sync.hlc import ClockSkewError, HybridClock, stamp_text
 from specai.store.schema import graph_changelog, graph_sessions
@@ -410,6 +410,22 @@ async def test_a_uid_of_another_session_is_refused(member: Open) -> None:
     with pytest.raises(ConflictError) as refused:
         await b.apply(wire, a)
     assert refused.value.details == {"uid": theirs.uid}
+    assert await b.snapshot() == before
+
+
+async def test_an_edge_change_under_a_node_uid_is_refused(member: Open) -> None:
+    a, b = await member("a"), await member("b")
+    node = await a.graph.create_node(SESSION, "entity", "a node")
+    await b.pull(a)
+    rogue = SyncChange(
+        "edge", "update", node.uid, "a", 2, a.sync.clock.now(), {"a": 1}, {"weight": 0.5},
+        ends=EdgeEnds(node.uid, node.uid, "RELATES_TO"),
+    )  # fmt: skip
+    wire = (await b.page(a)) | {"edges": [rogue.wire(SESSION)], "vector_clock": {"versions": {"a": 2}}}
+    before = await b.snapshot()
+    with pytest.raises(ConflictError) as refused:
+        await b.apply(wire, a)
+    assert refused.value.details == {"uid": node.uid}
     assert await b.snapshot() == before
 
 

@@ -273,7 +273,8 @@ class SyncLink:
         now = self.clock()
         self._next_cycle = now + self.interval
         peers = candidates(self._members.values(), self.self_id)
-        live = [m.instance_id for m in self._members.values() if m.live]
+        # every registered member counts for collection, live or not: one that is down may hold what is collected
+        known = [m.instance_id for m in self._members.values()]
         for session in sessions:
             for member in peers:
                 entry = self._entry(session, member)
@@ -281,7 +282,7 @@ class SyncLink:
                     continue
                 self._spawn("pull", session, member, functools.partial(self._pull_task, session, member))
             try:
-                await self.engine.collect(session, live)
+                await self.engine.collect(session, known)
             except SpecaiError as exc:
                 log.warning("tombstone collection of session %r failed: %s", session, exc)
 

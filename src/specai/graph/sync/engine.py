@@ -364,7 +364,13 @@ class SyncEngine:
             origins: dict[str, str] = {}
             overwrites: list[tuple[SyncChange, Overwrite]] = []
             for change in new:
-                merged, lost = merge(dirty.get(change.uid) or found.get(change.uid) or empty(), change)
+                known = dirty.get(change.uid) or found.get(change.uid)
+                if known is not None and (known.get("ends") is None) != (change.kind == "node"):
+                    raise ConflictError(
+                        f"uid {change.uid} is a {'node' if change.kind == 'edge' else 'edge'} here, not a {change.kind}",
+                        details={"uid": change.uid},
+                    )
+                merged, lost = merge(known or empty(), change)
                 dirty[change.uid], kinds[change.uid], origins[change.uid] = merged, change.kind, change.origin
                 overwrites.extend((change, o) for o in lost)
             await journal.save(conn, session_id, kinds, dirty)
