@@ -28,7 +28,7 @@ from specai.client.peer import Peer
 from specai.config import SyncSettings
 from specai.errors import AuthError, SpecaiError, TrustError
 from specai.graph.feed import Notifier
-from specai.graph.sync.engine import DEFAULT_GRAPH, SyncEngine, SyncNotEnabledError, SyncStatus
+from specai.graph.sync.engine import DEFAULT_GRAPH, SyncEngine, SyncNotEnabledError, SyncPosition
 from specai.graph.sync.hlc import ClockSkewError
 from specai.graph.sync.journal import Vector
 from specai.graph.sync.payload import SyncPayload, parse_vector, vector_wire
@@ -360,7 +360,7 @@ class SyncLink:
     async def _pull(self, session_id: str, member: Member) -> int:
         """Apply every page the peer holds past this server's vector; returns how many changes were new here."""
         remote = await self._remote(member)
-        vector = (await self.engine.status(session_id)).vector
+        vector = (await self.engine.position(session_id)).vector
         applied = 0
         while True:
             answer = await remote.post(
@@ -399,7 +399,7 @@ class SyncLink:
 
     async def _push(self, session_id: str, member: Member) -> int:
         """Send the peer what this server holds past what it last reported; returns how many changes went."""
-        status = await self.engine.status(session_id)
+        status = await self.engine.position(session_id)
         if not status.config.sync_enabled:
             return 0
         theirs = self._believed(session_id, member.instance_id, status)
@@ -431,7 +431,7 @@ class SyncLink:
             if not payload.more:
                 return sent
 
-    def _believed(self, session_id: str, peer: str, status: SyncStatus) -> Vector:
+    def _believed(self, session_id: str, peer: str, status: SyncPosition) -> Vector:
         """What the peer holds as far as this server knows: its last report or pull here, or a push answer."""
         theirs: Vector = {}
         for record in status.peers:

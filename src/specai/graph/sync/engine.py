@@ -135,6 +135,15 @@ class PeerRecord:
 
 
 @dataclass(frozen=True)
+class SyncPosition:
+    """Where a session's sync stands here: its settings, version vector and what peers reported holding."""
+
+    config: SyncConfig
+    vector: dict[str, int]
+    peers: list[PeerRecord]
+
+
+@dataclass(frozen=True)
 class SyncStatus:
     """A session's sync state here."""
 
@@ -463,27 +472,32 @@ class SyncEngine:
 
     # --- reading -----------------------------------------------------------------------------------------------
 
-    async def status(self, session_id: str, graph_name: str | None = None) -> SyncStatus:
-        """Settings, version vector, peers and how many held changes some known peer has not reported."""
+    async def position(self, session_id: str, graph_name: str | None = None) -> SyncPosition:
+        """Settings, version vector and peers' reports: what a pull or push needs (cheap; no counting)."""
         config = await self.config(session_id, graph_name)
         async with self.store.connect() as conn:
             vector = await journal.heads(conn, config.session_id)
-            peers = await _peers(conn, config.session_id)
-            pending = 0
-            for origin, head in vector.items():
-                floor = min((p.their_vector.get(origin, 0) for p in peers), default=head)
+            return SyncPosition(config, vector, await _peers(conn, config.session_id))
+
+    async def status(self, session_id: str, graph_name: str | None = None) -> SyncStatus:
+        """The position, and how many held changes some known peer has not reported (counted in the log)."""
+        at = await self.position(session_id, graph_name)
+        pending = 0
+        async with self.store.connect() as conn:
+            for origin, head in at.vector.items():
+                floor = min((p.their_vector.get(origin, 0) for p in at.peers), default=head)
                 if floor < head:
                     pending += int(
                         await conn.scalar(
                             select(func.count()).where(
-                                graph_sync_log.c.session_id == config.session_id,
+                                graph_sync_log.c.session_id == at.config.session_id,
                                 graph_sync_log.c.origin == origin,
                                 graph_sync_log.c.seq > floor,
                             )
                         )
                         or 0
                     )
-        return SyncStatus(config, vector, pending, peers)
+        return SyncStatus(at.config, at.vector, pending, at.peers)
 
     async def conflicts(
         self, session_id: str | None = None, limit: int = 100, cursor: str | None = None
