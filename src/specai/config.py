@@ -31,6 +31,7 @@ class ServerSettings:
     sse_keepalive_secs: float = 15.0
     idle_timeout_secs: float = 10.0
     max_connections: int = 4096
+    workers: int = 1  # server processes sharing the port; more than 1 needs PostgreSQL
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,15 @@ class AuthSettings:
 
 @dataclass(frozen=True)
 class DatabaseSettings:
-    """`[database]`: where state is stored (used from the agents issue on)."""
+    """`[database]`: where state is stored; on PostgreSQL, how many connections each process may hold."""
 
     path: Path | None = None
     url: str | None = None
+    pool_size: int = 5  # PostgreSQL connections kept open per process
+    max_overflow: int = 5  # more opened under load, closed when returned
+    leader_lease_secs: float = (
+        10.0  # a singleton job moves to another process this long after its holder dies
+    )
 
 
 @dataclass(frozen=True)

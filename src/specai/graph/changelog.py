@@ -77,10 +77,17 @@ class Changelog:
         async with self.store.connect() as conn:
             return [Change.from_row(row) for row in (await conn.execute(query)).all()]
 
-    async def latest_change_id(self) -> int:
-        """The newest changelog id of any session (0 when there is none): "now" for a new watcher."""
+    async def latest_change_id(self, session_id: str | None = None) -> int:
+        """The newest changelog id of the session, or of any (0 when there is none): "now" for a new watcher.
+
+        A session's ids commit in increasing order (GraphStore.write), so nothing of it can commit at or below
+        its own newest id later; another session's newest id gives no such promise on PostgreSQL.
+        """
+        query = select(func.max(graph_changelog.c.id))
+        if session_id is not None:
+            query = query.where(graph_changelog.c.session_id == session_id)
         async with self.store.connect() as conn:
-            newest = await conn.scalar(select(func.max(graph_changelog.c.id)))
+            newest = await conn.scalar(query)
             return max(int(newest or 0), await _pruned_through(conn))
 
     async def pruned_through(self) -> int:

@@ -1,7 +1,8 @@
 """Following a session's changelog: one shared reader per session per process, fanned out to every watcher.
 
-A commit in this process wakes the session's reader at once; writes from other processes sharing the database are
-found by polling. However many watchers a session has, each change is read from the database once.
+A commit in this process wakes the session's reader at once; on PostgreSQL a commit in another process wakes it
+through that process's NOTIFY (`ChangeNotifier.relay`), and a slow poll finds what a lost notification missed.
+However many watchers a session has, each change is read from the database once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ class Sequenced(Protocol):
 
 C = TypeVar("C", bound=Sequenced)
 Reader = Callable[[str, int, int], Awaitable[list[C]]]  # (session, after id, limit) -> changes, oldest first
+Latest = Callable[[str], Awaitable[int]]  # session -> its newest committed changelog id
+GRAPH_CHANNEL = "specai_graph"
+
+
+class Relay(Protocol):
+    """How commits reach the other processes on the database, and theirs reach us (`store.listener.Listener`)."""
+
+    def subscribe(self, channel: str, subscriber: Callable[[str | None], None]) -> None: ...
+
+    def publish(self, channel: str, item: str) -> None: ...
 
 
 class Notifier(Protocol):
@@ -41,20 +52,42 @@ class Notifier(Protocol):
 
 
 class ChangeNotifier:
-    """The in-process `Notifier`: wakes the readers of a session when a write to it commits in this process."""
+    """Wakes the readers of a session when a write to it commits: in this process, and through a `Relay` in the
+    other processes sharing the database (the NOTIFY is sent after the commit, out of the write's transaction)."""
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self._relay: Relay | None = None
+
+    def relay(self, relay: Relay | None) -> None:
+        """Also tell (and hear) the other processes through `relay`; None: this process only."""
+        self._relay = relay
+        if relay is not None:
+            relay.subscribe(GRAPH_CHANNEL, self._heard)
 
     def event(self, session_id: str) -> asyncio.Event:
         """The event the next commit to `session_id` sets; take it *before* reading, so no commit is missed."""
         return self._events.setdefault(session_id, asyncio.Event())
 
     def notify(self, session_id: str) -> None:
-        """Wake everyone waiting on `session_id`."""
+        """Wake everyone waiting on `session_id`, here and in the other processes."""
+        self._wake(session_id)
+        if self._relay is not None:
+            self._relay.publish(GRAPH_CHANNEL, session_id)
+
+    def _wake(self, session_id: str) -> None:
         waiting = self._events.pop(session_id, None)
         if waiting is not None:
             waiting.set()
+
+    def _heard(self, session_id: str | None) -> None:
+        """Another process committed to `session_id` (None: it may have, to any session)."""
+        if session_id is not None:
+            self._wake(session_id)
+            return
+        events, self._events = self._events, {}
+        for event in events.values():
+            event.set()
 
 
 class _Watcher(Generic[C]):
@@ -102,7 +135,7 @@ class _SessionReader(Generic[C]):
 class ChangeFeed(Generic[C]):
     """Every change of a session after a given id, in order, exactly once, for as many watchers as there are."""
 
-    def __init__(self, read: Reader[C], latest: Callable[[], Awaitable[int]], notifier: Notifier) -> None:
+    def __init__(self, read: Reader[C], latest: Latest, notifier: Notifier) -> None:
         self._read = read
         self._latest = latest
         self.notifier = notifier
@@ -141,7 +174,9 @@ class ChangeFeed(Generic[C]):
     async def _join(self, session_id: str, watcher: _Watcher[C], poll_secs: float) -> _SessionReader[C]:
         reader = self._readers.get(session_id)
         if reader is None:
-            reader = _SessionReader(session_id, await self._latest())
+            # the session's own newest id, not the newest of all: ids of one session commit in order, while an id
+            # of another session may already be committed as this session's lower one still waits for its commit
+            reader = _SessionReader(session_id, await self._latest(session_id))
             if (existing := self._readers.get(session_id)) is not None:  # another watcher won the race
                 reader = existing
             else:

@@ -379,9 +379,9 @@ class GraphStore:
         """The session's changes with an id above `after`, oldest first."""
         return await self.changelog.changes(session_id, after, limit)
 
-    async def latest_change_id(self) -> int:
-        """The newest changelog id of any session (0 when there is none): "now" for a new watcher."""
-        return await self.changelog.latest_change_id()
+    async def latest_change_id(self, session_id: str | None = None) -> int:
+        """The newest changelog id of the session, or of any (0 when there is none): "now" for a new watcher."""
+        return await self.changelog.latest_change_id(session_id)
 
     async def pruned_through(self) -> int:
         """The newest changelog id removed by retention (0 when nothing was pruned)."""

@@ -1,8 +1,10 @@
 """What runs beside the requests, started and stopped here only, in one stated order.
 
-Start: (1) the store: the one `create_app` was given, or opened (and migrated) from `[database]`; (2) the services
-bound to it: API keys, revoked token ids (loaded), sessions, graph, mesh registry (this server registered, which
-fixes its rank as leader) and message queue; (3) background tasks: the retention pruner at once, the mesh link once
+Start: (1) the store: the one `create_app` was given, or opened (and migrated) from `[database]`; on PostgreSQL
+also this process's LISTEN connection (`state.listener`: graph commits of other processes wake our change feeds,
+ours wake theirs) and the change-counter watcher (`state.versions`: reloads caches other processes invalidated);
+(2) the services bound to it: API keys, revoked token ids (loaded), sessions, graph, mesh registry (this server
+registered, which fixes its rank as leader) and message queue; (3) background tasks: the retention pruner at once, the mesh link once
 the server answers (`serving`, called by the runner: a member registers only once it can be reached), and with
 `[sync] enabled` the graph sync coordinator right after it (`state.sync_link`; None otherwise). Listeners and
 leases join step 3. Stop in reverse: background tasks (the sync coordinator first; the mesh link gets `LEAVE_SECS`
@@ -23,6 +25,9 @@ from specai.server.mesh_link import Credentials, MeshLink, mesh_credentials
 from specai.server.state import ServerState
 from specai.server.sync_link import SyncLink, http_remotes
 from specai.store import Store
+from specai.store.listener import Listener
+from specai.store.urls import is_postgres
+from specai.store.versions import VERSION_CHANNEL, VersionWatcher
 
 PRUNE_EVERY_SECS = 3600
 LEAVE_SECS = 2.0
@@ -45,9 +50,19 @@ class Lifespan:
         store = self._given
         if store is None:
             store = self._opened = await Store.open(self.state.settings)
+        shared = is_postgres(store.engine.url)
+        if shared:
+            self.state.listener = Listener(store.engine.url)
+            self.state.versions = VersionWatcher(store)
+            self.state.listener.subscribe(VERSION_CHANNEL, self.state.versions.wake)
+            self.state.notifier.relay(self.state.listener)
         services = self.state.attach(store)
         await services.revocations.load()
         await services.mesh.register(self.state.self_info())  # keeps its first registration time
+        if self.state.versions is not None and self.state.listener is not None:
+            await self.state.versions.prime()
+            await self.state.listener.start()
+            self._tasks.append(asyncio.create_task(self.state.versions.run(), name="specai-versions"))
         self._tasks.append(asyncio.create_task(self._prune(), name="specai-pruner"))
 
     def serving(self, announce: Callable[[str], None], request_stop: Callable[[], None]) -> None:
@@ -91,6 +106,10 @@ class Lifespan:
                 await task
         self._tasks.clear()
         self.state.sync_link = None
+        if self.state.listener is not None:
+            await self.state.listener.close()
+            self.state.notifier.relay(None)
+            self.state.listener = self.state.versions = None
         await self.state.runtime.aclose()
         self.state.detach()
         if self._opened is not None:

@@ -13,7 +13,7 @@ from specai.agents.runtime import AgentRuntime
 from specai.agents.sessions import SessionStore
 from specai.config import Settings
 from specai.errors import TokenError
-from specai.graph.feed import Notifier
+from specai.graph.feed import ChangeNotifier, Notifier
 from specai.graph.store import GraphStore
 from specai.graph.sync.engine import SyncEngine
 from specai.graph.sync.hlc import HybridClock
@@ -24,6 +24,8 @@ from specai.mesh.peer_token import issue as issue_peer_token
 from specai.mesh.queue import MessageQueue
 from specai.mesh.registry import MemberInfo, MeshRegistry
 from specai.store import Store
+from specai.store.listener import Listener
+from specai.store.versions import VersionWatcher
 from specai.users.access import LOCAL, Principal
 from specai.users.directory import Directory
 from specai.users.keys import ApiKeyStore, StoredRevocations
@@ -102,11 +104,15 @@ class ServerState:
     login_throttle: LoginThrottle
     password_gate: VerifyGate  # bounds running and queued password checks (logins and /auth/hash)
     hash_limit: RateLimiter
-    notifier: Notifier  # wakes change-stream readers when a graph write commits
+    notifier: ChangeNotifier  # wakes change-stream readers when a graph write commits (here, and relayed)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = field(default_factory=time.monotonic)
     _services: Services | None = None
     sync_link: SyncLink | None = None  # the graph sync coordinator, while it runs ([sync] enabled)
+    listener: Listener | None = None  # PostgreSQL: this process's LISTEN connection, while the store is open
+    versions: VersionWatcher | None = (
+        None  # PostgreSQL: reloads caches when another process changed their source
+    )
     _peer_tokens: PeerTokenVerifier | None = None  # set once joined: checks tokens the registry signed
     _signing_key: Any = None  # this server's TLS key, loaded when it first issues a peer token
 

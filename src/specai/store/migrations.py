@@ -14,6 +14,7 @@ from specai.store.schema import (
     v3_mesh_tables,
     v4_access_tables,
     v5_sync_tables,
+    v6_shared_tables,
 )
 
 
@@ -58,6 +59,17 @@ def _v5_sync(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE graph_changelog ADD COLUMN origin TEXT")
 
 
+def _v6_shared(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    v6_shared_tables(md)
+    md.create_all(conn)
+    if (
+        conn.dialect.name == "postgresql"
+    ):  # counters are rebuilt by failures: no need to write them to the WAL
+        conn.exec_driver_sql("ALTER TABLE login_counters SET UNLOGGED")
+        conn.exec_driver_sql("ALTER TABLE login_known SET UNLOGGED")
+
+
 # Append new steps at the end; never edit or reorder a released step (upgrade tests rely on them).
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sessions and messages", _v1_sessions),
@@ -67,5 +79,6 @@ MIGRATIONS: tuple[Migration, ...] = (
         4, "access model: API keys, revoked tokens, graph owners and shares, mesh member owners", _v4_access
     ),
     Migration(5, "graph sync: configs, register state, per-origin log, heads, peers, conflicts", _v5_sync),
+    Migration(6, "shared state: users, change counters, login throttling, leases", _v6_shared),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

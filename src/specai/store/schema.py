@@ -331,6 +331,57 @@ def v5_sync_tables(md: MetaData) -> tuple[Table, Table, Table, Table, Table, Tab
     return configs, entities, log, heads, peers, conflicts
 
 
+def v6_shared_tables(md: MetaData) -> tuple[Table, Table, Table, Table, Table]:
+    """What several processes on one PostgreSQL share, as schema version 6 defines it (frozen): users (the
+    credentials file's entries, in the database), change counters that tell every process's caches to reload,
+    login-throttle counters, the pairs that logged in, and leases for the jobs only one process may run."""
+    users = Table(
+        "users",
+        md,
+        Column("id", Text, primary_key=True),
+        Column("username", Text, nullable=False, unique=True),
+        Column("password_hash", Text, nullable=False),
+        Column("role", Text, nullable=False),
+        Column("token_generation", Integer, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+    )
+    versions = Table(
+        "shared_versions",
+        md,
+        Column("name", Text, primary_key=True),
+        Column("version", BigInteger, nullable=False),
+    )
+    login_counters = Table(
+        "login_counters",
+        md,
+        Column("budget", Text, primary_key=True),  # pair, address or user
+        Column("key", Text, primary_key=True),
+        Column("failures", Integer, nullable=False),
+        Column("pending", Integer, nullable=False),
+        Column("locked_until", Double, nullable=False),  # epoch seconds
+        Column("last", Double, nullable=False),
+        Index(None, "last"),
+    )
+    login_known = Table(
+        "login_known",
+        md,
+        Column("username", Text, primary_key=True),
+        Column("address", Text, primary_key=True),
+        Column("last_success", Double, nullable=False),
+        Index(None, "last_success"),
+    )
+    leases = Table(
+        "leases",
+        md,
+        Column("name", Text, primary_key=True),
+        Column("holder", Text, nullable=True),
+        Column("epoch", BigInteger, nullable=False),
+        Column("expires_at", UTCDateTime, nullable=False),
+    )
+    return users, versions, login_counters, login_known, leases
+
+
 def v5_changelog(md: MetaData) -> Table:
     """`graph_changelog` since version 5: `origin` names the mesh member a synced change came from (NULL: here)."""
     return Table(
@@ -370,3 +421,4 @@ api_keys, revoked_tokens, graph_sessions, graph_shares = v4_access_tables(metada
     graph_sync_peers,
     graph_sync_conflicts,
 ) = v5_sync_tables(metadata)
+users, shared_versions, login_counters, login_known, leases = v6_shared_tables(metadata)

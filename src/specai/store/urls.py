@@ -27,6 +27,16 @@ def database_url(settings: Settings) -> URL:
     return URL.create(SQLITE_DRIVER, database=str(path))
 
 
+def is_postgres(url: URL) -> bool:
+    """True for a PostgreSQL URL: the database several specai processes may share."""
+    return url.get_backend_name() == "postgresql"
+
+
+def shares_state(settings: Settings) -> bool:
+    """True when `[database]` is PostgreSQL: users, throttles and leadership then live in the database."""
+    return is_postgres(database_url(settings))
+
+
 def redacted(url: URL) -> str:
     """The URL with any password masked, so it can go into messages and logs."""
     return url.render_as_string(hide_password=True)

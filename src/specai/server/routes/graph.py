@@ -247,7 +247,7 @@ def _feed_routes(server: ServerState) -> list[HTTPRouteHandler]:
         store, who = graph(), principal(request)
         grant = await store.claim(session_id, who)
         grant.check(who, "read")
-        cursor, notices = await _starting_point(store, requested)
+        cursor, notices = await _starting_point(store, session_id, requested)
         follow = store.follow(session_id, cursor, server.settings.graph.stream_poll_secs)
         changes: AsyncIterator[Any] = follow
         if grant.owner_id != who.user_id and not who.is_admin:  # a share can be taken back: check each change
@@ -289,12 +289,14 @@ def _requested(header: str | None, since: str | None) -> int | None:
 
 
 async def _starting_point(
-    store: GraphStore, requested: int | None
+    store: GraphStore, session_id: str, requested: int | None
 ) -> tuple[int, list[ServerSentEventMessage]]:
-    """Where a stream starts, and a `reset` notice when it cannot start where asked (pruned, or ahead)."""
-    latest = await store.latest_change_id()
+    """Where a stream starts, and a `reset` notice when it cannot start where asked (pruned, or ahead).
+
+    A new watcher starts after the session's own newest change (see `Changelog.latest_change_id`)."""
     if requested is None:
-        return latest, []
+        return await store.latest_change_id(session_id), []
+    latest = await store.latest_change_id()
     if requested < (pruned := await store.pruned_through()):
         return pruned, [_reset("history_pruned", f"changes up to {pruned} were pruned", pruned)]
     if requested > latest:
