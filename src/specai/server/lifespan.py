@@ -57,7 +57,7 @@ class Lifespan:
             self.state.listener.subscribe(VERSION_CHANNEL, self.state.versions.wake)
             self.state.notifier.relay(self.state.listener)
         services = self.state.attach(store)
-        await services.revocations.load()
+        await self.state.load_caches(services)
         await services.mesh.register(self.state.self_info())  # keeps its first registration time
         if self.state.versions is not None and self.state.listener is not None:
             await self.state.versions.prime()

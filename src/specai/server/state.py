@@ -129,6 +129,10 @@ class ServerState:
         self.runtime.graph = services.graph
         return services
 
+    async def load_caches(self, services: Services) -> None:
+        """Fill the in-memory caches of what the database holds (at start, after `attach`)."""
+        await services.revocations.load()
+
     def detach(self) -> None:
         """Forget the services (at shutdown, before the store closes)."""
         self._services = None
