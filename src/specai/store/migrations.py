@@ -68,6 +68,7 @@ def _v6_shared(conn: Connection) -> None:
     ):  # counters are rebuilt by failures: no need to write them to the WAL
         conn.exec_driver_sql("ALTER TABLE login_counters SET UNLOGGED")
         conn.exec_driver_sql("ALTER TABLE login_known SET UNLOGGED")
+        conn.exec_driver_sql("ALTER TABLE rate_buckets SET UNLOGGED")
 
 
 # Append new steps at the end; never edit or reorder a released step (upgrade tests rely on them).

@@ -331,10 +331,11 @@ def v5_sync_tables(md: MetaData) -> tuple[Table, Table, Table, Table, Table, Tab
     return configs, entities, log, heads, peers, conflicts
 
 
-def v6_shared_tables(md: MetaData) -> tuple[Table, Table, Table, Table, Table]:
+def v6_shared_tables(md: MetaData) -> tuple[Table, Table, Table, Table, Table, Table]:
     """What several processes on one PostgreSQL share, as schema version 6 defines it (frozen): users (the
     credentials file's entries, in the database), change counters that tell every process's caches to reload,
-    login-throttle counters, the pairs that logged in, and leases for the jobs only one process may run."""
+    login-throttle counters, the pairs that logged in, leases for the jobs only one process may run, and the
+    token buckets of request rate limits."""
     users = Table(
         "users",
         md,
@@ -358,7 +359,9 @@ def v6_shared_tables(md: MetaData) -> tuple[Table, Table, Table, Table, Table]:
         Column("budget", Text, primary_key=True),  # pair, address or user
         Column("key", Text, primary_key=True),
         Column("failures", Integer, nullable=False),
-        Column("pending", Integer, nullable=False),
+        Column("pending", Integer, nullable=False),  # reservations taken in window `pending_window`
+        Column("pending_before", Integer, nullable=False),  # ... and in the window before it
+        Column("pending_window", Integer, nullable=False),  # epoch seconds // the reservation lifetime
         Column("locked_until", Double, nullable=False),  # epoch seconds
         Column("last", Double, nullable=False),
         Index(None, "last"),
@@ -379,7 +382,15 @@ def v6_shared_tables(md: MetaData) -> tuple[Table, Table, Table, Table, Table]:
         Column("epoch", BigInteger, nullable=False),
         Column("expires_at", UTCDateTime, nullable=False),
     )
-    return users, versions, login_counters, login_known, leases
+    rate_buckets = Table(
+        "rate_buckets",
+        md,
+        Column("key", Text, primary_key=True),  # "<limit>:<key>", e.g. "hash:<user id>"
+        Column("tokens", Double, nullable=False),
+        Column("at", Double, nullable=False),  # epoch seconds `tokens` was counted at
+        Index(None, "at"),
+    )
+    return users, versions, login_counters, login_known, leases, rate_buckets
 
 
 def v5_changelog(md: MetaData) -> Table:
@@ -421,4 +432,4 @@ api_keys, revoked_tokens, graph_sessions, graph_shares = v4_access_tables(metada
     graph_sync_peers,
     graph_sync_conflicts,
 ) = v5_sync_tables(metadata)
-users, shared_versions, login_counters, login_known, leases = v6_shared_tables(metadata)
+users, shared_versions, login_counters, login_known, leases, rate_buckets = v6_shared_tables(metadata)

@@ -20,7 +20,7 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from specai.errors import ThrottledError
@@ -61,6 +61,7 @@ class Attempt:
     username: str
     address: str
     lane: Lane
+    taken_at: float = field(default=0.0, compare=False)  # the throttle's clock when the reservation was taken
 
     @property
     def known(self) -> bool:
@@ -69,7 +70,7 @@ class Attempt:
 
 
 class LoginThrottle(Protocol):
-    """What `/auth/token` needs from a throttle; the in-process one below, a shared database one later."""
+    """What `/auth/token` needs from a throttle: in this process (below) or shared through the database."""
 
     async def reserve(self, username: str, address: str) -> Attempt:
         """Take a reservation in every budget, or raise ThrottledError (429 with Retry-After)."""
@@ -83,6 +84,9 @@ class LoginThrottle(Protocol):
     async def release(self, attempt: Attempt) -> None:
         """No password was checked (refused by the gate, cancelled): drop the reservation."""
 
+    async def prune(self) -> int:
+        """Forget counters and known pairs that no longer matter; return how many were dropped."""
+
 
 class RateLimiter(Protocol):
     """A per-key request rate limit."""
@@ -90,27 +94,34 @@ class RateLimiter(Protocol):
     async def hit(self, key: str) -> None:
         """Count one request, or raise ThrottledError when the key is over its rate."""
 
+    async def prune(self) -> int:
+        """Forget keys whose bucket is full again; return how many were dropped."""
+
+
+# -- the rules, shared by the in-process and the stored throttle ----------------------------------------------
+
+PAIR, ADDRESS, USER = "pair", "address", "user"  # the budgets' names
+
 
 @dataclass
-class _Counter:
+class Counter:
+    """One key's count in one budget."""
+
     failures: int = 0
-    pending: int = 0
+    pending: int = 0  # reservations not settled yet
     locked_until: float = 0.0
     last: float = 0.0  # last reservation or failure
 
 
-class Budget:
-    """Failures plus in-flight attempts per key, with lockouts that double; memory bounded by pruning."""
+@dataclass(frozen=True)
+class BudgetRule:
+    """How one budget counts: failures plus in-flight attempts up to `limit`, then lockouts that double."""
 
-    def __init__(self, limit: int, lockout: float, max_keys: int = _MAX_KEYS) -> None:
-        self.limit = limit
-        self.lockout = lockout
-        self.max_keys = max_keys
-        self._counters: dict[str, _Counter] = {}
+    limit: int
+    lockout: float
 
-    def wait(self, key: str, now: float) -> float | None:
-        """Seconds until `key` may try again (0 < s), or None when an attempt may start now."""
-        counter = self._current(key, now)
+    def wait(self, counter: Counter | None, now: float) -> float | None:
+        """Seconds until the key may try again (0 < s), or None when an attempt may start now."""
         if counter is None:
             return None
         if counter.locked_until > now:
@@ -119,22 +130,17 @@ class Budget:
             return None if counter.pending == 0 else 1.0
         return None if counter.failures + counter.pending < self.limit else 1.0
 
-    def active(self, key: str, now: float) -> bool:
-        """True when `key` has recent failures or attempts in flight."""
-        counter = self._current(key, now)
+    def active(self, counter: Counter | None) -> bool:
+        """True when the key has recent failures or attempts in flight."""
         return counter is not None and (counter.failures > 0 or counter.pending > 0)
 
-    def take(self, key: str, now: float) -> None:
+    def take(self, counter: Counter, now: float) -> None:
         """Reserve an attempt."""
-        if key not in self._counters and len(self._counters) >= self.max_keys:
-            self._prune(now)
-        counter = self._counters.setdefault(key, _Counter())
         counter.pending += 1
         counter.last = now
 
-    def fail(self, key: str, now: float) -> None:
+    def fail(self, counter: Counter, now: float) -> None:
         """Turn a reservation into a failure, locking the key once it reached the limit."""
-        counter = self._counters.setdefault(key, _Counter())
         counter.pending = max(0, counter.pending - 1)
         counter.failures += 1
         counter.last = now
@@ -142,37 +148,135 @@ class Budget:
             doublings = min(counter.failures - self.limit, 16)
             counter.locked_until = now + min(self.lockout * 2**doublings, MAX_LOCKOUT)
 
+    def release(self, counter: Counter, *, forget: bool = False) -> None:
+        """Drop a reservation without counting a failure; `forget` also clears the failures (a success)."""
+        counter.pending = max(0, counter.pending - 1)
+        if forget:
+            counter.failures, counter.locked_until = 0, 0.0
+
+
+def stale(counter: Counter, now: float) -> bool:
+    """True when the counter is the same as none: nothing in flight, not locked, quiet for MAX_LOCKOUT."""
+    return counter.pending == 0 and counter.locked_until <= now and now - counter.last > MAX_LOCKOUT
+
+
+def lane_of(known: bool, address_active: bool) -> Lane:
+    """A known pair goes first; an unknown one last when its address has failures or attempts in flight."""
+    if known:
+        return Lane.KNOWN
+    return Lane.SUSPECT if address_active else Lane.CLEAN
+
+
+def budget_keys(attempt: Attempt) -> list[tuple[str, str]]:
+    """The (budget, key) pairs an attempt reserves: a known pair its own only, else pair, address and user."""
+    pair = (PAIR, pair_key(attempt.username, attempt.address))
+    if attempt.known:
+        return [pair]
+    return [pair, (ADDRESS, attempt.address), (USER, attempt.username)]
+
+
+def pair_key(username: str, address: str) -> str:
+    """The pair budget's key."""
+    return f"{address} {username}"
+
+
+def clip(username: str) -> str:
+    """The username as keys hold it (a 10 kB name costs no more memory than a short one)."""
+    return username[:_USERNAME_CHARS]
+
+
+def refusal(waits: list[float]) -> ThrottledError | None:
+    """The 429 for the longest of the budgets' waits (None: no budget is spent)."""
+    if not waits:
+        return None
+    seconds = max(1, math.ceil(max(waits)))
+    return ThrottledError(f"too many failed logins; try again in {seconds} s", retry_after=seconds)
+
+
+@dataclass(frozen=True)
+class TokenBucket:
+    """A rate limit's rule: `capacity` requests, refilled at `rate` a second."""
+
+    capacity: float
+    rate: float
+
+    @classmethod
+    def per_minute(cls, requests: int) -> TokenBucket:
+        """`requests` a minute, bursts up to that."""
+        return cls(float(requests), requests / 60.0)
+
+    def tokens(self, saved: tuple[float, float] | None, now: float) -> float:
+        """The tokens now, from (tokens, when) saved at the last request (None: a full bucket)."""
+        tokens, when = saved if saved is not None else (self.capacity, now)
+        return min(self.capacity, tokens + max(0.0, now - when) * self.rate)
+
+    def refusal(self, tokens: float) -> ThrottledError | None:
+        """The 429 when less than one token is left, with the seconds until one is back."""
+        if tokens >= 1:
+            return None
+        wait = max(1, math.ceil((1 - tokens) / self.rate))
+        return ThrottledError(f"too many requests; try again in {wait} s", retry_after=wait)
+
+    @property
+    def refill_secs(self) -> float:
+        """How long an empty bucket takes to be full again: a key untouched this long is the same as none."""
+        return self.capacity / self.rate if self.rate > 0 else math.inf
+
+
+# -- in this process --------------------------------------------------------------------------------------------
+
+
+class Budget:
+    """One budget's counters in memory, bounded by pruning."""
+
+    def __init__(self, limit: int, lockout: float, max_keys: int = _MAX_KEYS) -> None:
+        self.rule = BudgetRule(limit, lockout)
+        self.max_keys = max_keys
+        self._counters: dict[str, Counter] = {}
+
+    def wait(self, key: str, now: float) -> float | None:
+        """Seconds until `key` may try again (0 < s), or None when an attempt may start now."""
+        return self.rule.wait(self._current(key, now), now)
+
+    def active(self, key: str, now: float) -> bool:
+        """True when `key` has recent failures or attempts in flight."""
+        return self.rule.active(self._current(key, now))
+
+    def take(self, key: str, now: float) -> None:
+        """Reserve an attempt."""
+        if key not in self._counters and len(self._counters) >= self.max_keys:
+            self._prune(now)
+        self.rule.take(self._counters.setdefault(key, Counter()), now)
+
+    def fail(self, key: str, now: float) -> None:
+        """Turn a reservation into a failure, locking the key once it reached the limit."""
+        self.rule.fail(self._counters.setdefault(key, Counter()), now)
+
     def release(self, key: str, *, forget: bool = False) -> None:
         """Drop a reservation without counting a failure; `forget` also clears the key's failures (a success)."""
         counter = self._counters.get(key)
         if counter is not None:
-            counter.pending = max(0, counter.pending - 1)
-            if forget:
-                counter.failures, counter.locked_until = 0, 0.0
+            self.rule.release(counter, forget=forget)
 
     def __len__(self) -> int:
         return len(self._counters)
 
-    def _current(self, key: str, now: float) -> _Counter | None:
+    def _current(self, key: str, now: float) -> Counter | None:
         counter = self._counters.get(key)
-        if counter is not None and _stale(counter, now):
+        if counter is not None and stale(counter, now):
             del self._counters[key]
             return None
         return counter
 
     def _prune(self, now: float) -> None:
         """Drop stale counters, then (oldest first) unlocked idle ones; locked ones expire within MAX_LOCKOUT."""
-        for key in [k for k, c in self._counters.items() if _stale(c, now)]:
+        for key in [k for k, c in self._counters.items() if stale(c, now)]:
             del self._counters[key]
         excess = len(self._counters) - self.max_keys + 1
         if excess > 0:
             idle = [k for k, c in self._counters.items() if c.pending == 0 and c.locked_until <= now]
             for key in idle[:excess]:
                 del self._counters[key]
-
-
-def _stale(counter: _Counter, now: float) -> bool:
-    return counter.pending == 0 and counter.locked_until <= now and now - counter.last > MAX_LOCKOUT
 
 
 class MemoryLoginThrottle:
@@ -193,22 +297,18 @@ class MemoryLoginThrottle:
         self.addresses = Budget(address_limit, lockout, max_keys)
         self.users = Budget(user_limit, lockout, max_keys)
         self.max_keys = max_keys
+        self._budgets = {PAIR: self.pairs, ADDRESS: self.addresses, USER: self.users}
         self._known: dict[tuple[str, str], float] = {}  # (username, address) -> last success, oldest first
 
     async def reserve(self, username: str, address: str) -> Attempt:
         """Refuse when any budget is spent (429 + Retry-After), else reserve in each."""
         now = self.clock()
-        username = username[:_USERNAME_CHARS]
-        if self.is_known(username, address, now):
-            lane = Lane.KNOWN
-        else:
-            lane = Lane.SUSPECT if self.addresses.active(address, now) else Lane.CLEAN
-        attempt = Attempt(username, address, lane)
-        budgets = self._budgets(attempt)
-        waits = [w for budget, key in budgets if (w := budget.wait(key, now)) is not None]
-        if waits:
-            seconds = max(1, math.ceil(max(waits)))
-            raise ThrottledError(f"too many failed logins; try again in {seconds} s", retry_after=seconds)
+        username = clip(username)
+        known = self.is_known(username, address, now)
+        attempt = Attempt(username, address, lane_of(known, self.addresses.active(address, now)), now)
+        budgets = self._reserved(attempt)
+        if error := refusal([w for budget, key in budgets if (w := budget.wait(key, now)) is not None]):
+            raise error
         for budget, key in budgets:
             budget.take(key, now)
         return attempt
@@ -216,40 +316,35 @@ class MemoryLoginThrottle:
     async def failed(self, attempt: Attempt) -> None:
         """Count the failure in every budget the attempt reserved."""
         now = self.clock()
-        for budget, key in self._budgets(attempt):
+        for budget, key in self._reserved(attempt):
             budget.fail(key, now)
 
     async def succeeded(self, attempt: Attempt) -> None:
         """Clear the pair; the address and username budgets only drop the reservation (others may be guessing)."""
-        self.pairs.release(_pair(attempt.username, attempt.address), forget=True)
-        if not attempt.known:
-            self.addresses.release(attempt.address)
-            self.users.release(attempt.username)
-        key = (attempt.username, attempt.address)
-        self._known.pop(key, None)
-        self._known[key] = self.clock()
+        for budget, key in self._reserved(attempt):
+            budget.release(key, forget=budget is self.pairs)
+        pair = (attempt.username, attempt.address)
+        self._known.pop(pair, None)
+        self._known[pair] = self.clock()
         while len(self._known) > self.max_keys:
             del self._known[next(iter(self._known))]
 
     async def release(self, attempt: Attempt) -> None:
         """Drop every reservation of the attempt."""
-        for budget, key in self._budgets(attempt):
+        for budget, key in self._reserved(attempt):
             budget.release(key)
+
+    async def prune(self) -> int:
+        """Nothing to do: memory is bounded as keys are added."""
+        return 0
 
     def is_known(self, username: str, address: str, now: float) -> bool:
         """True when this pair logged in successfully within KNOWN_FOR."""
-        seen = self._known.get((username[:_USERNAME_CHARS], address))
+        seen = self._known.get((clip(username), address))
         return seen is not None and now - seen < KNOWN_FOR
 
-    def _budgets(self, attempt: Attempt) -> list[tuple[Budget, str]]:
-        pair = (self.pairs, _pair(attempt.username, attempt.address))
-        if attempt.known:
-            return [pair]
-        return [pair, (self.addresses, attempt.address), (self.users, attempt.username)]
-
-
-def _pair(username: str, address: str) -> str:
-    return f"{address} {username}"
+    def _reserved(self, attempt: Attempt) -> list[tuple[Budget, str]]:
+        return [(self._budgets[name], key) for name, key in budget_keys(attempt)]
 
 
 class BusyError(ThrottledError):
@@ -369,8 +464,7 @@ class MemoryRateLimiter:
     """A token bucket per key: `per_minute` requests a minute, bursts up to that; memory bounded."""
 
     def __init__(self, per_minute: int, clock: Clock = time.monotonic, max_keys: int = _MAX_KEYS) -> None:
-        self.capacity = float(per_minute)
-        self.rate = per_minute / 60.0
+        self.bucket = TokenBucket.per_minute(per_minute)
         self.clock = clock
         self.max_keys = max_keys
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
@@ -378,21 +472,22 @@ class MemoryRateLimiter:
     async def hit(self, key: str) -> None:
         """Spend one token or raise ThrottledError with the seconds until one is back."""
         now = self.clock()
-        tokens = self._tokens(key, now)
-        if tokens < 1:
-            wait = max(1, math.ceil((1 - tokens) / self.rate))
-            raise ThrottledError(f"too many requests; try again in {wait} s", retry_after=wait)
+        tokens = self.bucket.tokens(self._buckets.get(key), now)
+        if error := self.bucket.refusal(tokens):
+            raise error
         if key not in self._buckets and len(self._buckets) >= self.max_keys:
             self._prune(now)
         self._buckets[key] = (tokens - 1, now)
 
-    def _tokens(self, key: str, now: float) -> float:
-        tokens, when = self._buckets.get(key, (self.capacity, now))
-        return min(self.capacity, tokens + (now - when) * self.rate)
+    async def prune(self) -> int:
+        """Nothing to do: memory is bounded as keys are added."""
+        return 0
 
     def _prune(self, now: float) -> None:
         """A full bucket is the same as none; if all are busy, drop the oldest."""
-        for key in [k for k in self._buckets if self._tokens(k, now) >= self.capacity]:
+        for key in [
+            k for k, saved in self._buckets.items() if self.bucket.tokens(saved, now) >= self.bucket.capacity
+        ]:
             del self._buckets[key]
         while len(self._buckets) >= self.max_keys:
             del self._buckets[next(iter(self._buckets))]
