@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -114,14 +114,23 @@ def specai_env(home: Path, config: Path) -> dict[str, str]:
     return env | {"SPECAI_HOME": str(home), "SPECAI_CONFIG": str(config)}
 
 
+def launch_specai_server(
+    env: dict[str, str], log: Path, stack: contextlib.ExitStack, args: Sequence[str] = ()
+) -> tuple[int, ssl.SSLContext, subprocess.Popen[bytes]]:
+    """Start `specai server [args]` on a free loopback port (stopped when `stack` closes); port, pin, process."""
+    port = free_port()
+    argv = [*specai_command(), "server", "--port", str(port), *args]
+    proc = stack.enter_context(running(argv, env, log))
+    ctx = wait_ready(proc, port, log, marker="listening")
+    note(f"specai server ready on {HOST}:{port}")
+    return port, ctx, proc
+
+
 def start_specai_server(
     env: dict[str, str], log: Path, stack: contextlib.ExitStack
 ) -> tuple[int, ssl.SSLContext]:
     """Start `specai server` on a free loopback port (stopped when `stack` closes); return port and pin."""
-    port = free_port()
-    proc = stack.enter_context(running([*specai_command(), "server", "--port", str(port)], env, log))
-    ctx = wait_ready(proc, port, log, marker="listening")
-    note(f"specai server ready on {HOST}:{port}")
+    port, ctx, _ = launch_specai_server(env, log, stack)
     return port, ctx
 
 
