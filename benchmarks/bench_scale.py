@@ -2,38 +2,43 @@
 
 Why: issue 13 lets several `specai server` processes share one PostgreSQL database and serve as one service:
 two instances (own homes and ports, one database, one `[auth] token_secret`) or one instance with
-`--workers 2` (two granian worker processes on one port). DESIGN.md §7 wants speed reported as ratios measured
-in one run; the point here is as much that scaling out loses nothing: zero failed requests and every
-acknowledged write stored. This script starts, on this machine's PostgreSQL, three set-ups side by side, each
-on its own throwaway database `specai_bench_<hex>` (created with asyncpg, dropped at the end even on failure;
-one database per set-up, so no set-up pays for another's change notifications), auth on, a user created with
-the real `specai auth add-user --password-stdin` in PG mode (so it lives in that database):
+`--workers 2` (two worker processes on one port). DESIGN.md §7 wants speed reported as ratios measured in one
+run; the point here is as much that scaling out loses nothing: zero failed requests and every acknowledged write
+stored. This script starts three set-ups side by side on this machine's PostgreSQL, each on its own throwaway
+database `specai_bench_<hex>` (created with asyncpg, dropped at the end even on failure; one per set-up, so no
+set-up pays for another's change notifications), auth on, the user created with the real
+`specai auth add-user --password-stdin` in PG mode (so it lives in that database):
   1 instance             one `specai server` process
   2 instances            two `specai server` processes; the token from logging in on the first is used on both,
-                         and the client spreads its connections over them round robin
-  1 instance, 2 workers  `specai server --workers 2`
-Each set-up is first checked (the token answers `GET /auth/whoami` with 200 on every instance; one node is created
-through each). Then the same client load hits each: `--connections` keep-alive HTTP/1.1 + TLS connections in one
-asyncio event loop (the drivers of bench_graph.py), each sending its next request as soon as the answer arrives:
-  whoami  `GET /auth/whoami` with the bearer token (token check, user and revocation lookups; no SQL write)
-  create  `POST /graph/nodes` with the bearer token (a node and its changelog row committed in one transaction)
-After a warm-up of each, `--rounds` measurements of `--duration` s each, interleaved (every set-up and kind in
-one order, then in the reverse order, ...) because a 2-core machine drifts; medians are reported. Every answer
-other than 200 (whoami) or 201 (create), and every broken connection, is an error, warm-up included. At the end
-the nodes in each set-up's session are counted in its database: every node acknowledged with a 201 must be there,
-once (distinct labels).
+                         and connection i goes to instance i mod 2 (round robin)
+  1 instance, 2 workers  `specai server --workers 2` (the kernel spreads the connections over the workers)
+Each set-up is checked first (the token answers `GET /auth/whoami` on every instance; one node is created through
+each). Then the same load hits each: `--connections` keep-alive HTTP/1.1 + TLS connections in one asyncio event
+loop (the drivers of bench_graph.py), each sending its next request as soon as the answer arrives:
+  whoami  `GET /auth/whoami` with the bearer token (token check, user and revocation lookups; no write)
+  create  `POST /graph/nodes` with the bearer token (a node and its changelog row in one transaction); connection i
+          writes graph session `bench-scale-<i>`, since on PostgreSQL the writes of one session are serialized by
+          a per-session lock, and one session would measure that lock rather than the processes
+After a warm-up of each, `--rounds` measurements of `--duration` s each, interleaved (every set-up and kind in one
+order, then in the reverse order, ...) because a 2-core machine drifts; medians are reported. Every answer other
+than 200 (whoami) or 201 (create), and every broken connection, is an error, warm-up included. At the end each
+set-up's nodes are counted in its database: every node acknowledged with a 201 must be there, exactly once
+(labels are distinct), and nothing else.
 
-Read: req/s per set-up and kind, then the ratios 2 instances / 1 and 2 workers / 1. On a 2-core machine expect
-modest gains or even losses: the client, the servers and PostgreSQL all compete for the same two cores (the
-`client cpu` column is the share of one core the load generator itself used), so one process already has most
-of what is left; the ratios show what more processes cost or gain here, not what they gain on more cores. The
-verdict line says whether there were zero errors and no loss; that part must hold anywhere.
+Read: req/s per set-up and request, then the ratios 2 instances / 1 and 2 workers / 1. `server cpu` is the CPU
+time of every serving process (the workers, not their parent) per answered request: what scaling out costs per
+request; `busiest` is the busiest process's part of that (50% = evenly spread over two); `client cpu` is the share
+of one core the load generator used. On this 2-core machine expect modest gains or even losses: the client, the
+servers and PostgreSQL compete for the same two cores, so one process already gets most of what is left, and a
+second process adds its own work (e.g. waking on the other's change notifications); the ratios show what more
+processes cost or gain here, not what they gain on more cores. The last line says whether there were zero errors
+and no loss: that part must hold anywhere.
 
 Run:  . .venv/bin/activate && python benchmarks/bench_scale.py [--duration 2] [--rounds 4] [--connections 16]
       [--json]
 PostgreSQL is expected at postgresql://postgres@127.0.0.1:5432/postgres (trust auth); SPECAI_BENCH_PG_URL overrides
-that admin URL (the user must be allowed to create databases). With the defaults 6 server processes (7 with the
-workers' supervisor) hold up to ~12 PostgreSQL connections each at the peak; `max_connections` must allow that.
+that admin URL (the user must be allowed to create databases). The three set-ups hold about 50 connections at the
+peak (default pools); `max_connections` must allow that besides whatever else uses the server.
 Exits 1 when a server or the database does not start, a check fails, any request fails, or a node is missing.
 """
 
