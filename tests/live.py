@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import ipaddress
+import itertools
 import json
 import os
 import queue
@@ -34,6 +35,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from databases import SHARED_TOKEN_SECRET, on_database, seed_users
+
+from specai.config import Settings, load_settings
+from specai.errors import ConfigError
+from specai.store.urls import shares_state
 
 PASSWORD = "pw-one-two"
 LISTENING = re.compile(r"listening on (https://\S+) fingerprint ([0-9A-F:]{95})")
@@ -228,17 +234,49 @@ def production_hash(password: str) -> str:
 
 
 def add_user(home: Path, name: str, password: str = PASSWORD, role: str | None = None) -> None:
-    """Add a user to `home`'s credentials file in this process, as `specai auth add-user` would (the first
-    user is an admin), without starting a CLI process for it."""
+    """Add a user where `home`'s server reads it, in this process, as `specai auth add-user` would (the first user
+    is an admin), without starting a CLI process for it: the credentials file, or the database when the home's
+    config (if written yet) puts it on PostgreSQL. A user added to the file of such a home before its config is
+    loaded into the database when its server starts (`ServerProcess`)."""
     from specai import auth
-    from specai.users import directory
+    from specai.users import directory, table
 
+    settings = home_settings(home)
     cheap = auth._hasher
     auth._hasher = _CachedHasher()
     try:
-        directory.add_user(home / "credentials.json", name, password, role)  # type: ignore[arg-type]
+        if settings is not None and shares_state(settings):
+            on_database(settings, lambda store: table.add_user(store, name, password, role))  # type: ignore[arg-type]
+        else:
+            directory.add_user(home / "credentials.json", name, password, role)  # type: ignore[arg-type]
     finally:
         auth._hasher = cheap
+
+
+SHARED_SETTLE_SECS = (
+    1.5  # a change made on a PostgreSQL home reaches its servers within 1 s (checked with margin)
+)
+
+
+def settled(home: Path, check: Callable[[], Any], what: str) -> Any:
+    """`check()` once on a home whose server reads users from its credentials file (it sees changes at once); on a
+    PostgreSQL home, polled for up to `SHARED_SETTLE_SECS` (its servers reload changes within 1 s)."""
+    settings = home_settings(home)
+    if settings is None or not shares_state(settings):
+        value = check()
+        assert value, f"not so right away: {what}"
+        return value
+    return wait_until(check, SHARED_SETTLE_SECS, what, every=0.02)
+
+
+def home_settings(
+    home: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None, config: Path | None = None
+) -> Settings | None:
+    """The settings a CLI process on `home` would load (None when its config is broken: the process reports it)."""
+    try:
+        return load_settings(config, env=env or cli_env(home), cwd=cwd or home)
+    except ConfigError:
+        return None
 
 
 class _CachedHasher(PasswordHasher):
@@ -295,6 +333,22 @@ class ServerProcess:
                     self.port = free_port()
         raise AssertionError("unreachable")
 
+    def _start_env(self) -> dict[str, str]:
+        """The environment of one start. A home whose server keeps its users in a PostgreSQL database gets the users
+        of its credentials file loaded there first (`databases.seed_users`; names already there stay as they are)
+        and, unless its test chose one (or none: `SPECAI_AUTH_TOKEN_SECRET=""`), the tests' shared token secret,
+        which such a server requires."""
+        config = next(
+            (self.cwd / v for k, v in itertools.pairwise(self.extra) if k in ("--config", "-c")), None
+        )
+        settings = home_settings(self.home, self.env, self.cwd, config)
+        if settings is None or not settings.auth.enabled or not shares_state(settings):
+            return self.env
+        seed_users(settings)
+        if settings.auth.token_secret or "SPECAI_AUTH_TOKEN_SECRET" in self.env:
+            return self.env
+        return {**self.env, "SPECAI_AUTH_TOKEN_SECRET": SHARED_TOKEN_SECRET}
+
     def _start_once(self, timeout: float) -> ServerProcess:
         self._der = None
         self.proc = subprocess.Popen(
@@ -303,7 +357,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=self.env,
+            env=self._start_env(),
             cwd=self.cwd,
         )
         assert self.proc.stdout is not None

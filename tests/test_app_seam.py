@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from databases import seed_users
 from litestar import Litestar
 
 from specai.agents.sessions import SessionStore
@@ -59,6 +60,7 @@ async def test_an_authenticated_route_on_the_injected_store(store: Store, db_set
     settings = dataclasses.replace(
         db_settings, auth=AuthSettings(enabled=True, credentials_file=path, token_secret="s" * 40)
     )
+    seed_users(settings)
     async with in_process(create_app(settings, store=store)) as client:
         assert (await client.get("/agents")).status_code == 401
         login = await client.post("/auth/token", json={"username": "alice", "password": PASSWORD})

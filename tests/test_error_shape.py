@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from databases import ENGINES, database_toml
+from databases import ENGINES, database_toml, seed_users
 from litestar.testing import TestClient
 
 from helpers import assert_error, assert_openai_error
@@ -30,6 +30,7 @@ def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClien
     )
     settings = load_settings(env={"SPECAI_HOME": str(tmp_path)}, cwd=tmp_path)
     add_user(settings.credentials_file, "alice", "pw-one-two")
+    seed_users(settings)
     app = create_app(settings, cert=read_cert(ensure_server_cert(settings).cert))
     with TestClient(app) as test_client:
         yield test_client

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from databases import ENGINES, database_toml
+from databases import ENGINES, database_toml, seed_users
 from litestar.testing import TestClient
 
 from helpers import assert_error
@@ -74,6 +74,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
         user = add_user(settings.credentials_file, name, "pw-one-two", role)  # type: ignore[arg-type]
         token, _ = auth.issue_token(SECRET, name, 600, user_id=user.id, generation=user.token_generation)
         headers[name] = {"Authorization": f"Bearer {token}"}
+    seed_users(settings)
     app = create_app(settings, cert=read_cert(ensure_server_cert(settings).cert))
     with TestClient(app) as client:
         yield World(client, headers)

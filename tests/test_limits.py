@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from databases import ENGINES, database_toml
+from databases import ENGINES, database_toml, seed_users
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import TestClient
@@ -32,6 +32,7 @@ def _app(home: Path, config: str) -> Litestar:
     settings = load_settings(env={"SPECAI_HOME": str(home)}, cwd=home)
     if settings.auth.enabled:
         add_user(settings.credentials_file, "alice", PASSWORD)  # the first user: an admin
+        seed_users(settings)
     return create_app(settings, cert=read_cert(ensure_server_cert(settings).cert))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from databases import ENGINES, database_toml
+from databases import ENGINES, database_toml, seed_users
 from hypothesis import HealthCheck, Phase, given, settings
 from litestar import Litestar
 from schemathesis import GenerationMode
@@ -59,6 +59,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     )
     config = load_settings(env={"SPECAI_HOME": str(tmp_path)}, cwd=tmp_path)
     add_user(config.credentials_file, "alice", PASSWORD)  # the first user is an admin
+    seed_users(config)
     app = create_app(config, cert=read_cert(ensure_server_cert(config).cert))
     schema = schemathesis.openapi.from_asgi("/schema/openapi.json", app)
     try:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from databases import ENGINES, database_toml
+from databases import ENGINES, database_toml, seed_users
 from litestar.testing import TestClient
 from live import ServerProcess, add_user, make_home
 from sqlalchemy import func, select
@@ -137,6 +137,7 @@ def build(
         user = add_account(settings.credentials_file, name, "pw-one-two", role)  # type: ignore[arg-type]
         token, _ = auth.issue_token(secret, name, 600, user_id=user.id, generation=user.token_generation)
         tokens[name] = {"Authorization": f"Bearer {token}"}
+    seed_users(settings)
     app = create_app(settings, cert=read_cert(ensure_server_cert(settings).cert))
     with TestClient(app) as client:
         yield Member(client, tokens, home)

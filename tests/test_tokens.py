@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Iterator
 
 import pytest
+from databases import change_user, seed_users
 from litestar.testing import TestClient
 
 from helpers import assert_error
@@ -26,9 +27,11 @@ def settings(db_settings: Settings) -> Settings:
     users.add_user(path, "alice", PASSWORD)
     users.add_user(path, "bob", PASSWORD)
     users.add_user(path, "relay", PASSWORD, role="mesh")
-    return dataclasses.replace(
+    settings = dataclasses.replace(
         db_settings, auth=AuthSettings(enabled=True, credentials_file=path, token_secret=SECRET)
     )
+    seed_users(settings)
+    return settings
 
 
 @pytest.fixture
@@ -59,7 +62,7 @@ def bearer(key: object) -> dict[str, str]:
 def test_a_token_issued_before_passwd_is_401_right_after(client: TestClient, settings: Settings) -> None:
     headers = login(client, "alice")
     assert client.get("/agents", headers=headers).status_code == 200
-    users.set_password(settings.credentials_file, "alice", "a new one")
+    change_user(client, settings, "set_password", "alice", "a new one")
     body = assert_error(client.get("/agents", headers=headers), 401, "unauthorized")
     assert "revoked" in body["error"]
     assert client.get("/agents", headers=login(client, "alice", "a new one")).status_code == 200
@@ -67,11 +70,11 @@ def test_a_token_issued_before_passwd_is_401_right_after(client: TestClient, set
 
 def test_auth_revoke_and_set_role_end_every_earlier_token(client: TestClient, settings: Settings) -> None:
     first, second = login(client, "bob"), login(client, "bob")
-    users.revoke_tokens(settings.credentials_file, "bob")
+    change_user(client, settings, "revoke_tokens", "bob")
     assert_error(client.get("/agents", headers=first), 401, "unauthorized")
     assert_error(client.get("/agents", headers=second), 401, "unauthorized")
     third = login(client, "bob")
-    users.set_role(settings.credentials_file, "bob", "mesh")
+    change_user(client, settings, "set_role", "bob", "mesh")
     assert_error(client.get("/agents", headers=third), 401, "unauthorized")
 
 
@@ -93,14 +96,13 @@ def test_logout_survives_a_restart(settings: Settings) -> None:
 
 
 def test_removed_user_and_a_new_one_of_the_same_name(client: TestClient, settings: Settings) -> None:
-    path = settings.credentials_file
-    users.add_user(path, "frank", PASSWORD)
+    change_user(client, settings, "add_user", "frank", PASSWORD)
     old = login(client, "frank")
     key = make_key(client, old, "write")
     created = client.post("/query", json={"message": "hi", "session_id": "frank-notes"}, headers=old)
     assert created.status_code == 200, created.text
-    users.remove_user(path, "frank")
-    users.add_user(path, "frank", "another password")
+    change_user(client, settings, "remove_user", "frank")
+    change_user(client, settings, "add_user", "frank", "another password")
     assert_error(client.get("/agents", headers=old), 401, "unauthorized")
     assert_error(client.get("/agents", headers=bearer(key["key"])), 401, "unauthorized")
     new = login(client, "frank", "another password")

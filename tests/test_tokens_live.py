@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from databases import ENGINES, database_toml
-from live import PASSWORD, ServerProcess, add_user, cli_login, run_cli
+from live import PASSWORD, ServerProcess, add_user, cli_login, run_cli, settled
 
 from helpers import assert_error
 
@@ -40,6 +40,7 @@ def test_a_token_issued_before_auth_passwd_is_401_right_after(live: ServerProces
     changed = run_cli(live.home, "auth", "passwd", "bob", "--password-stdin", input="a new password\n")
     assert changed.returncode == 0, changed.stderr
     assert "revoked" in changed.stdout
+    settled(live.home, lambda: status(live, token) == 401, "the old token refused")
     with live.client(token) as client:
         assert_error(client.get("/agents"), 401, "unauthorized")
     assert status(live, cli_login(client_home, live, "bob", "a new password")) == 200
@@ -51,7 +52,7 @@ def test_auth_revoke_user_ends_all_of_their_tokens(live: ServerProcess, client_h
     first = cli_login(client_home, live, "alice")
     second = cli_login(client_home, live, "alice")
     assert run_cli(live.home, "auth", "revoke", "alice").returncode == 0
-    assert (status(live, first), status(live, second)) == (401, 401)
+    settled(live.home, lambda: (status(live, first), status(live, second)) == (401, 401), "both refused")
 
 
 def test_specai_logout_makes_its_token_401(live: ServerProcess, client_home: Path) -> None:
@@ -117,7 +118,7 @@ def test_a_new_frank_is_not_the_old_frank(live: ServerProcess, client_home: Path
     assert asked.returncode == 0, asked.stderr
     assert run_cli(live.home, "auth", "remove-user", "frank").returncode == 0
     add_user(live.home, "frank", password="the new frank")
-    assert status(live, old) == 401
+    settled(live.home, lambda: status(live, old) == 401, "the old frank's token refused")
     new = cli_login(client_home, live, "frank", "the new frank")
     with live.client(new) as client:
         assert client.get("/sessions").json()["sessions"] == []

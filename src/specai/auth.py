@@ -126,11 +126,23 @@ def decode_token(secret: str, token: str) -> TokenClaims:
 
 
 def load_token_secret(settings: Settings) -> str:
-    """The signing secret: `[auth] token_secret`, else `$SPECAI_HOME/token_secret`, generated once (0600)."""
+    """The signing secret: `[auth] token_secret`, else `$SPECAI_HOME/token_secret`, generated once (0600).
+
+    On PostgreSQL with auth on it must be configured: every server sharing the database must accept the tokens
+    the others issue, so none may make up a secret of its own."""
     if settings.auth.token_secret:
         if len(settings.auth.token_secret.encode()) < 32:
             raise ConfigError("[auth] token_secret must be at least 32 bytes long")
         return settings.auth.token_secret
+    from specai.store.urls import shares_state  # the database URL: only needed when no secret is configured
+
+    if settings.auth.enabled and shares_state(settings):
+        raise ConfigError(
+            "[auth] token_secret is not set, and [database] url is PostgreSQL: every server sharing the database "
+            "must sign tokens with the same secret. Make one with "
+            '`python -c "import secrets; print(secrets.token_urlsafe(48))"` and set it as [auth] token_secret '
+            "(or SPECAI_AUTH_TOKEN_SECRET) on each of them"
+        )
     path = settings.home / "token_secret"
     try:
         secret = path.read_text().strip()

@@ -1,10 +1,14 @@
-"""`specai auth ...`: users, roles and token revocation in the credentials file (no server needed), and API keys
-(`auth token ...`, on a server you are logged in to)."""
+"""`specai auth ...`: users, roles and token revocation in the credentials file, or with `[database] url` on
+PostgreSQL in the database the servers share (no server needed either way), and API keys (`auth token ...`, on a
+server you are logged in to)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
 from rich.table import Table
@@ -12,7 +16,12 @@ from rich.table import Table
 from specai.cli import _prompt, _settings
 from specai.cli._client import FingerprintOption, JsonOption, ServerOption, open_client
 from specai.cli._console import USAGE, err, fail, handle_errors, out, print_json
-from specai.config import DEFAULT_SERVER_URL
+from specai.config import DEFAULT_SERVER_URL, Settings
+
+if TYPE_CHECKING:
+    from specai.store import Store
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Manage users, roles and tokens.", no_args_is_help=True)
 token_app = typer.Typer(help="API keys for programs, on a server you are logged in to.", no_args_is_help=True)
@@ -37,8 +46,48 @@ PasswordStdin = Annotated[
 ]
 
 
-def _path(ctx: typer.Context, credentials_file: Path | None) -> Path:
-    return credentials_file.expanduser() if credentials_file else _settings.load(ctx).credentials_file
+@dataclass(frozen=True)
+class _Users:
+    """Where the user commands act: the credentials file, or the users table when `[database] url` is PostgreSQL
+    and no --credentials-file was given."""
+
+    settings: Settings
+    path: Path | None  # None: the database
+    database: str = ""  # the database URL with its password masked, for messages
+
+    @property
+    def where(self) -> str:
+        return f"in database {self.database}" if self.path is None else f"in {self.path}"
+
+    def run(self, work: Callable[[Store], Awaitable[T]]) -> T:
+        """Run `work` on the open (and migrated) database."""
+        from specai.store import Store
+
+        async def run() -> T:
+            store = await Store.open(self.settings)
+            try:
+                return await work(store)
+            finally:
+                await store.close()
+
+        return asyncio.run(run())
+
+
+def _users(ctx: typer.Context, credentials_file: Path | None) -> _Users:
+    from specai.store.urls import shares_state
+
+    settings = _settings.load(ctx)
+    if credentials_file is not None:
+        return _Users(settings, credentials_file.expanduser())
+    if shares_state(settings):
+        return _Users(settings, None, _shown_database(settings))
+    return _Users(settings, settings.credentials_file)
+
+
+def _shown_database(settings: Settings) -> str:
+    from specai.store.urls import database_url, redacted
+
+    return redacted(database_url(settings).set(drivername="postgresql"))
 
 
 def _new_password(minimum: int, password_stdin: bool) -> str:
@@ -68,7 +117,8 @@ def add_user(
     role: RoleOption = None,
     credentials_file: CredentialsOption = None,
 ) -> None:
-    """Add a user (argon2id hash, a new id) to the credentials file, creating it with mode 0600.
+    """Add a user (argon2id hash, a new id) to the credentials file, creating it with mode 0600; with [database]
+    url on PostgreSQL, to the database every server on it shares (they all see the user at once).
 
     The password needs at least [auth] min_password_length characters (default 8): a shorter one from
     --password-stdin exits 2; at the prompt it is asked for again.
@@ -82,14 +132,18 @@ def add_user(
       specai auth add-user mesh --role mesh     # the account servers of a mesh use
     """
     from specai.users import directory as users
+    from specai.users import table
 
-    settings = _settings.load(ctx)
-    path = credentials_file.expanduser() if credentials_file else settings.credentials_file
+    target = _users(ctx, credentials_file)
     chosen = users.check_role(role) if role else None
     name = users.check_username(username) if username else users.check_username(_prompt.ask_username())
-    password = _new_password(settings.auth.min_password_length, password_stdin)
-    user = users.add_user(path, name, password, chosen)
-    out.print(f"added user '{name}' ({user.role}) to {path}")
+    password = _new_password(target.settings.auth.min_password_length, password_stdin)
+    if target.path is None:
+        user = target.run(lambda store: table.add_user(store, name, password, chosen))
+        out.print(f"added user '{name}' ({user.role}) {target.where}", markup=False, highlight=False)
+        return
+    user = users.add_user(target.path, name, password, chosen)
+    out.print(f"added user '{name}' ({user.role}) to {target.path}")
 
 
 @app.command("passwd")
@@ -100,7 +154,7 @@ def passwd(
     password_stdin: PasswordStdin = False,
     credentials_file: CredentialsOption = None,
 ) -> None:
-    """Change a user's password; every earlier token of theirs is revoked.
+    """Change a user's password; every earlier token of theirs is revoked (on every server sharing the database).
 
     The new password needs at least [auth] min_password_length characters (default 8): a shorter one from
     --password-stdin exits 2; at the prompt it is asked for again.
@@ -110,11 +164,22 @@ def passwd(
       specai auth passwd alice
     """
     from specai.users import directory as users
+    from specai.users import table
 
-    settings = _settings.load(ctx)
-    path = credentials_file.expanduser() if credentials_file else settings.credentials_file
-    users.get_user(path, username)  # fail before asking for a password
-    users.set_password(path, username, _new_password(settings.auth.min_password_length, password_stdin))
+    target = _users(ctx, credentials_file)
+    minimum = target.settings.auth.min_password_length
+    if target.path is None:
+        target.run(lambda store: table.get_user(store, username))  # fail before asking for a password
+        password = _new_password(minimum, password_stdin)
+        target.run(lambda store: table.set_password(store, username, password))
+        out.print(
+            f"changed the password of '{username}' {target.where}; every earlier token of theirs is revoked",
+            markup=False,
+            highlight=False,
+        )
+        return
+    users.get_user(target.path, username)  # fail before asking for a password
+    users.set_password(target.path, username, _new_password(minimum, password_stdin))
     out.print(f"changed the password of '{username}'; every earlier token of theirs is revoked")
 
 
@@ -133,9 +198,19 @@ def set_role(
       specai auth set-role bob admin
     """
     from specai.users import directory as users
+    from specai.users import table
 
-    users.set_role(_path(ctx, credentials_file), username, users.check_role(role))
-    out.print(f"'{username}' is now {role}; every earlier token of theirs is revoked")
+    target, chosen = _users(ctx, credentials_file), users.check_role(role)
+    if target.path is None:
+        target.run(lambda store: table.set_role(store, username, chosen))
+    else:
+        users.set_role(target.path, username, chosen)
+    shown = f" {target.where}" if target.path is None else ""
+    out.print(
+        f"'{username}' is now {role}{shown}; every earlier token of theirs is revoked",
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command("revoke")
@@ -152,9 +227,15 @@ def revoke(
       specai auth revoke alice
     """
     from specai.users import directory as users
+    from specai.users import table
 
-    users.revoke_tokens(_path(ctx, credentials_file), username)
-    out.print(f"revoked every token issued to '{username}' so far")
+    target = _users(ctx, credentials_file)
+    if target.path is None:
+        target.run(lambda store: table.revoke_tokens(store, username))
+    else:
+        users.revoke_tokens(target.path, username)
+    shown = f" ({target.where})" if target.path is None else ""
+    out.print(f"revoked every token issued to '{username}' so far{shown}", markup=False, highlight=False)
 
 
 @app.command("remove-user")
@@ -171,10 +252,15 @@ def remove_user(
       specai auth remove-user alice
     """
     from specai.users import directory as users
+    from specai.users import table
 
-    path = _path(ctx, credentials_file)
-    users.remove_user(path, username)
-    out.print(f"removed user '{username}'")
+    target = _users(ctx, credentials_file)
+    if target.path is None:
+        target.run(lambda store: table.remove_user(store, username))
+    else:
+        users.remove_user(target.path, username)
+    shown = f" {target.where}" if target.path is None else ""
+    out.print(f"removed user '{username}'{shown}", markup=False, highlight=False)
 
 
 @app.command("list-users")
@@ -184,34 +270,112 @@ def list_users(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     credentials_file: CredentialsOption = None,
 ) -> None:
-    """List users with their roles (never their hashes).
+    """List users with their roles (never their hashes): those of the credentials file, or with [database] url on
+    PostgreSQL those of the database (JSON then names `database` instead of `credentials_file`).
 
     Example:
 
       specai auth list-users --json
     """
     from specai.users import directory as users
+    from specai.users import table
 
-    path = _path(ctx, credentials_file)
-    entries = users.load_users(path) if path.exists() else []
+    target = _users(ctx, credentials_file)
+    if target.path is None:
+        entries, title, source = target.run(table.list_users), target.database, {"database": target.database}
+    else:
+        path = target.path
+        entries = users.load_users(path) if path.exists() else []
+        title, source = str(path), {"credentials_file": str(path)}
     if json_output:
         print_json(
-            {
-                "credentials_file": str(path),
+            source
+            | {
                 "users": [
                     {"username": u.username, "role": u.role, "id": u.id, "hash_scheme": u.scheme}
                     for u in entries
-                ],
+                ]
             }
         )
         return
     if not entries:
-        out.print(f"no users in {path}; add one with `specai auth add-user`")
+        hint = " or `specai auth import FILE`" if target.path is None else ""
+        out.print(
+            f"no users in {title}; add one with `specai auth add-user`{hint}", markup=False, highlight=False
+        )
         return
-    table = Table("username", "role", "hash", title=str(path), title_justify="left")
+    table_out = Table("username", "role", "hash", title=title, title_justify="left")
     for user in entries:
-        table.add_row(user.username, user.role, user.scheme)
-    out.print(table)
+        table_out.add_row(user.username, user.role, user.scheme)
+    out.print(table_out)
+
+
+@app.command("import")
+@handle_errors
+def import_users(
+    ctx: typer.Context,
+    file: Annotated[
+        Path, typer.Argument(help="Credentials file to load (the seed format, roles and ids optional).")
+    ],
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace", help="Update users already in the database (hash, role) and revoke their tokens."
+        ),
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Load a credentials file's users into the database ([database] url on PostgreSQL), in one transaction.
+
+    The file is checked exactly as a server checks its credentials file
+    (`[{"username", "password_hash", "role"?, "id"?, "token_generation"?}]`; a file whose only entry has no role
+    makes that user an admin). Ids are kept, so the tokens and the data of a server that used the file keep
+    working. Names already in the database are skipped, and listed; with --replace they take the file's hash and
+    role, and every earlier token of theirs is revoked. Nothing is imported when anything is wrong.
+
+    Examples:
+
+      specai auth import ~/.spec-ai/credentials.json
+
+      specai auth import users.json --replace --json
+    """
+    from specai.store.urls import shares_state
+    from specai.users import directory as users
+    from specai.users import table
+
+    settings = _settings.load(ctx)
+    if not shares_state(settings):
+        fail(
+            "`specai auth import` loads users into a shared database: it needs [database] url on PostgreSQL "
+            "(on SQLite the server reads the credentials file itself: see [auth] credentials_file)",
+            USAGE,
+        )
+    target = _Users(settings, None, _shown_database(settings))
+    entries = users.load_users(file.expanduser())
+    done = target.run(lambda store: table.import_users(store, entries, replace_existing=replace))
+    if json_output:
+        print_json(
+            {
+                "database": target.database,
+                "added": done.added,
+                "replaced": done.replaced,
+                "skipped": done.skipped,
+            }
+        )
+        return
+    parts = [f"added {len(done.added)}"]
+    if replace:
+        parts.append(f"replaced {len(done.replaced)}")
+    out.print(f"imported {file} {target.where}: {', '.join(parts)}", markup=False, highlight=False)
+    for verb, names in (("added", done.added), ("replaced", done.replaced)):
+        if names:
+            out.print(f"  {verb}: {', '.join(names)}", markup=False, highlight=False)
+    if done.skipped:
+        out.print(
+            f"  skipped (already there; --replace updates them): {', '.join(done.skipped)}",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command("hash")

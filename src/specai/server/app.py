@@ -23,7 +23,9 @@ from specai.server.routes import auth as auth_routes
 from specai.server.security import BearerAuth, MemoryTokenCache, TokenVerifier
 from specai.server.state import ServerState
 from specai.store import Store
-from specai.users.directory import UserDirectory
+from specai.store.urls import shares_state
+from specai.users.directory import Directory, UserDirectory
+from specai.users.table import DatabaseDirectory
 from specai.users.throttle import MemoryLoginThrottle, MemoryRateLimiter, VerifyGate
 
 # How stale the credentials file may be seen by a request: at most one `stat` per millisecond. A `stat` lets go of
@@ -47,6 +49,7 @@ def create_app(settings: Settings, *, store: Store | None = None, cert: CertInfo
     bearer: BearerAuth | None = None
     if users is not None:
         verifier = TokenVerifier(state.token_secret, users, state.keys, state.revocations, MemoryTokenCache())
+        state.verifier = verifier
         bearer = BearerAuth(verifier, peers=state.peer)
         openapi.components = Components(
             security_schemes={
@@ -85,10 +88,13 @@ def create_app(settings: Settings, *, store: Store | None = None, cert: CertInfo
     return app
 
 
-def _users(settings: Settings) -> UserDirectory | None:
-    """The user directory when auth is on (None when off); no users at all refuses to start."""
+def _users(settings: Settings) -> Directory | None:
+    """The user directory when auth is on (None when off): the credentials file, where no users at all refuses to
+    start; on PostgreSQL the users table, loaded (and checked for users) once the lifespan opens the store."""
     if not settings.auth.enabled:
         return None
+    if shares_state(settings):
+        return DatabaseDirectory()
     users = UserDirectory(settings.credentials_file, recheck_secs=USERS_RECHECK_SECS)
     if not len(users):
         raise CredentialsError(
@@ -97,7 +103,7 @@ def _users(settings: Settings) -> UserDirectory | None:
     return users
 
 
-def _state(settings: Settings, cert: CertInfo, users: UserDirectory | None) -> ServerState:
+def _state(settings: Settings, cert: CertInfo, users: Directory | None) -> ServerState:
     """The complete server state with today's backends (in-process, file); the login throttles follow `[auth]`."""
     config, secret = settings.auth, auth.load_token_secret(settings)
     instance_id = load_instance_id(settings.home)

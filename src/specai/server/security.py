@@ -25,6 +25,9 @@ LOGOUT_PATH = "/auth/logout"  # any token may revoke itself
 MESH_PATHS = ("/registry/", "/messages/", "/sync/")  # where peer tokens are accepted
 _EXPIRED = "token expired; run `specai login` again"
 _BAD_KEY = "invalid, expired or revoked API key"
+# A token this recent that names a user change our directory has not loaded (another process made it, and this
+# one's reload is a few milliseconds away) is checked against the source once, instead of refused.
+FRESH_SECS = 5.0
 
 
 @dataclass(slots=True)
@@ -55,6 +58,10 @@ class TokenCache(Protocol):
         """Forget every cached token of API key `key_id` (it was revoked)."""
         ...
 
+    def discard_keys(self) -> None:
+        """Forget every cached API key (one was revoked by another process sharing the database)."""
+        ...
+
 
 class MemoryTokenCache:
     """The in-process `TokenCache`: a dict bounded to `size` entries, the oldest dropped first."""
@@ -77,6 +84,11 @@ class MemoryTokenCache:
     def discard_key(self, key_id: str) -> None:
         """Forget every cached token of API key `key_id`."""
         for token in [t for t, v in self._entries.items() if v.key is not None and v.key.id == key_id]:
+            del self._entries[token]
+
+    def discard_keys(self) -> None:
+        """Forget every cached API key (JWTs stay: they are re-checked against the users on every request)."""
+        for token in [t for t, v in self._entries.items() if v.key is not None]:
             del self._entries[token]
 
 
@@ -114,6 +126,10 @@ class TokenVerifier:
             return self._key_principal(verified)
         user = self.users.get(claims.sub)
         if user is not verified.user or verified.principal is None:
+            if _newer_than(user, claims) and claims.iat >= time.time() - FRESH_SECS:
+                user = await self.users.fetch(
+                    claims.sub
+                )  # issued elsewhere after a change not loaded here yet
             if user is None or user.id != claims.uid:
                 raise TokenError(f"user '{claims.sub}' no longer exists; run `specai login` again")
             if user.token_generation != claims.gen:
@@ -154,6 +170,17 @@ class TokenVerifier:
     def forget_key(self, key_id: str) -> None:
         """Drop a revoked key from the cache at once."""
         self.cache.discard_key(key_id)
+
+    async def forget_keys(self) -> None:
+        """Drop every cached API key: the next use of each checks the database again (another process revoked one;
+        a change-counter reload)."""
+        self.cache.discard_keys()
+
+
+def _newer_than(user: User | None, claims: auth.TokenClaims) -> bool:
+    """True when a token may name a user change this process has not loaded: an unknown user or id, or a later
+    token generation (an older one is plainly revoked)."""
+    return user is None or user.id != claims.uid or claims.gen > user.token_generation
 
 
 class BearerAuth:

@@ -28,10 +28,12 @@ from specai.store.listener import Listener
 from specai.store.versions import VersionWatcher
 from specai.users.access import LOCAL, Principal
 from specai.users.directory import Directory
-from specai.users.keys import ApiKeyStore, StoredRevocations
+from specai.users.keys import KEYS, REVOCATIONS, ApiKeyStore, StoredRevocations
+from specai.users.table import USERS, DatabaseDirectory
 from specai.users.throttle import LoginThrottle, RateLimiter, VerifyGate
 
 if TYPE_CHECKING:
+    from specai.server.security import TokenVerifier
     from specai.server.sync_link import SyncLink
 
 
@@ -113,6 +115,7 @@ class ServerState:
     versions: VersionWatcher | None = (
         None  # PostgreSQL: reloads caches when another process changed their source
     )
+    verifier: TokenVerifier | None = None  # checks bearer tokens (auth on); set by `create_app`
     _peer_tokens: PeerTokenVerifier | None = None  # set once joined: checks tokens the registry signed
     _signing_key: Any = None  # this server's TLS key, loaded when it first issues a peer token
 
@@ -130,8 +133,18 @@ class ServerState:
         return services
 
     async def load_caches(self, services: Services) -> None:
-        """Fill the in-memory caches of what the database holds (at start, after `attach`)."""
+        """Fill the in-memory caches of what the database holds (at start, after `attach`); on PostgreSQL, reload
+        each when another process changes what it mirrors: users, revoked token ids, revoked API keys."""
         await services.revocations.load()
+        users = self.users if isinstance(self.users, DatabaseDirectory) else None
+        if users is not None:
+            await users.open(services.store)  # no users at all: a CredentialsError refuses the start
+        if (versions := self.versions) is not None:
+            versions.on_change(REVOCATIONS, services.revocations.reload)
+            if self.verifier is not None:
+                versions.on_change(KEYS, self.verifier.forget_keys)
+            if users is not None:
+                versions.on_change(USERS, users.reload)
 
     def detach(self) -> None:
         """Forget the services (at shutdown, before the store closes)."""

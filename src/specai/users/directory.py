@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+import anyio
+
 from specai import auth
 from specai.errors import ConflictError, CredentialsError, InvalidRequestError, NotFoundError
 from specai.files import ensure_private_dir, write_private_json
@@ -219,7 +221,8 @@ def remove_user(path: Path, username: str) -> None:
 
 
 @functools.cache
-def _dummy_hash() -> str:
+def dummy_hash() -> str:
+    """A hash to check unknown users' passwords against, so that they cost as much as known ones."""
     return auth.hash_password("specai-timing-equaliser")
 
 
@@ -255,7 +258,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 class Directory(Protocol):
-    """Where the server finds its users: the credentials file today (`UserDirectory`), a shared table later.
+    """Where the server finds its users: the credentials file (`UserDirectory`) or, on PostgreSQL, the shared users
+    table (`table.DatabaseDirectory`).
 
     Lookups run on every authenticated request: they must answer from memory, and hand back the same `User`
     object while nothing changed (callers cache what they derived from it by identity).
@@ -271,8 +275,12 @@ class Directory(Protocol):
         """The user with that id (ids are never reused), or None."""
         ...
 
-    def authenticate(self, username: str, password: str) -> User | None:
-        """The user when the password is right (slow: run it in a thread), else None."""
+    async def fetch(self, username: str) -> User | None:
+        """The user of that name as its source says now (may read it: not for every request), or None."""
+        ...
+
+    async def login(self, username: str, password: str) -> User | None:
+        """The user when the password is right (checked off the event loop), else None."""
         ...
 
 
@@ -346,12 +354,21 @@ class UserDirectory:
             self.refresh()
         return self._ids.get(user_id)
 
+    async def fetch(self, username: str) -> User | None:
+        """The user of that name as the file says now (read again if it changed), or None."""
+        self.refresh(force=True)
+        return self._users.get(username)
+
+    async def login(self, username: str, password: str) -> User | None:
+        """`authenticate` in a worker thread."""
+        return await anyio.to_thread.run_sync(self.authenticate, username, password)
+
     def authenticate(self, username: str, password: str) -> User | None:
         """The user when the password is right (slow: run it in a thread); upgrades legacy or weak hashes."""
         self.refresh(force=True)
         user = self._users.get(username)
         if user is None:
-            auth.verify_password(_dummy_hash(), password)  # same cost as a real check
+            auth.verify_password(dummy_hash(), password)  # same cost as a real check
             return None
         if not auth.verify_password(user.password_hash, password):
             return None

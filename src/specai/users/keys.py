@@ -13,7 +13,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import delete, func, insert, select, update
 
 from specai.errors import InvalidRequestError, NotFoundError, QuotaExceededError
-from specai.store import Store
+from specai.store import Store, versions
 from specai.store.engine import insert_ignore
 from specai.store.schema import api_keys, revoked_tokens
 from specai.store.types import utcnow
@@ -24,6 +24,7 @@ MAX_KEYS_PER_ACCOUNT = 100
 MAX_KEY_DAYS = 3650
 _KEY = re.compile(r"^spk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
+KEYS, REVOCATIONS = "keys", "revocations"  # the change counters of revoked keys and revoked token ids
 
 
 @dataclass(frozen=True)
@@ -131,14 +132,18 @@ class ApiKeyStore:
             return [_key(row) for row in await conn.execute(query)]
 
     async def revoke(self, key_id: str, owner_id: str | None) -> ApiKey:
-        """Revoke the owner's key (any key for None); NotFoundError when it is missing or someone else's."""
+        """Revoke the owner's key (any key for None); NotFoundError when it is missing or someone else's.
+
+        Moves the "keys" counter: every process sharing the database then drops the API keys it had verified."""
         condition = api_keys.c.id == key_id
         if owner_id is not None:
             condition = condition & (api_keys.c.owner_id == owner_id)
         async with self.store.transaction() as conn:
-            await conn.execute(
+            done = await conn.execute(
                 update(api_keys).where(condition, api_keys.c.revoked_at.is_(None)).values(revoked_at=utcnow())
             )
+            if done.rowcount:  # every process sharing the database forgets the keys it verified
+                await versions.bump(conn, KEYS)
             row = (await conn.execute(select(api_keys).where(condition))).first()
         if row is None:
             raise NotFoundError(f"no key '{key_id}'; see `specai auth token list`")
@@ -179,7 +184,8 @@ class RevocationList(Protocol):
 
 
 class StoredRevocations:
-    """Revoked token ids kept in the database and mirrored in memory for the hot path."""
+    """Revoked token ids kept in the database and mirrored in memory for the hot path; each revocation moves the
+    "revocations" counter, so every process sharing the database reloads its mirror (`reload`)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -191,6 +197,12 @@ class StoredRevocations:
         async with self.store.transaction() as conn:
             await conn.execute(delete(revoked_tokens).where(revoked_tokens.c.expires_at < now))
             self._revoked = set((await conn.scalars(select(revoked_tokens.c.jti))).all())
+
+    async def reload(self) -> None:
+        """Add the ids other processes revoked since (a union: an id revoked here meanwhile is never lost)."""
+        async with self.store.connect() as conn:
+            revoked = set((await conn.scalars(select(revoked_tokens.c.jti))).all())
+        self._revoked |= revoked
 
     def is_revoked(self, jti: str) -> bool:
         """True when the token id was revoked."""
@@ -204,4 +216,5 @@ class StoredRevocations:
                     jti=jti, owner_id=owner_id, expires_at=expires_at
                 )
             )
+            await versions.bump(conn, REVOCATIONS)
         self._revoked.add(jti)

@@ -34,7 +34,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         address = client_key(request.client.host if request.client else None)
 
         async def verify() -> User | None:
-            return await anyio.to_thread.run_sync(users.authenticate, data.username, data.password)
+            return await users.login(data.username, data.password)
 
         user = await checked_login(
             server.login_throttle, server.password_gate, data.username, address, verify
