@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from specai.graph.model import Change, Edge, Node
 from specai.store import Store
 from specai.store.engine import insert_ignore
+from specai.store.lease import Fence
 from specai.store.schema import graph_changelog, graph_changelog_state
 from specai.store.types import utcnow
 
@@ -95,10 +96,13 @@ class Changelog:
         async with self.store.connect() as conn:
             return await _pruned_through(conn)
 
-    async def prune(self, older_than: dt.timedelta) -> int:
-        """Delete changelog rows older than `older_than`; returns how many went."""
+    async def prune(self, older_than: dt.timedelta, fence: Fence | None = None) -> int:
+        """Delete changelog rows older than `older_than`; returns how many went (`fence` runs first in the same
+        transaction: a singleton job's lease)."""
         cutoff = utcnow() - older_than
         async with self.store.transaction() as conn:
+            if fence is not None:
+                await fence(conn)
             newest_old = await conn.scalar(
                 select(func.max(graph_changelog.c.id)).where(graph_changelog.c.created_at < cutoff)
             )

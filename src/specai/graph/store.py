@@ -32,6 +32,7 @@ from specai.graph.validate import (
 from specai.graph.write import GraphWrite
 from specai.ids import check_node_id, check_session_id
 from specai.store import Store
+from specai.store.lease import Fence
 from specai.store.locks import GRAPH_SESSION_LOCK
 from specai.store.schema import graph_edges, graph_nodes
 from specai.users.access import Principal
@@ -387,9 +388,9 @@ class GraphStore:
         """The newest changelog id removed by retention (0 when nothing was pruned)."""
         return await self.changelog.pruned_through()
 
-    async def prune(self, older_than: dt.timedelta) -> int:
-        """Delete changelog rows older than `older_than`; returns how many went."""
-        return await self.changelog.prune(older_than)
+    async def prune(self, older_than: dt.timedelta, fence: Fence | None = None) -> int:
+        """Delete changelog rows older than `older_than`; returns how many went (`fence`: see Changelog.prune)."""
+        return await self.changelog.prune(older_than, fence)
 
     def follow(self, session_id: str, after: int, poll_secs: float) -> AsyncGenerator[Change, None]:
         """Every change of the session after `after`, forever: at once after a local commit, else by polling.

@@ -22,6 +22,7 @@ from specai.errors import (
 )
 from specai.mesh.registry import authorize, check_actor
 from specai.store import Store
+from specai.store.lease import Fence
 from specai.store.schema import mesh_deliveries, mesh_members, mesh_messages
 from specai.store.types import utcnow
 from specai.users.access import Principal
@@ -322,9 +323,12 @@ class MessageQueue:
         async with self.store.connect() as conn:
             return int(await conn.scalar(select(func.count()).select_from(mesh_deliveries)) or 0)
 
-    async def prune(self, older_than: dt.timedelta) -> int:
-        """Drop messages older than `older_than`, delivered or not; returns how many."""
+    async def prune(self, older_than: dt.timedelta, fence: Fence | None = None) -> int:
+        """Drop messages older than `older_than`, delivered or not; returns how many (`fence` runs first in the
+        same transaction: a singleton job's lease)."""
         async with self.store.transaction() as conn:
+            if fence is not None:
+                await fence(conn)
             result = await conn.execute(
                 delete(mesh_messages).where(mesh_messages.c.created_at < utcnow() - older_than)
             )

@@ -27,6 +27,7 @@ from specai.ids import check_instance_id, is_instance_id
 from specai.mesh.peer_token import PEER_PREFIX, bound_instance
 from specai.store import Store
 from specai.store.engine import insert_ignore
+from specai.store.lease import Fence
 from specai.store.schema import mesh_members
 from specai.store.types import utcnow
 from specai.users.access import Principal
@@ -325,10 +326,15 @@ class MeshRegistry:
         if not result.rowcount:
             raise UnknownInstanceError(f"instance '{instance_id}' is not registered here")
 
-    async def evict(self, older_than: dt.timedelta) -> list[str]:
-        """Remove members silent for longer than `older_than` (never this server itself); returns their ids."""
+    async def evict(self, older_than: dt.timedelta, fence: Fence | None = None) -> list[str]:
+        """Remove members silent for longer than `older_than` (never this server itself); returns their ids.
+
+        `fence` runs first in the same transaction (a singleton job's lease: nothing is removed once it is lost).
+        """
         cutoff = utcnow() - older_than
         async with self.store.transaction() as conn:
+            if fence is not None:
+                await fence(conn)
             stale = (
                 await conn.scalars(
                     select(mesh_members.c.instance_id).where(
