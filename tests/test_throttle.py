@@ -1,5 +1,8 @@
 """Login throttling with a hand-driven clock: reservations before the check, per-pair/address/user budgets, the
-bounded verification gate with its lanes, and the /auth/hash rate limit."""
+bounded verification gate with its lanes, and the /auth/hash rate limit.
+
+The scenarios that take the `throttle` or `limiter` fixture only use the LoginThrottle and RateLimiter protocols:
+test_stored_throttle.py runs them again against the database-backed ones on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,8 +17,10 @@ from specai.users.throttle import (
     Attempt,
     BusyError,
     Lane,
+    LoginThrottle,
     MemoryLoginThrottle,
     MemoryRateLimiter,
+    RateLimiter,
     VerifyGate,
     checked_login,
     client_key,
@@ -26,7 +31,7 @@ A, B = "10.0.0.1", "10.0.0.2"
 
 
 class FakeClock:
-    """A monotonic clock the test moves by hand."""
+    """A clock the test moves by hand (the stored throttle takes it as epoch seconds)."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -49,16 +54,16 @@ def throttle(clock: FakeClock) -> MemoryLoginThrottle:
     return MemoryLoginThrottle(pair_limit=3, address_limit=6, user_limit=8, lockout=10, clock=clock)
 
 
-async def fail(throttle: MemoryLoginThrottle, user: str, address: str, times: int = 1) -> None:
+async def fail(throttle: LoginThrottle, user: str, address: str, times: int = 1) -> None:
     for _ in range(times):
         await throttle.failed(await throttle.reserve(user, address))
 
 
-async def login(throttle: MemoryLoginThrottle, user: str, address: str) -> None:
+async def login(throttle: LoginThrottle, user: str, address: str) -> None:
     await throttle.succeeded(await throttle.reserve(user, address))
 
 
-async def retry_after(throttle: MemoryLoginThrottle, user: str, address: str) -> int:
+async def retry_after(throttle: LoginThrottle, user: str, address: str) -> int:
     with pytest.raises(ThrottledError) as info:
         await throttle.reserve(user, address)
     return info.value.retry_after
@@ -67,12 +72,12 @@ async def retry_after(throttle: MemoryLoginThrottle, user: str, address: str) ->
 # -- budgets ----------------------------------------------------------------------------------------------------
 
 
-async def test_failures_below_the_limit_do_not_lock(throttle: MemoryLoginThrottle) -> None:
+async def test_failures_below_the_limit_do_not_lock(throttle: LoginThrottle) -> None:
     await fail(throttle, "alice", A, 2)
     await login(throttle, "alice", A)
 
 
-async def test_the_pair_locks_after_limit_failures(throttle: MemoryLoginThrottle) -> None:
+async def test_the_pair_locks_after_limit_failures(throttle: LoginThrottle) -> None:
     await fail(throttle, "alice", A, 3)
     with pytest.raises(ThrottledError) as info:
         await throttle.reserve("alice", A)
@@ -86,15 +91,13 @@ async def test_the_pair_locks_after_limit_failures(throttle: MemoryLoginThrottle
     assert "try again in 10 s" in error.message
 
 
-async def test_another_address_does_not_lock_the_user_out(throttle: MemoryLoginThrottle) -> None:
+async def test_another_address_does_not_lock_the_user_out(throttle: LoginThrottle) -> None:
     await fail(throttle, "alice", B, 3)
     assert await retry_after(throttle, "alice", B) == 10
     await login(throttle, "alice", A)  # her own address: not refused
 
 
-async def test_retry_after_counts_down_and_the_lock_passes(
-    throttle: MemoryLoginThrottle, clock: FakeClock
-) -> None:
+async def test_retry_after_counts_down_and_the_lock_passes(throttle: LoginThrottle, clock: FakeClock) -> None:
     await fail(throttle, "alice", A, 3)
     clock.advance(6.5)
     assert await retry_after(throttle, "alice", A) == 4
@@ -102,7 +105,7 @@ async def test_retry_after_counts_down_and_the_lock_passes(
     await login(throttle, "alice", A)
 
 
-async def test_lockout_doubles_and_is_capped(throttle: MemoryLoginThrottle, clock: FakeClock) -> None:
+async def test_lockout_doubles_and_is_capped(throttle: LoginThrottle, clock: FakeClock) -> None:
     await fail(throttle, "alice", A, 3)
     for expected in (20, 40, 80):
         clock.advance(MAX_LOCKOUT)
@@ -114,9 +117,7 @@ async def test_lockout_doubles_and_is_capped(throttle: MemoryLoginThrottle, cloc
     assert await retry_after(throttle, "alice", A) == MAX_LOCKOUT
 
 
-async def test_after_a_lockout_only_one_attempt_at_a_time(
-    throttle: MemoryLoginThrottle, clock: FakeClock
-) -> None:
+async def test_after_a_lockout_only_one_attempt_at_a_time(throttle: LoginThrottle, clock: FakeClock) -> None:
     await fail(throttle, "alice", A, 3)
     clock.advance(11)
     first = await throttle.reserve("alice", A)
@@ -125,21 +126,21 @@ async def test_after_a_lockout_only_one_attempt_at_a_time(
     assert await retry_after(throttle, "alice", A) == 20
 
 
-async def test_success_resets_the_pair(throttle: MemoryLoginThrottle, clock: FakeClock) -> None:
+async def test_success_resets_the_pair(throttle: LoginThrottle, clock: FakeClock) -> None:
     await fail(throttle, "alice", A, 2)
     await login(throttle, "alice", A)
     await fail(throttle, "alice", A, 2)
     await login(throttle, "alice", A)  # two more failures, not four
 
 
-async def test_quiet_counters_are_forgotten(throttle: MemoryLoginThrottle, clock: FakeClock) -> None:
+async def test_quiet_counters_are_forgotten(throttle: LoginThrottle, clock: FakeClock) -> None:
     await fail(throttle, "alice", A, 2)
     clock.advance(MAX_LOCKOUT + 1)
     await fail(throttle, "alice", A, 2)
     await login(throttle, "alice", A)
 
 
-async def test_an_address_guessing_many_usernames_is_locked(throttle: MemoryLoginThrottle) -> None:
+async def test_an_address_guessing_many_usernames_is_locked(throttle: LoginThrottle) -> None:
     for n in range(6):
         await fail(throttle, f"guess-{n}", B)
     assert await retry_after(throttle, "someone-else", B) == 10
@@ -147,7 +148,7 @@ async def test_an_address_guessing_many_usernames_is_locked(throttle: MemoryLogi
     await login(throttle, "alice", A)
 
 
-async def test_a_success_does_not_reset_the_address(throttle: MemoryLoginThrottle) -> None:
+async def test_a_success_does_not_reset_the_address(throttle: LoginThrottle) -> None:
     """Mallory cannot keep guessing from her address by logging in as herself between guesses."""
     for n in range(5):
         await fail(throttle, f"guess-{n}", B)
@@ -157,7 +158,7 @@ async def test_a_success_does_not_reset_the_address(throttle: MemoryLoginThrottl
 
 
 async def test_the_username_budget_stops_distributed_guessing_but_not_known_pairs(
-    throttle: MemoryLoginThrottle,
+    throttle: LoginThrottle,
 ) -> None:
     await login(throttle, "alice", A)  # alice's own address is known from now on
     for n in range(8):
@@ -167,7 +168,7 @@ async def test_the_username_budget_stops_distributed_guessing_but_not_known_pair
     await login(throttle, "bob", "192.0.2.200")  # nor is another user
 
 
-async def test_a_known_pair_is_held_to_its_own_budget_only(throttle: MemoryLoginThrottle) -> None:
+async def test_a_known_pair_is_held_to_its_own_budget_only(throttle: LoginThrottle) -> None:
     """Alice behind the same address (a NAT) as a guesser still logs in; her own typos still lock her pair."""
     await login(throttle, "alice", B)
     for n in range(6):
@@ -181,17 +182,20 @@ async def test_a_known_pair_is_held_to_its_own_budget_only(throttle: MemoryLogin
     assert await retry_after(throttle, "bob", B) == 10  # her failures did not refill the address budget
 
 
-async def test_known_pairs_expire(throttle: MemoryLoginThrottle, clock: FakeClock) -> None:
+async def test_known_pairs_expire(throttle: LoginThrottle, clock: FakeClock) -> None:
     await login(throttle, "alice", A)
-    assert throttle.is_known("alice", A, clock())
-    clock.advance(KNOWN_FOR + 1)
-    assert not throttle.is_known("alice", A, clock())
+    clock.advance(KNOWN_FOR - 1)
+    attempt = await throttle.reserve("alice", A)
+    assert attempt.lane is Lane.KNOWN
+    await throttle.release(attempt)
+    clock.advance(2)
+    assert (await throttle.reserve("alice", A)).lane is Lane.CLEAN
 
 
 # -- reservations: concurrency cannot outrun the count ------------------------------------------------------------
 
 
-async def test_pending_attempts_count_toward_the_limit(throttle: MemoryLoginThrottle) -> None:
+async def test_pending_attempts_count_toward_the_limit(throttle: LoginThrottle) -> None:
     attempts = [await throttle.reserve("alice", B) for _ in range(3)]
     assert await retry_after(throttle, "alice", B) == 1  # three checks in flight: the fourth waits
     await throttle.release(attempts[0])  # released, never checked: the slot comes back
@@ -202,7 +206,7 @@ async def test_pending_attempts_count_toward_the_limit(throttle: MemoryLoginThro
 
 
 async def test_forty_concurrent_attempts_get_at_most_the_limit_of_checks(
-    throttle: MemoryLoginThrottle,
+    throttle: LoginThrottle,
 ) -> None:
     gate = VerifyGate(slots=2, max_waiting=100)
     checks = 0
@@ -226,7 +230,7 @@ async def test_forty_concurrent_attempts_get_at_most_the_limit_of_checks(
     assert await retry_after(throttle, "alice", B) == 10
 
 
-async def test_a_refusal_is_answered_after_the_delay(throttle: MemoryLoginThrottle) -> None:
+async def test_a_refusal_is_answered_after_the_delay(throttle: LoginThrottle) -> None:
     """The tarpit: a 429 waits (without CPU) so a flood at a fixed concurrency arrives slower."""
     gate = VerifyGate(slots=1, max_waiting=1)
 
@@ -242,7 +246,7 @@ async def test_a_refusal_is_answered_after_the_delay(throttle: MemoryLoginThrott
     assert loop.time() - started >= 0.2
 
 
-async def test_a_cancelled_check_counts_as_a_failure(throttle: MemoryLoginThrottle) -> None:
+async def test_a_cancelled_check_counts_as_a_failure(throttle: LoginThrottle) -> None:
     gate = VerifyGate(slots=1, max_waiting=10)
     started = asyncio.Event()
 
@@ -262,7 +266,7 @@ async def test_a_cancelled_check_counts_as_a_failure(throttle: MemoryLoginThrott
     assert gate.running == 0
 
 
-async def test_an_attempt_refused_by_the_gate_is_released(throttle: MemoryLoginThrottle) -> None:
+async def test_an_attempt_refused_by_the_gate_is_released(throttle: LoginThrottle) -> None:
     gate = VerifyGate(slots=1, max_waiting=1)
     release = asyncio.Event()
 
@@ -272,7 +276,10 @@ async def test_an_attempt_refused_by_the_gate_is_released(throttle: MemoryLoginT
 
     first = asyncio.create_task(checked_login(throttle, gate, "x", "192.0.2.1", held))
     second = asyncio.create_task(checked_login(throttle, gate, "y", "192.0.2.2", held))
-    await asyncio.sleep(0)
+    for _ in range(2000):  # until both reserved (a stored throttle takes real I/O) and are in the gate
+        if (gate.running, gate.waiting()) == (1, 1):
+            break
+        await asyncio.sleep(0.005)
     with pytest.raises(BusyError):
         await checked_login(throttle, gate, "alice", B, held, refusal_delay=0)
     release.set()
@@ -282,7 +289,7 @@ async def test_an_attempt_refused_by_the_gate_is_released(throttle: MemoryLoginT
     assert await retry_after(throttle, "alice", B) == 10
 
 
-async def test_lanes_follow_the_address_and_the_pair(throttle: MemoryLoginThrottle) -> None:
+async def test_lanes_follow_the_address_and_the_pair(throttle: LoginThrottle) -> None:
     first = await throttle.reserve("alice", B)
     assert first.lane is Lane.CLEAN
     second = await throttle.reserve("bob", B)
@@ -305,7 +312,7 @@ async def test_memory_is_bounded(clock: FakeClock) -> None:
     assert len(throttle._known) <= 50
 
 
-async def test_usernames_are_clipped_in_keys(throttle: MemoryLoginThrottle) -> None:
+async def test_usernames_are_clipped_in_keys(throttle: LoginThrottle) -> None:
     attempt = await throttle.reserve("a" * 10_000, A)
     assert attempt == Attempt("a" * 64, A, Lane.CLEAN)
 
@@ -438,8 +445,13 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
 # -- the /auth/hash rate limit ----------------------------------------------------------------------------------
 
 
-async def test_rate_limit_allows_a_burst_then_refills(clock: FakeClock) -> None:
-    limiter = MemoryRateLimiter(per_minute=3, clock=clock)
+@pytest.fixture
+def limiter(clock: FakeClock) -> RateLimiter:
+    """3 requests a minute per key."""
+    return MemoryRateLimiter(per_minute=3, clock=clock)
+
+
+async def test_rate_limit_allows_a_burst_then_refills(limiter: RateLimiter, clock: FakeClock) -> None:
     for _ in range(3):
         await limiter.hit("alice")
     with pytest.raises(ThrottledError) as info:

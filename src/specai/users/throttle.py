@@ -8,6 +8,8 @@ password check starts, so N concurrent attempts get at most `limit` checks):
 A pair that logged in within KNOWN_FOR is held to its own budget only: a guesser sharing the user's address (a
 NAT) or guessing her name from elsewhere cannot lock her out of where she logs in; a new address of hers waits.
 A `VerifyGate` bounds the password checks running and waiting, serving known pairs first and suspects last.
+The counting rules (`BudgetRule`, `TokenBucket`) are functions of a `Counter`; the in-process throttle below and the
+database one in users/stored_throttle.py (several processes, one budget) both apply them.
 """
 
 from __future__ import annotations
