@@ -3,6 +3,8 @@
 Two servers on one home share its instance id and database and corrupt each other's mesh entry, so the second
 refuses to start. The locks are `flock`s on small files (`server.lock` in the home, `<database>.lock` beside a
 SQLite file), so the kernel drops them on any exit, `kill -9` included: a stale lock file never blocks a start.
+With `--workers N` the worker processes inherit the open lock files, so the home stays locked until the last of
+them is gone.
 The holder's pid is written into each file, for the message the next server prints.
 """
 
@@ -40,6 +42,11 @@ class ServerLocks:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fds.append(fd)
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        """The open lock files: a child process given them (e.g. a server worker) keeps the locks while it lives."""
+        return tuple(self._fds)
 
     def release(self) -> None:
         """Let another server start (the process exiting does the same)."""

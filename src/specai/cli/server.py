@@ -6,7 +6,10 @@ import asyncio
 import dataclasses
 import errno
 import ipaddress
+import os
 import socket
+import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -18,7 +21,11 @@ from specai.config import JoinSettings, Settings
 from specai.errors import AuthError, ConfigError, SpecaiError, StartupError, TrustError
 
 if TYPE_CHECKING:
+    from litestar import Litestar
+
     from specai.home_lock import ServerLocks
+    from specai.identity.tls import CertInfo, CertPaths
+    from specai.store import Store
 
 
 def server(
@@ -60,6 +67,15 @@ def server(
             "default: its pin in known_servers.json."
         ),
     ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            max=64,
+            help="Server processes sharing the port [default: [server] workers, 1]; more than 1 needs "
+            "[database] url on PostgreSQL.",
+        ),
+    ] = None,
 ) -> None:
     """Serve agents over HTTPS (TLS is always on).
 
@@ -70,6 +86,9 @@ def server(
     One $SPECAI_HOME serves one server at a time: a second one on the same home (or on the same SQLite
     database file) exits 3 at once, naming the process that has it. Give each server its own home.
 
+    With --workers N (PostgreSQL only) N processes serve the port; this one starts them, restarts one that
+    dies, and stops them all on Ctrl-C or SIGTERM.
+
     Examples:
 
       specai server
@@ -79,11 +98,16 @@ def server(
       specai server --cert /etc/ssl/me.pem --key /etc/ssl/me.key
 
       SPECAI_HOME=~/.spec-ai-web1 specai server --port 3001 --join https://10.0.0.5:3000 --join-fingerprint FP
+
+      specai server --workers 2        # with [database] url = "postgresql://..."
     """
     settings = _settings.load(ctx, config)
     if join_fingerprint and not join:
         fail("--join-fingerprint needs --join URL", USAGE)
     settings = _apply_flags(settings, host, port, cert, key, tuple(san or ()))
+    if workers is not None:
+        settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, workers=workers))
+    _check_workers(settings, from_flag=workers is not None)
     if join is not None:
         settings = dataclasses.replace(settings, join=JoinSettings(join, join_fingerprint))
     run_server(settings, allow_unauthenticated)
@@ -93,7 +117,6 @@ def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
     """Check, prepare and serve (joining `settings.join` once serving); every failure before serving exits 3."""
     from specai.identity.tls import ensure_server_cert, read_cert
     from specai.server.app import create_app
-    from specai.server.run import serve
 
     host, port = settings.server.host, settings.server.port
     if not settings.auth.enabled and not _is_loopback(host) and not allow_unauthenticated:
@@ -111,11 +134,13 @@ def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
         print_warnings(paths.warnings)
         _check_port_free(host, port)
         app = create_app(settings, cert=info)
-        asyncio.run(_check_database(settings))
+        database_warnings = asyncio.run(_check_database(settings))
     except ConfigError as exc:
         fail(exc.message)
     except SpecaiError as exc:
         fail(exc.message, STARTUP_FAILURE)
+    for line in database_warnings:
+        warn(line)
     for agent in app.state.specai.runtime.agents.values():
         if not agent.available:
             warn(f"agent '{agent.id}' is unavailable: {agent.unavailable_reason}")
@@ -124,22 +149,41 @@ def run_server(settings: Settings, allow_unauthenticated: bool) -> None:
     if not settings.auth.enabled:
         err.print("[yellow]auth is disabled[/]: every client that reaches this port can query agents")
 
+    _serve(settings, app, paths, info, locks)
+    locks.release()
+    err.print("specai server stopped")
+    if settings.server.workers > 1:  # the workers are gone: skip tearing down this heap (seconds under load)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _serve(settings: Settings, app: Litestar, paths: CertPaths, info: CertInfo, locks: ServerLocks) -> None:
+    """Serve in this process, or with `[server] workers` > 1 in that many worker processes, until stopped."""
+    from specai.server.run import serve
+    from specai.server.workers import Supervisor, WorkerSpec
+
+    count = settings.server.workers
+
     def ready(url: str) -> None:
-        out.print(f"specai server listening on [bold]{url}[/] fingerprint {info.fingerprint}")
+        workers = f" ({count} workers)" if count > 1 else ""
+        out.print(f"specai server listening on [bold]{url}[/] fingerprint {info.fingerprint}{workers}")
 
     def announce(message: str) -> None:
         out.print(message, markup=False, highlight=False)
 
     try:
-        serve(app, host, port, paths, ready, announce)
+        if count == 1:
+            serve(app, settings.server.host, settings.server.port, paths, ready, announce)
+        else:
+            spec = WorkerSpec(settings, paths, info)
+            Supervisor(spec, count, locks.fds, ready, announce, warn).run()
     except (TrustError, AuthError) as exc:  # a refused --join: the registry's identity, or our mesh login
         fail(f"cannot join the mesh: {exc.message}", exit_code_for(exc))
     except SpecaiError as exc:
         fail(exc.message, STARTUP_FAILURE)
     except KeyboardInterrupt:
         pass
-    locks.release()
-    err.print("specai server stopped")
 
 
 def _lock(settings: Settings) -> ServerLocks:
@@ -166,12 +210,56 @@ def _check_join(settings: Settings, join: JoinSettings) -> None:
     mesh_credentials(settings)
 
 
-async def _check_database(settings: Settings) -> None:
-    """Open and migrate the database once before serving, so a bad URL or schema stops start-up clearly."""
+def _check_workers(settings: Settings, from_flag: bool) -> None:
+    """Refuse several server processes on SQLite (one writer, one server per file) before anything starts."""
+    from specai.store.urls import shares_state
+
+    count = settings.server.workers
+    try:
+        if count == 1 or shares_state(settings):
+            return
+    except ConfigError as exc:
+        fail(exc.message)
+    why = (
+        "needs [database] url on PostgreSQL: SQLite has one writer at a time and one server per database "
+        'file; serve with one worker, or see README "Running several servers"'
+    )
+    if from_flag:
+        fail(f"--workers {count} {why}", USAGE)
+    where = f" in {settings.config_path}" if settings.config_path else ""
+    fail(f"[server] workers = {count}{where} {why}")
+
+
+DatabaseCheck = Callable[["Store", Settings], Awaitable[Optional[str]]]
+
+
+async def _check_database(settings: Settings) -> list[str]:
+    """Open and migrate the database once before serving, so a bad URL or schema stops start-up clearly, then
+    run each of `_DATABASE_CHECKS` on it; a check raises a SpecaiError to refuse, or returns a warning line."""
     from specai.store import Store
 
     store = await Store.open(settings)
-    await store.close()
+    try:
+        found = [await check(store, settings) for check in _DATABASE_CHECKS]
+    finally:
+        await store.close()
+    return [line for line in found if line]
+
+
+async def _connection_budget(store: Store, settings: Settings) -> str | None:
+    """PostgreSQL: warn when this server's connections, with the other specai processes', may not fit."""
+    from specai.store import budget
+    from specai.store.urls import is_postgres
+
+    if not is_postgres(store.engine.url):
+        return None
+    async with store.connect() as conn:
+        limits = await budget.read_limits(conn)
+    db = settings.database
+    return budget.check(db.pool_size, db.max_overflow, settings.server.workers, limits)
+
+
+_DATABASE_CHECKS: tuple[DatabaseCheck, ...] = (_connection_budget,)
 
 
 def _apply_flags(

@@ -7,8 +7,10 @@ import contextlib
 import logging
 import os
 import resource
+import secrets
 import signal
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +24,7 @@ from granian.server.embed import Server
 from litestar import Litestar
 
 from specai.config import ServerSettings
-from specai.errors import StartupError
+from specai.errors import SpecaiError, StartupError
 from specai.identity.tls import CertPaths
 from specai.server.lifespan import Lifespan
 from specai.server.state import ServerState
@@ -32,17 +34,30 @@ HARD_EXIT_SECONDS = 4.5  # after this the process exits whatever is still runnin
 READY_TIMEOUT = 15.0
 MAX_LISTEN_BACKLOG = 4096  # the kernel's usual somaxconn; a longer queue would be truncated anyway
 SPARE_FILES = 256  # descriptors kept free beyond the connection cap (database, certificates, logs)
+PROBE_HEADER = b"x-specai-ready-probe"
 
 
 class RequestTracker:
-    """ASGI wrapper that knows the in-flight request tasks so shutdown can cancel stragglers cleanly."""
+    """ASGI wrapper that knows the in-flight request tasks so shutdown can cancel stragglers cleanly.
+
+    It also sees what the runner needs to know at start: whether the app's start-up (the lifespan) failed and
+    why, and whether a readiness probe of this process (carrying `probe` in PROBE_HEADER) reached it.
+    """
 
     def __init__(self, app: Litestar) -> None:
         self.app = app
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closing = False
+        self.startup_error: BaseException | None = None
+        self.probe: bytes | None = secrets.token_hex(16).encode()  # None once this process answered one
+        self.probed = asyncio.Event()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # not a request: shutdown must not cancel it
+            await self.app(scope, receive, self._lifespan_send(send))
+            return
+        if self.probe is not None and (PROBE_HEADER, self.probe) in list(scope.get("headers", ())):
+            self.probed.set()
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(task)
@@ -55,6 +70,19 @@ class RequestTracker:
                 await _send_shutdown_error(send)
         finally:
             self.tasks.discard(task)
+
+    def _lifespan_send(self, send: Any) -> Any:
+        """Note why start-up failed; for one of ours, tell granian no traceback (the runner reports one line)."""
+
+        async def noting(message: Any) -> None:
+            if message.get("type") == "lifespan.startup.failed":
+                failed = sys.exc_info()[1]  # Litestar reports the failure from inside its `except`
+                self.startup_error = _specai_error(failed) or failed
+                if isinstance(self.startup_error, SpecaiError):
+                    message = {**message, "message": ""}
+            await send(message)
+
+        return noting
 
     def cancel_all(self) -> None:
         self.closing = True
@@ -69,9 +97,19 @@ async def _send_shutdown_error(send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class _QuietEmbedWarning(logging.Filter):
+class _QuietGranian(logging.Filter):
+    """Drop granian's "experimental" notice, and its traceback of a start-up failure the runner reports itself."""
+
+    def __init__(self, tracker: RequestTracker) -> None:
+        super().__init__()
+        self.tracker = tracker
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "experimental" not in record.getMessage()
+        message = record.getMessage()
+        if "experimental" in message:
+            return False
+        reported = isinstance(self.tracker.startup_error, SpecaiError)
+        return not (reported and ("lifespan startup failed" in message or "Unexpected exit" in message))
 
 
 def serve(
@@ -101,7 +139,7 @@ async def _serve(
     lifespan: Lifespan = app.state.lifespan
     tracker = RequestTracker(app)
     server = Server(tracker, **granian_options(state.settings.server, host, port, cert))
-    logging.getLogger("_granian").addFilter(_QuietEmbedWarning())
+    logging.getLogger("_granian").addFilter(_QuietGranian(tracker))
     for noisy in ("httpx", "httpx2"):  # the vendor SDKs log every upstream request at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     loop = asyncio.get_running_loop()
@@ -124,7 +162,7 @@ async def _serve(
     serving = asyncio.ensure_future(server.serve())
     url = _url(host, port)
     try:
-        await _wait_ready(url, cert, serving)
+        await _wait_ready(url, cert, serving, tracker)
     except BaseException:
         if not serving.done():
             server.stop()
@@ -192,22 +230,52 @@ def _url(host: str, port: int) -> str:
     return f"https://[{shown}]:{port}" if ":" in shown else f"https://{shown}:{port}"
 
 
-async def _wait_ready(url: str, cert: CertPaths, serving: asyncio.Future[Any]) -> None:
+async def _wait_ready(
+    url: str, cert: CertPaths, serving: asyncio.Future[Any], tracker: RequestTracker
+) -> None:
+    """Until `/health` answers over TLS from this process.
+
+    Worker processes share the port (SO_REUSEPORT), so a sibling may answer a probe: each probe opens a new
+    connection, which the kernel may hand to another socket, and only one that reached this process counts.
+    """
     ctx = ssl.create_default_context(cafile=str(cert.cert))
     ctx.check_hostname = False
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     deadline = asyncio.get_running_loop().time() + READY_TIMEOUT
-    async with httpx.AsyncClient(verify=ctx, timeout=2.0) as client:
+    assert tracker.probe is not None
+    headers = {PROBE_HEADER.decode(): tracker.probe.decode()}
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(verify=ctx, timeout=2.0, limits=fresh, headers=headers) as client:
         while True:
             if serving.done():
-                exc = serving.exception()
-                raise StartupError(f"the server stopped during start-up: {exc or 'no reason given'}")
+                raise StartupError(_startup_failure(serving, tracker))
             try:
                 response = await client.get(f"{url}/health")
-                if response.status_code == 200:
+                if response.status_code == 200 and tracker.probed.is_set():
+                    tracker.probe = None
                     return
             except httpx.HTTPError:
                 pass
             if asyncio.get_running_loop().time() > deadline:
                 raise StartupError(f"the server did not answer on {url}/health within {READY_TIMEOUT:.0f} s")
             await asyncio.sleep(0.05)
+
+
+def _specai_error(exc: BaseException | None) -> SpecaiError | None:
+    """The SpecaiError `exc` is or holds (Litestar raises start-up hook errors inside an exception group)."""
+    if isinstance(exc, SpecaiError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _specai_error(inner)) is not None:
+                return found
+    return None
+
+
+def _startup_failure(serving: asyncio.Future[Any], tracker: RequestTracker) -> str:
+    """Why the server stopped before it answered: the app's own start-up error when it had one."""
+    failed = tracker.startup_error
+    if isinstance(failed, SpecaiError):
+        return failed.message
+    reason = failed or serving.exception()
+    return f"the server stopped during start-up: {reason or 'no reason given'}"

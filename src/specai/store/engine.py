@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
-from specai.config import Settings
+from specai.config import DatabaseSettings, Settings
 from specai.errors import DatabaseUnavailableError, SchemaVersionError
 from specai.files import ensure_private_dir
 from specai.store.locks import MIGRATION_LOCK
@@ -28,6 +28,9 @@ from specai.store.urls import database_url, redacted, sqlite_file
 
 BUSY_TIMEOUT_MS = 10_000
 PG_CONNECT_TIMEOUT_S = 10
+APPLICATION_NAME = "specai"  # of pooled PostgreSQL connections: processes count their peers by it (budget.py)
+DEFAULT_POOL_SIZE = DatabaseSettings.pool_size
+DEFAULT_MAX_OVERFLOW = DatabaseSettings.max_overflow
 _WRITE_OPTION = "specai_write"
 
 
@@ -77,14 +80,19 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE_OPTION) else "BEGIN")
 
 
-def _create_engine(url: URL) -> AsyncEngine:
+def _create_engine(url: URL, pool_size: int, max_overflow: int) -> AsyncEngine:
+    """SQLite with its pragmas; PostgreSQL with a pool of `pool_size` (+ `max_overflow` under load) named connections."""
     if url.get_backend_name() == "sqlite":
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
         return engine
-    connect_args = {} if "timeout" in url.query else {"timeout": PG_CONNECT_TIMEOUT_S}
-    return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    connect_args: dict[str, Any] = {"server_settings": {"application_name": APPLICATION_NAME}}
+    if "timeout" not in url.query:
+        connect_args["timeout"] = PG_CONNECT_TIMEOUT_S
+    return create_async_engine(
+        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, connect_args=connect_args
+    )
 
 
 def insert_ignore(conn: AsyncConnection | Connection, table: Table, *key: str) -> Insert:
@@ -118,16 +126,29 @@ class Store:
 
     @classmethod
     async def open(cls, settings: Settings, *, migrate: bool = True) -> Store:
-        """Open the configured database (creating SQLite's folder 0700) and bring its schema up to date."""
-        return await cls.open_url(database_url(settings), migrate=migrate)
+        """Open the configured database (creating SQLite's folder 0700) and bring its schema up to date.
+
+        On PostgreSQL the pool holds `[database] pool_size` connections, plus `max_overflow` more under load.
+        """
+        db = settings.database
+        return await cls.open_url(
+            database_url(settings), migrate=migrate, pool_size=db.pool_size, max_overflow=db.max_overflow
+        )
 
     @classmethod
-    async def open_url(cls, url: str | URL, *, migrate: bool = True) -> Store:
+    async def open_url(
+        cls,
+        url: str | URL,
+        *,
+        migrate: bool = True,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        max_overflow: int = DEFAULT_MAX_OVERFLOW,
+    ) -> Store:
         """Open the database at an async SQLAlchemy URL, e.g. `database_url(settings)`."""
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and (path := sqlite_file(parsed)) is not None:
             _prepare_sqlite_file(path)
-        store = cls(_create_engine(parsed))
+        store = cls(_create_engine(parsed, pool_size, max_overflow))
         try:
             await store._ping()
             if migrate:
