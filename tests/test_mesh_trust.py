@@ -13,6 +13,7 @@ from typing import Any, cast
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from databases import seed_users
 from litestar.testing import TestClient
 from sqlalchemy import insert
 
@@ -75,6 +76,7 @@ def build(db_settings: Settings, **mesh: Any) -> Iterator[Mesh]:
         mesh=MeshSettings(**mesh),
     )
     tokens = {name: {"Authorization": "Bearer " + issue(user)} for name, user in made.items()}
+    seed_users(settings)
     app = create_app(settings, cert=read_cert(ensure_server_cert(settings).cert))
     with TestClient(app) as client:
         yield Mesh(client, settings, tokens)
