@@ -2,14 +2,19 @@
 
 Start: (1) the store: the one `create_app` was given, or opened (and migrated) from `[database]`; on PostgreSQL
 also this process's LISTEN connection (`state.listener`: graph commits of other processes wake our change feeds,
-ours wake theirs) and the change-counter watcher (`state.versions`: reloads caches other processes invalidated);
-(2) the services bound to it: API keys, revoked token ids (loaded), sessions, graph, mesh registry (this server
-registered, which fixes its rank as leader) and message queue; (3) background tasks: the retention pruner at once, the mesh link once
-the server answers (`serving`, called by the runner: a member registers only once it can be reached), and with
-`[sync] enabled` the graph sync coordinator right after it (`state.sync_link`; None otherwise). Listeners and
-leases join step 3. Stop in reverse: background tasks (the sync coordinator first; the mesh link gets `LEAVE_SECS`
-to deregister from its peers once `stopping` is set), the services (provider connections closed), then the store,
-closed only when it was opened here.
+ours wake theirs; released leases wake our claim) and the change-counter watcher (`state.versions`: reloads caches
+other processes invalidated); (2) the services bound to it: API keys, revoked token ids (loaded), sessions, graph,
+mesh registry (this server registered, which fixes its rank as leader) and message queue; (3) background work:
+the singleton-jobs lease (`state.leadership`; on PostgreSQL over a connection of its own) is claimed once before
+serving, so a lone server leads when it first answers, then renewed or claimed every `leader_lease_secs / 3`;
+while this process holds it, it runs the singleton jobs: retention pruning, eviction of silent mesh members, and
+with `[sync] enabled` the graph sync coordinator (`state.sync_link`, added once the server answers: it calls peers
+through the mesh link; None without `[sync] enabled`). Once the server answers (`serving`, called by the runner)
+the mesh link starts in every process (a member registers only once it can be reached; every process must accept
+peer tokens). Stop in reverse: the singleton jobs and the lease first (released, so another process takes over at
+once; this begins as soon as `stopping` is set), the mesh link (given `LEAVE_SECS` to deregister from its peers),
+the other background tasks and the LISTEN connection, the services (provider connections closed), the lease's
+connection, then the store, closed only when it was opened here.
 """
 
 from __future__ import annotations
@@ -18,19 +23,23 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 
 from specai.errors import SpecaiError
-from specai.server.mesh_link import Credentials, MeshLink, mesh_credentials
+from specai.server.leader import Leadership
+from specai.server.mesh_link import EVICT_AFTER_TIMEOUTS, Credentials, MeshLink, mesh_credentials
 from specai.server.state import ServerState
 from specai.server.sync_link import SyncLink, http_remotes
 from specai.store import Store
+from specai.store.lease import LEASE_CHANNEL, Lease, LostLeadershipError, Term, holder_id, open_lease_store
 from specai.store.listener import Listener
 from specai.store.urls import is_postgres
 from specai.store.versions import VERSION_CHANNEL, VersionWatcher
 
 PRUNE_EVERY_SECS = 3600
 LEAVE_SECS = 2.0
+JOBS_LEASE = "singleton-jobs"  # the one lease all singleton jobs run under
 log = logging.getLogger("specai.server")
 
 
@@ -44,6 +53,9 @@ class Lifespan:
         self._opened: Store | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._link: asyncio.Task[None] | None = None
+        self._leading: asyncio.Task[None] | None = None
+        self._lease_store: Store | None = None  # PostgreSQL: the lease's own connection
+        self._sync: SyncLink | None = None
 
     async def startup(self) -> None:
         """Store, then services, then background tasks (Litestar's `on_startup`)."""
@@ -59,11 +71,25 @@ class Lifespan:
         services = self.state.attach(store)
         await self.state.load_caches(services)
         await services.mesh.register(self.state.self_info())  # keeps its first registration time
+        leadership = self.state.leadership = await self._leadership(store)
+        if self.state.listener is not None:
+            self.state.listener.subscribe(LEASE_CHANNEL, leadership.wake)
         if self.state.versions is not None and self.state.listener is not None:
             await self.state.versions.prime()
             await self.state.listener.start()
             self._tasks.append(asyncio.create_task(self.state.versions.run(), name="specai-versions"))
-        self._tasks.append(asyncio.create_task(self._prune(), name="specai-pruner"))
+        leadership.add("retention pruning", self._prune)
+        leadership.add("mesh member eviction", self._evict)
+        pause = await leadership.attempt()
+        self._leading = asyncio.create_task(self._lead(leadership, pause), name="specai-leadership")
+
+    async def _leadership(self, store: Store) -> Leadership:
+        """The singleton-jobs lease of this process; on PostgreSQL its statements get a connection of their own."""
+        ttl = self.state.settings.database.leader_lease_secs
+        lease_store = store
+        if is_postgres(store.engine.url):
+            lease_store = self._lease_store = await open_lease_store(store.engine.url, ttl / 3)
+        return Leadership(Lease(lease_store, JOBS_LEASE, holder_id(self.state.instance_id), ttl))
 
     def serving(self, announce: Callable[[str], None], request_stop: Callable[[], None]) -> None:
         """The server answers: keep its mesh entry fresh, and join the mesh now if asked to.
@@ -84,7 +110,7 @@ class Lifespan:
         )
         self._link = asyncio.create_task(self._run_link(link, request_stop), name="specai-mesh-link")
         self._tasks.append(self._link)
-        if state.settings.sync.enabled:
+        if state.settings.sync.enabled and state.leadership is not None:
             sync = SyncLink(
                 state.settings.sync,
                 state.sync(),
@@ -92,11 +118,22 @@ class Lifespan:
                 state.graph().notifier,
                 http_remotes(link.peer_for),
             )
-            state.sync_link = sync
-            self._tasks.append(asyncio.create_task(self._run_sync(sync), name="specai-sync-link"))
+            state.sync_link = self._sync = sync  # every process answers /sync/now with it; the leader cycles
+            state.leadership.add("graph sync coordinator", lambda _term: self._run_sync(sync))
 
     async def shutdown(self) -> None:
         """Background tasks, then services, then the store (Litestar's `on_shutdown`)."""
+        if self._leading is not None:  # it stops the jobs and releases the lease once `stopping` is set
+            if self.state.stopping.is_set():
+                await asyncio.wait({self._leading}, timeout=LEAVE_SECS)
+            self._leading.cancel()  # no `stopping` (an embedder): it stops the jobs and releases all the same
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leading
+            self._leading = None
+        if self._sync is not None:  # its connections (a process that did not lead used them too)
+            await self._sync.close()
+            self._sync = None
+        self.state.sync_link = None
         if self._link is not None:  # it deregisters from its peers once `stopping` is set
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._link), LEAVE_SECS)
@@ -105,13 +142,16 @@ class Lifespan:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        self.state.sync_link = None
         if self.state.listener is not None:
             await self.state.listener.close()
             self.state.notifier.relay(None)
             self.state.listener = self.state.versions = None
         await self.state.runtime.aclose()
         self.state.detach()
+        self.state.leadership = None
+        if self._lease_store is not None:
+            await self._lease_store.close()
+            self._lease_store = None
         if self._opened is not None:
             await self._opened.close()
             self._opened = None
@@ -125,23 +165,56 @@ class Lifespan:
         except Exception:
             log.exception("the mesh link failed; this server no longer heartbeats its peers")
 
+    async def _lead(self, leadership: Leadership, pause: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(pause):
+                await self.state.stopping.wait()
+        await leadership.run(self.state.stopping)
+
     async def _run_sync(self, sync: SyncLink) -> None:
+        """A singleton job: the coordinator's cycles, while this process leads (it closes when cancelled)."""
         try:
             await sync.run(self.state.stopping)
         except Exception:
             log.exception("the graph sync coordinator failed; synced sessions are no longer pulled or pushed")
 
-    async def _prune(self) -> None:
-        """Apply the retention settings now and every hour; a failure is logged and retried later."""
+    async def _prune(self, term: Term) -> None:
+        """A singleton job: apply the retention settings now and every hour, each deletion fenced by the lease; a
+        failure is logged and retried later."""
         settings = self.state.settings
         keep_changes = dt.timedelta(days=settings.graph.changelog_retention_days)
         keep_messages = dt.timedelta(seconds=settings.mesh.message_retention_secs)
         while True:
             try:
-                if keep_changes and (pruned := await self.state.graph().prune(keep_changes)):
+                if keep_changes and (pruned := await self.state.graph().prune(keep_changes, term.fence)):
                     log.info("pruned %d graph changelog rows older than %s", pruned, keep_changes)
-                if pruned := await self.state.messages().prune(keep_messages):
+                if pruned := await self.state.messages().prune(keep_messages, term.fence):
                     log.info("pruned %d mesh messages older than %s", pruned, keep_messages)
+            except LostLeadershipError:
+                raise
             except Exception:
                 log.exception("pruning old graph changes or mesh messages failed; retrying in an hour")
             await asyncio.sleep(PRUNE_EVERY_SECS)
+
+    async def _evict(self, term: Term) -> None:
+        """A singleton job: every heartbeat interval, remove the mesh members silent for `EVICT_AFTER_TIMEOUTS`
+        leader timeouts (fenced by the lease); not before this process has run that long itself, so members
+        that could not reach it before it started get to heartbeat first. Evicted members register again."""
+        mesh = self.state.settings.mesh
+        silent = mesh.leader_timeout_secs * EVICT_AFTER_TIMEOUTS
+        failing = False
+        while True:
+            await asyncio.sleep(mesh.heartbeat_interval_secs)
+            if time.monotonic() - self.state.started <= silent:
+                continue
+            try:
+                if gone := await self.state.mesh().evict(dt.timedelta(seconds=silent), term.fence):
+                    log.info("evicted mesh members silent for %g s: %s", silent, ", ".join(gone))
+            except LostLeadershipError:
+                raise
+            except Exception:
+                if not failing:
+                    log.exception("evicting silent mesh members failed; retrying every heartbeat interval")
+                failing = True
+            else:
+                failing = False

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import os
 import time
@@ -66,8 +65,9 @@ class NoPeerToken(ConnectionFailedError):
 
 class MeshLink:
     """A member joins the registry, heartbeats every peer until the server stops, then leaves; a registry (no
-    `join_url`) only keeps its own entry fresh and evicts members that went silent (it heartbeats no member;
-    graph sync calls members through `peer_for`)."""
+    `join_url`) only keeps its own entry fresh (it heartbeats no member; graph sync calls members through
+    `peer_for`). Evicting members that went silent is a singleton job (server.lifespan), not the link's: with
+    several processes on one database only the leader evicts, while every process runs its link."""
 
     def __init__(
         self,
@@ -130,8 +130,6 @@ class MeshLink:
         An unreachable registry is retried; a refused certificate or login raises (TrustError, AuthError).
         """
         interval = self.settings.mesh.heartbeat_interval_secs
-        started = asyncio.get_running_loop().time()
-        evict_after = self.settings.mesh.leader_timeout_secs * EVICT_AFTER_TIMEOUTS
         try:
             while self.join is not None and self.registry_id is None and not stopping.is_set():
                 try:
@@ -141,8 +139,6 @@ class MeshLink:
                     await _wait(stopping, interval)
             while not stopping.is_set():
                 await self.sync(stopping)
-                if asyncio.get_running_loop().time() - started > evict_after:
-                    await self.registry.evict(dt.timedelta(seconds=evict_after))
                 await _wait(stopping, interval)
         finally:
             for task in [*self.loops.values(), *self._renewing.values()]:

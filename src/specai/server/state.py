@@ -33,6 +33,7 @@ from specai.users.table import USERS, DatabaseDirectory
 from specai.users.throttle import LoginThrottle, RateLimiter, VerifyGate
 
 if TYPE_CHECKING:
+    from specai.server.leader import Leadership
     from specai.server.security import TokenVerifier
     from specai.server.sync_link import SyncLink
 
@@ -110,7 +111,8 @@ class ServerState:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = field(default_factory=time.monotonic)
     _services: Services | None = None
-    sync_link: SyncLink | None = None  # the graph sync coordinator, while it runs ([sync] enabled)
+    sync_link: SyncLink | None = None  # the graph sync coordinator ([sync] enabled), while the server runs
+    leadership: Leadership | None = None  # runs the singleton jobs while this process holds their lease
     listener: Listener | None = None  # PostgreSQL: this process's LISTEN connection, while the store is open
     versions: VersionWatcher | None = (
         None  # PostgreSQL: reloads caches when another process changed their source

@@ -19,12 +19,16 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
 
     @get("/health", exclude_from_auth=True, operation_id="GetHealth", tags=["server"], responses=PUBLIC)
     async def health() -> HealthOut:
-        """Liveness: status, version, uptime and the number of sessions used since start."""
+        """Liveness: status, version, uptime, the number of sessions used since start, and whether this process
+        leads: runs the singleton jobs (retention pruning, mesh eviction, the sync coordinator) of the processes
+        sharing its database (always true on SQLite)."""
+        leadership = server.leadership
         return HealthOut(
             status="healthy",
             version=__version__,
             uptime_seconds=int(time.monotonic() - server.started),
             active_sessions=await server.sessions().count(),
+            leader=leadership is not None and leadership.leading,
         )
 
     @get(

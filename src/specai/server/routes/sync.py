@@ -9,7 +9,8 @@ the sending member (409 `owner_mismatch`): a synced session has the same owner o
 Deliberate changes from the original: errors are the standard `{"error", "code", "details"?}` body; the status
 `vector_clock` is an object; `/sync/bulk` answers 422 `bulk_failed` (not 200) when any graph failed; and
 `/sync/conflicts` is paged (`limit`, `cursor`, `next_cursor`) instead of a bare array of the latest 100.
-`POST /sync/now/{session_id}/{graph_name}` is new: it has this server's coordinator pull at once.
+`POST /sync/now/{session_id}/{graph_name}` is new: it has this server's coordinator pull at once (any process of
+several sharing one database does so itself, the leader or not).
 """
 
 from __future__ import annotations
@@ -189,7 +190,11 @@ def _protocol_routes(server: ServerState) -> list[HTTPRouteHandler]:
     )
     async def now(session_id: FromPath[str], graph_name: FromPath[str]) -> SyncNowOut:
         """Have this server's coordinator pull the session from every live peer at once; one result per peer.
-        503 `sync_not_running` when the coordinator is off here, 404 `sync_not_enabled` for a session not synced."""
+        503 `sync_not_running` when the coordinator is off here, 404 `sync_not_enabled` for a session not synced.
+
+        With several processes on one database only the leader runs the coordinator's cycles, but any process
+        answers this (a load balancer picks one): it runs the round itself, from this process, with the same
+        peers and pins. That is safe beside the leader's cycles: applying a page twice changes nothing."""
         link = getattr(server, "sync_link", None)
         config = await sync().config(session_id, graph_name)  # a bad session id or graph name first
         if link is None:

@@ -12,6 +12,7 @@ class HealthOut(msgspec.Struct):
     version: str
     uptime_seconds: int
     active_sessions: int
+    leader: bool | None = None  # this process runs the singleton jobs now (None: a server that does not say)
 
 
 class CertOut(msgspec.Struct):
