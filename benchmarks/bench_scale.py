@@ -468,8 +468,15 @@ def main(argv: list[str] | None = None) -> int:
         errors = [f[kind]["first_error"] for f in result["setups"].values() for kind in KINDS]
         first = next((error for error in errors if error), None)
         note(f"bench_scale: {result['errors']} requests failed (first: {first}); the figures are not valid")
-    if not result["pass"]:
-        note("bench_scale: errors or lost nodes: scaling out lost something")
+    wrong = {
+        f["label"]: f["nodes"]
+        for f in result["setups"].values()
+        if f["nodes"]["missing"]
+        or f["nodes"]["extra"]
+        or f["nodes"]["stored"] != f["nodes"]["distinct_labels"]
+    }
+    for label, nodes in wrong.items():
+        note(f"bench_scale: {label}: the database does not hold exactly the acknowledged nodes: {nodes}")
     return 0 if result["pass"] else 1
 
 
