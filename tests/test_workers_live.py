@@ -9,6 +9,7 @@ what these tests are about.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ import asyncpg
 import httpx
 import pytest
 from databases import pg_admin_url, pg_execute
-from live import ServerProcess, free_port, make_home, run_cli, wait_until
+from live import PASSWORD, ServerProcess, add_user, free_port, make_home, run_cli, wait_until
 from sqlalchemy.engine import make_url
 
 pytestmark = pytest.mark.live
@@ -296,6 +297,77 @@ def test_sigterm_stops_every_worker_within_5_s(server: ServerProcess) -> None:
     assert server.proc.returncode == 0, server.text()
     assert not any(alive(pid) for pid in workers)
     assert "specai server stopped" in server.text()
+
+
+def test_kill_9_of_the_parent_takes_its_workers_with_it(tmp_path: Path, pg_url: str) -> None:
+    home = pg_home(tmp_path, "orphans", pg_url)
+    server = ServerProcess(home, "--workers", "2").start(timeout=60)
+    assert server.proc is not None
+    workers = children(server.proc.pid)
+    assert len(workers) == 2
+    server.proc.kill()  # no chance to stop them: each worker gets SIGTERM from the kernel (PR_SET_PDEATHSIG)
+    assert server.wait_exit(10) == -signal.SIGKILL
+    gone = wait_until(lambda: not any(alive(pid) for pid in workers), timeout=10, what="the workers to exit")
+    assert gone
+    again = ServerProcess(home, "--workers", "2", port=server.port)  # the home and the port are free again
+    again.start(timeout=60)
+    try:
+        assert fresh_get(again, "/health").status_code == 200
+    finally:
+        again.stop()
+
+
+# --- the mesh ----------------------------------------------------------------------------------------------------
+
+
+def test_each_worker_joins_the_mesh_as_the_same_member(tmp_path: Path, pg_url: str) -> None:
+    registry_home = make_home(tmp_path, "registry")
+    add_user(registry_home, "root", role="admin")
+    add_user(registry_home, "mesh-w", role="mesh")
+    (registry_home / "spec-ai.config.toml").write_text("[auth]\nenabled = true\n")
+    mesh = '[mesh]\nusername = "mesh-w"\npassword_source = "env:MESH_PASSWORD"\nheartbeat_interval_secs = 1\n'
+    member_home = pg_home(tmp_path, "member", pg_url, mesh)
+    registry = ServerProcess(registry_home).start()
+    try:
+        join = ("--join", registry.url, "--join-fingerprint", registry.fingerprint)
+        member = ServerProcess(member_home, "--workers", "2", *join, MESH_PASSWORD=PASSWORD).start(timeout=60)
+        try:
+            instance = (member_home / "instance_id").read_text().strip()
+            token = registry.login("root")
+
+            def listed() -> list[dict[str, str]]:
+                with registry.client(token) as client:
+                    found = client.get("/registry/agents").json()["instances"]
+                return [m for m in found if m["instance_id"] == instance and m["status"] == "live"]
+
+            assert len(wait_until(listed, what="the member in the registry")) == 1  # one member, not two
+            assert member.lines is not None
+            member.lines.expect("joined the mesh at", timeout=20)
+            time.sleep(1)  # the second worker's join, had it been printed too
+            assert member.text().count("joined the mesh at") == 1  # said once for both workers
+        finally:
+            member.stop()
+        wrong = "AA:" * 31 + "AA"
+        refused = ServerProcess(
+            member_home,
+            "--workers",
+            "2",
+            "--join",
+            registry.url,
+            "--join-fingerprint",
+            wrong,
+            MESH_PASSWORD=PASSWORD,
+        )
+        with contextlib.suppress(RuntimeError):
+            refused.start(timeout=60)  # it may exit before printing its listening line, or right after
+        assert refused.proc is not None
+        code = refused.wait_exit(20)
+        assert code == 5, refused.text()
+        assert refused.text().count("error: cannot join the mesh") == 1
+        assert registry.fingerprint in refused.text()
+        assert children(refused.proc.pid) == set()
+    finally:
+        registry.stop()
 
 
 # --- failures at start -------------------------------------------------------------------------------------------

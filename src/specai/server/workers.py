@@ -32,10 +32,12 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
+from typing import IO
 
 from specai.config import Settings
 from specai.errors import AuthError, SpecaiError, StartupError, TrustError
@@ -96,6 +98,7 @@ class Supervisor:
         self.workers = [_Worker(index) for index in range(1, count + 1)]
         self._payload = pickle.dumps(spec)
         self._stopping = False
+        self._stop_at: float | None = None  # when SIGINT/SIGTERM came
         self._url: str | None = None
         self._announced = False
         self._said: dict[str, float] = {}
@@ -121,9 +124,18 @@ class Supervisor:
     # --- the loop ---------------------------------------------------------------------------------------------
 
     def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
+            self._terminate()  # at once: the 5 s run from the signal, not from when the loop next looks
         self._stopping = True
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
+
+    def _terminate(self) -> None:
+        for worker in self.workers:
+            if worker.proc is not None and worker.proc.returncode is None:  # not reaped: the pid is still its
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.proc.pid, signal.SIGTERM)
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -169,10 +181,8 @@ class Supervisor:
             os.close(write_end)
         worker.proc, worker.status, worker.started = proc, read_end, time.monotonic()
         assert proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):  # it died at once: its exit is handled like any other
-            proc.stdin.write(self._payload)
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
+        # A few KB, but a config with long prompts may not fit the pipe's buffer: never block the loop on it.
+        threading.Thread(target=_feed, args=(proc.stdin, self._payload), daemon=True).start()
 
     def _read(self, worker: _Worker) -> None:
         assert worker.status is not None
@@ -243,10 +253,8 @@ class Supervisor:
 
     def _stop_all(self) -> None:
         running = [w.proc for w in self.workers if w.proc is not None]
-        for proc in running:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_SECS
+        self._terminate()
+        deadline = (self._stop_at or time.monotonic()) + STOP_SECS
         for proc in running:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
@@ -258,6 +266,13 @@ class Supervisor:
             if worker.status is not None:
                 os.close(worker.status)
                 worker.status = None
+
+
+def _feed(pipe: IO[bytes], payload: bytes) -> None:
+    with contextlib.suppress(OSError):  # it died at once: its exit is handled like any other
+        pipe.write(payload)
+    with contextlib.suppress(OSError):
+        pipe.close()
 
 
 def _exit_reason(code: int) -> str:
