@@ -25,8 +25,9 @@ from specai.server.state import ServerState
 from specai.store import Store
 from specai.store.urls import shares_state
 from specai.users.directory import Directory, UserDirectory
+from specai.users.stored_throttle import throttles
 from specai.users.table import DatabaseDirectory
-from specai.users.throttle import MemoryLoginThrottle, MemoryRateLimiter, VerifyGate
+from specai.users.throttle import VerifyGate
 
 # How stale the credentials file may be seen by a request: at most one `stat` per millisecond. A `stat` lets go of
 # the GIL, and under load every release hands it to granian's threads and costs a wait to get it back (measured:
@@ -104,23 +105,22 @@ def _users(settings: Settings) -> Directory | None:
 
 
 def _state(settings: Settings, cert: CertInfo, users: Directory | None) -> ServerState:
-    """The complete server state with today's backends (in-process, file); the login throttles follow `[auth]`."""
+    """The complete server state; the login throttles follow `[auth]`, in the database on PostgreSQL (shared by
+    every process on it), else in this process."""
     config, secret = settings.auth, auth.load_token_secret(settings)
     instance_id = load_instance_id(settings.home)
-    return ServerState(
+    state: ServerState  # the stored throttles read its store once the lifespan has opened it
+    login_throttle, hash_limit = throttles(config, (lambda: state.store) if shares_state(settings) else None)
+    state = ServerState(
         settings=settings,
         runtime=AgentRuntime(settings),
         cert=cert,
         token_secret=secret,
         instance_id=instance_id,
         users=users,
-        login_throttle=MemoryLoginThrottle(
-            pair_limit=config.max_failed_logins,
-            address_limit=config.max_failed_logins_per_address,
-            user_limit=config.max_failed_logins_per_user,
-            lockout=config.lockout_secs,
-        ),
+        login_throttle=login_throttle,
         password_gate=VerifyGate(os.cpu_count() or 1, config.max_waiting_logins),
-        hash_limit=MemoryRateLimiter(config.hash_per_minute),
+        hash_limit=hash_limit,
         notifier=ChangeNotifier(),
     )
+    return state
