@@ -57,9 +57,11 @@ def running(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
                 proc.wait()
 
 
-def wait_until(proc: subprocess.Popen[bytes], log: Path, ready: Callable[[str], T | None]) -> T:
-    """Poll `ready(log text)` until it returns a value; BenchError if the process exits or START_TIMEOUT passes."""
-    deadline = time.monotonic() + START_TIMEOUT
+def wait_until(
+    proc: subprocess.Popen[bytes], log: Path, ready: Callable[[str], T | None], timeout: float = START_TIMEOUT
+) -> T:
+    """Poll `ready(log text)` until it returns a value; BenchError if the process exits or `timeout` s pass."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise BenchError(f"{proc.args!r} exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
@@ -67,13 +69,15 @@ def wait_until(proc: subprocess.Popen[bytes], log: Path, ready: Callable[[str], 
         if result is not None:
             return result
         time.sleep(0.1)
-    raise BenchError(
-        f"{proc.args!r} did not become ready within {START_TIMEOUT:.0f} s:\n{log.read_text()[-2000:]}"
-    )
+    raise BenchError(f"{proc.args!r} did not become ready within {timeout:.0f} s:\n{log.read_text()[-2000:]}")
 
 
 def wait_ready(
-    proc: subprocess.Popen[bytes], port: int, log: Path, marker: str | None = None
+    proc: subprocess.Popen[bytes],
+    port: int,
+    log: Path,
+    marker: str | None = None,
+    timeout: float = START_TIMEOUT,
 ) -> ssl.SSLContext:
     """Wait for `marker` in the log (if given) and a 200 from /health; return a context pinned to the server."""
 
@@ -87,7 +91,7 @@ def wait_ready(
                 return ctx
         return None
 
-    return wait_until(proc, log, pinned_if_healthy)
+    return wait_until(proc, log, pinned_if_healthy, timeout)
 
 
 def call(
@@ -115,13 +119,17 @@ def specai_env(home: Path, config: Path) -> dict[str, str]:
 
 
 def launch_specai_server(
-    env: dict[str, str], log: Path, stack: contextlib.ExitStack, args: Sequence[str] = ()
+    env: dict[str, str],
+    log: Path,
+    stack: contextlib.ExitStack,
+    args: Sequence[str] = (),
+    timeout: float = START_TIMEOUT,
 ) -> tuple[int, ssl.SSLContext, subprocess.Popen[bytes]]:
     """Start `specai server [args]` on a free loopback port (stopped when `stack` closes); port, pin, process."""
     port = free_port()
     argv = [*specai_command(), "server", "--port", str(port), *args]
     proc = stack.enter_context(running(argv, env, log))
-    ctx = wait_ready(proc, port, log, marker="listening")
+    ctx = wait_ready(proc, port, log, marker="listening", timeout=timeout)
     note(f"specai server ready on {HOST}:{port}")
     return port, ctx, proc
 
