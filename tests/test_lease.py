@@ -370,6 +370,29 @@ async def test_a_database_error_makes_the_leader_step_down_and_cancels_its_job(
     runs.assert_never_two_at_once()
 
 
+async def test_a_database_that_stops_answering_makes_the_leader_step_down_before_its_lease_ends(
+    supervise: Callable[..., Awaitable[Supervisor]], name: str, pg: Store
+) -> None:
+    runs = Runs()
+    a = await supervise(name, runs, "a", ttl=1.5)
+    await eventually(lambda: _async(a.leadership.leading), what="a to lead")
+    assert a.leadership.term is not None
+    epoch = a.leadership.term.epoch
+    async with pg.transaction() as conn:  # the row locked: a's renewal hangs until its ttl/3 bound cancels it
+        await conn.execute(text("SELECT 1 FROM leases WHERE name = :name FOR UPDATE"), {"name": name})
+        await eventually(lambda: _async(not a.leadership.leading), what="a to step down")
+        assert runs.entries[0][4] == "cancelled"
+        state = await Lease(pg, name, "observer", 1).state()
+        assert state is not None
+        assert state.holder == "a"
+        assert state.expires_in > 0  # it stepped down while its lease still ran: nobody else could lead yet
+    # the database answers again: the same connection pool recovers, and a new tenure begins
+    await eventually(lambda: _async(len(runs.entries) == 2), what="a to lead again")
+    assert a.leadership.term is not None
+    assert a.leadership.term.epoch > epoch
+    runs.assert_never_two_at_once()
+
+
 async def test_a_job_whose_fence_refuses_makes_the_supervisor_step_down(
     supervise: Callable[..., Awaitable[Supervisor]], name: str, pg: Store
 ) -> None:
