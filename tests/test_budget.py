@@ -18,38 +18,38 @@ from specai.store.urls import POSTGRES_DRIVER
 LIMITS = ServerLimits(max_connections=100, reserved=3, others=0)
 
 
-def test_each_process_needs_its_pool_its_overflow_and_its_listener() -> None:
+def test_each_process_needs_its_pool_its_overflow_its_listener_and_its_lease_connection() -> None:
     budget = Budget(pool_size=5, max_overflow=5, workers=2, limits=LIMITS)
-    assert DEDICATED_PER_PROCESS == 1
-    assert budget.per_process == 11
-    assert budget.need == 22
+    assert DEDICATED_PER_PROCESS == 2
+    assert budget.per_process == 12
+    assert budget.need == 24
     assert budget.usable == 97
     assert not budget.exceeded
 
 
 def test_the_budget_is_exceeded_only_beyond_the_usable_connections() -> None:
-    fits = Budget(5, 5, 8, ServerLimits(100, 3, others=97 - 88))  # 88 + 9 = 97: exactly full
-    assert fits.need == 88
+    fits = Budget(5, 5, 8, ServerLimits(100, 3, others=97 - 96))  # 96 + 1 = 97: exactly full
+    assert fits.need == 96
     assert not fits.exceeded
     assert check(5, 5, 8, fits.limits) is None
-    over = Budget(5, 5, 8, ServerLimits(100, 3, others=10))
+    over = Budget(5, 5, 8, ServerLimits(100, 3, others=2))
     assert over.exceeded
     assert check(5, 5, 8, over.limits) == over.warning()
 
 
 def test_other_processes_and_reserved_slots_count() -> None:
-    assert Budget(40, 0, 2, ServerLimits(100, 3, 0)).need == 82
-    assert not Budget(40, 0, 2, ServerLimits(100, 3, 15)).exceeded  # 82 + 15 = 97
-    assert Budget(40, 0, 2, ServerLimits(100, 3, 16)).exceeded
-    assert not Budget(40, 0, 2, ServerLimits(100, 18, 0)).exceeded  # 82 = 100 - 18
-    assert Budget(40, 0, 2, ServerLimits(100, 19, 0)).exceeded
+    assert Budget(40, 0, 2, ServerLimits(100, 3, 0)).need == 84
+    assert not Budget(40, 0, 2, ServerLimits(100, 3, 13)).exceeded  # 84 + 13 = 97
+    assert Budget(40, 0, 2, ServerLimits(100, 3, 14)).exceeded
+    assert not Budget(40, 0, 2, ServerLimits(100, 16, 0)).exceeded  # 84 = 100 - 16
+    assert Budget(40, 0, 2, ServerLimits(100, 17, 0)).exceeded
 
 
 def test_the_warning_gives_the_formula_with_its_figures_and_what_to_change() -> None:
     warning = Budget(1000, 5, 2, ServerLimits(100, 3, 7)).warning()
     assert warning == (
         "PostgreSQL may run out of connections: this server opens up to (pool_size 1000 + max_overflow 5 + "
-        "1 listener) x 2 workers = 2012, other specai processes hold 7 now, and 2019 > 97 usable "
+        "1 listener + 1 leader) x 2 workers = 2014, other specai processes hold 7 now, and 2021 > 97 usable "
         "(max_connections 100 - 3 reserved); lower [database] pool_size or max_overflow or --workers, or raise "
         "max_connections in postgresql.conf"
     )

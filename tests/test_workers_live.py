@@ -418,7 +418,7 @@ def test_a_pool_beyond_max_connections_warns_at_start_and_still_serves(tmp_path:
     try:
         (warning,) = [line for line in server.text().splitlines() if "may run out of connections" in line]
         assert warning.startswith("warning: PostgreSQL may run out of connections: this server opens up to ")
-        assert "(pool_size 1000 + max_overflow 5 + 1 listener) x 1 worker = 1006" in warning
+        assert "(pool_size 1000 + max_overflow 5 + 1 listener + 1 leader) x 1 worker = 1007" in warning
         limits = (
             pg_rows(pg_url, "SHOW max_connections")[0][0],
             pg_rows(pg_url, "SHOW superuser_reserved_connections")[0][0],

@@ -190,10 +190,14 @@ class Lifespan:
                     log.info("pruned %d graph changelog rows older than %s", pruned, keep_changes)
                 if pruned := await self.state.messages().prune(keep_messages, term.fence):
                     log.info("pruned %d mesh messages older than %s", pruned, keep_messages)
+                if pruned := await self.state.login_throttle.prune() + await self.state.hash_limit.prune():
+                    log.info("pruned %d idle login-throttle and rate-limit rows", pruned)
             except LostLeadershipError:
                 raise
             except Exception:
-                log.exception("pruning old graph changes or mesh messages failed; retrying in an hour")
+                log.exception(
+                    "pruning old graph changes, mesh messages or throttle rows failed; retrying in an hour"
+                )
             await asyncio.sleep(PRUNE_EVERY_SECS)
 
     async def _evict(self, term: Term) -> None:

@@ -1,7 +1,8 @@
 """The PostgreSQL connection budget: what this server may open, against what the database server allows.
 
-Each server process may hold `[database] pool_size` pooled connections, `max_overflow` more under load, and one
-dedicated LISTEN connection (store/listener.py); `--workers N` multiplies that by N. PostgreSQL refuses clients
+Each server process may hold `[database] pool_size` pooled connections, `max_overflow` more under load, and two
+of its own: the LISTEN connection (store/listener.py) and the leader lease's (server/leader.py); `--workers N`
+multiplies that by N. PostgreSQL refuses clients
 beyond `max_connections - superuser_reserved_connections` (- `reserved_connections` from PostgreSQL 16 on) with
 "too many clients already", so the server warns at start when its need plus what the other specai processes
 hold now (seen in pg_stat_activity by application name) would not fit. A warning, not a refusal: a pool only
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-DEDICATED_PER_PROCESS = 1  # the LISTEN connection each process keeps outside its pool
+DEDICATED_PER_PROCESS = 2  # the LISTEN and the lease connection each process keeps outside its pool
 PEER_NAMES = "application_name = 'specai' OR application_name LIKE 'specai %'"  # pooled, listener, ...
 
 
@@ -62,7 +63,7 @@ class Budget:
         limits = self.limits
         return (
             f"PostgreSQL may run out of connections: this server opens up to "
-            f"(pool_size {self.pool_size} + max_overflow {self.max_overflow} + {DEDICATED_PER_PROCESS} listener) "
+            f"(pool_size {self.pool_size} + max_overflow {self.max_overflow} + 1 listener + 1 leader) "
             f"x {self.workers} worker{'s' if self.workers != 1 else ''} = {self.need}, other specai processes "
             f"hold {limits.others} now, and {self.need + limits.others} > {self.usable} usable "
             f"(max_connections {limits.max_connections} - {limits.reserved} reserved); lower [database] "
