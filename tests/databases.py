@@ -7,7 +7,7 @@ import asyncio
 import concurrent.futures
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import asyncpg
@@ -76,10 +76,10 @@ SHARED_TOKEN_SECRET = "specai-tests-shared-token-secret-0123456789abcdef"
 T = TypeVar("T")
 
 
-def run_async(work: Callable[[], Awaitable[T]]) -> T:
+def run_async(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine function on a loop of its own in a worker thread (fine inside a running loop too)."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: asyncio.run(work())).result()  # type: ignore[arg-type]
+        return pool.submit(lambda: asyncio.run(work())).result()
 
 
 def on_database(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:

@@ -9,7 +9,7 @@ opens, so no lock is held while argon2 runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import anyio
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from specai import auth
@@ -30,6 +30,7 @@ from specai.users.access import Role
 from specai.users.directory import User, check_password, check_username, dummy_hash
 
 USERS = "users"  # the change counter every write here moves
+log = logging.getLogger("specai.users")
 
 
 @dataclass(frozen=True)
@@ -307,6 +308,12 @@ class DatabaseDirectory:
             return None
         if auth.needs_rehash(user.password_hash):
             upgraded = await anyio.to_thread.run_sync(auth.hash_password, password)
-            with contextlib.suppress(NotFoundError):
+            try:
                 await replace_hash(store, username, upgraded, expected=user.password_hash)
+            except NotFoundError:
+                pass  # removed meanwhile: this login still stands, as it would a moment earlier
+            except SQLAlchemyError:
+                log.warning(
+                    "could not store the upgraded password hash of '%s'; retried at the next login", username
+                )
         return user
