@@ -259,7 +259,17 @@ async def _connection_budget(store: Store, settings: Settings) -> str | None:
     return budget.check(db.pool_size, db.max_overflow, settings.server.workers, limits)
 
 
-_DATABASE_CHECKS: tuple[DatabaseCheck, ...] = (_connection_budget,)
+async def _users_exist(store: Store, settings: Settings) -> str | None:
+    """Auth on PostgreSQL: refuse to serve an empty users table (nobody could log in)."""
+    from specai.store.urls import shares_state
+    from specai.users import table
+
+    if settings.auth.enabled and shares_state(settings):
+        await table.require_users(store)
+    return None
+
+
+_DATABASE_CHECKS: tuple[DatabaseCheck, ...] = (_connection_budget, _users_exist)
 
 
 def _apply_flags(
