@@ -199,6 +199,47 @@ def _stream_ids(events: list[Any]) -> list[int]:
     return [int(e.id) for e in events if e.event == "message" and e.id is not None]
 
 
+class Follower(threading.Thread):
+    """A watcher as a real client is one: it follows a session on one server and, whenever its stream breaks,
+    reconnects with `Last-Event-ID` (after `move_to` is set, to that server)."""
+
+    def __init__(self, server: ServerProcess, token: str, after: int) -> None:
+        super().__init__(daemon=True)
+        self.server, self.token = server, token
+        self.ids: list[int] = []
+        self.after = after
+        self.breaks: list[str] = []
+        self.move_to: ServerProcess | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            server = self.move_to or self.server
+            last = self.ids[-1] if self.ids else self.after
+            try:
+                with server.client(self.token) as client:
+                    reader = SseReader(
+                        client,
+                        "GET",
+                        f"/graph/stream?session_id={SESSION}",
+                        headers={"Last-Event-ID": str(last)},
+                    )
+                    reader.start()
+                    seen = 0
+                    while not self.stop.is_set() and not (
+                        reader.ended.is_set() and seen == len(reader.events)
+                    ):
+                        for event in reader.events[seen:]:
+                            if event.event == "message" and event.id is not None:
+                                self.ids.append(int(event.id))
+                        seen = len(reader.events)
+                        time.sleep(0.01)
+                    self.breaks.append(repr(reader.error))
+            except (httpx.HTTPError, AssertionError) as exc:
+                self.breaks.append(repr(exc))
+                time.sleep(0.1)
+
+
 def test_kill_9_of_a_loses_no_acknowledged_write_and_a_moving_watcher_sees_each_change_once(
     service: Service,
 ) -> None:
@@ -207,31 +248,22 @@ def test_kill_9_of_a_loses_no_acknowledged_write_and_a_moving_watcher_sees_each_
         latest = SseReader(on_b, "GET", f"/graph/stream?session_id={SESSION}").start()
         latest.wait_for(1)
         after = int(latest.events[0].data["after"])
-    with service.a.client(token) as on_a:
-        watcher = SseReader(on_a, "GET", f"/graph/stream?session_id={SESSION}&since={after}").start()
-        writers = [Writer(service.a, token, "via-a"), Writer(service.b, token, "via-b")]
-        for writer in writers:
-            writer.start()
-        wait_until(
-            lambda: len(_stream_ids(watcher.events)) >= 30,
-            timeout=20,
-            what=f"changes on A's stream ({[(w.name_, len(w.acknowledged), w.failures) for w in writers]}, "
-            f"{watcher.status} {watcher.error!r} {[(e.event, e.id) for e in watcher.events[:5]]})",
-        )
-        service.a.stop(signal.SIGKILL)
-        time.sleep(0.5)
-        for writer in writers:
-            writer.stop.set()
-            writer.join(10)
-        watcher.join(10)
-    seen_on_a = _stream_ids(watcher.events)
-    assert seen_on_a, "the watcher saw nothing before A died"
+    watcher = Follower(service.a, token, after)
+    watcher.start()
+    writers = [Writer(service.a, token, "via-a"), Writer(service.b, token, "via-b")]
+    for writer in writers:
+        writer.start()
+    wait_until(lambda: len(watcher.ids) >= 30, timeout=20, what="changes on A's stream")
+    watcher.move_to = service.b  # its next reconnection goes to B, with the last id it saw on A
+    service.a.stop(signal.SIGKILL)
+    time.sleep(0.5)
+    for writer in writers:
+        writer.stop.set()
+        writer.join(10)
+    acknowledged = sorted(writers[0].acknowledged + writers[1].acknowledged)
+    assert len(writers[0].acknowledged) > 10
+    assert len(writers[1].acknowledged) > 10
     with service.b.client(token) as on_b:
-        moved = SseReader(
-            on_b, "GET", f"/graph/stream?session_id={SESSION}", headers={"Last-Event-ID": str(seen_on_a[-1])}
-        ).start()
-        acknowledged = sorted(writers[0].acknowledged + writers[1].acknowledged)
-        assert len(writers[1].acknowledged) > 10
         for node_id in acknowledged:
             response = on_b.get(f"/graph/nodes/{node_id}")
             assert response.status_code == 200, (node_id, response.text)  # every acknowledged write is there
@@ -239,8 +271,10 @@ def test_kill_9_of_a_loses_no_acknowledged_write_and_a_moving_watcher_sees_each_
         everything.wait_for(lambda events: len(_stream_ids(events)) >= len(acknowledged), timeout=20)
         time.sleep(1.0)  # the writers stopped long ago: let the catch-up finish
         all_ids = _stream_ids(everything.events)
-        assert len(all_ids) >= len(acknowledged)
-        moved.wait_for(lambda events: len(seen_on_a) + len(_stream_ids(events)) >= len(all_ids), timeout=20)
-        combined = seen_on_a + _stream_ids(moved.events)
-        assert combined == sorted(set(combined)), "a change seen twice or out of order"
-        assert combined[: len(all_ids)] == all_ids, "a change missed across the move from A to B"
+    assert len(all_ids) >= len(acknowledged)
+    wait_until(lambda: len(watcher.ids) >= len(all_ids), timeout=20, what="the moved watcher to catch up")
+    watcher.stop.set()
+    watcher.join(10)
+    assert watcher.breaks, "the watcher never had to reconnect"
+    assert watcher.ids == sorted(set(watcher.ids)), "a change seen twice or out of order"
+    assert watcher.ids == all_ids, "a change missed across the move from A to B"
