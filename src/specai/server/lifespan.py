@@ -58,7 +58,16 @@ class Lifespan:
         self._sync: SyncLink | None = None
 
     async def startup(self) -> None:
-        """Store, then services, then background tasks (Litestar's `on_startup`)."""
+        """Store, then services, then background tasks (Litestar's `on_startup`); a failure part-way undoes what
+        was started (Litestar runs no `on_shutdown` after a failed start-up), so no connection is left open."""
+        try:
+            await self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.shutdown()
+            raise
+
+    async def _start(self) -> None:
         store = self._given
         if store is None:
             store = self._opened = await Store.open(self.state.settings)
@@ -166,10 +175,15 @@ class Lifespan:
             log.exception("the mesh link failed; this server no longer heartbeats its peers")
 
     async def _lead(self, leadership: Leadership, pause: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(pause):
-                await self.state.stopping.wait()
-        await leadership.run(self.state.stopping)
+        """Run the leadership loop after the first claim's pause; the jobs that claim started are stopped (and
+        awaited, so none holds a connection when the store closes) even when cancelled during that pause."""
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self.state.stopping.wait()
+            await leadership.run(self.state.stopping)
+        finally:
+            await leadership.resign()  # a no-op once `run` resigned
 
     async def _run_sync(self, sync: SyncLink) -> None:
         """A singleton job: the coordinator's cycles, while this process leads (it closes when cancelled)."""
