@@ -274,8 +274,10 @@ def test_health_shape(api_server: ServerProcess) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    assert set(body) == {"status", "version", "uptime_seconds", "active_sessions", "leader"}
+    assert set(body) == {"status", "version", "uptime_seconds", "active_sessions", "leader", "a2a", "mcp"}
     assert body["leader"] is True  # one process on its own SQLite file always leads
+    assert body["a2a"] is True  # both agent protocols are on by default
+    assert body["mcp"] is True
     assert body["status"] == "healthy"
     assert body["version"] == run_cli(api_server.home, "--version").stdout.split()[-1]
     assert isinstance(body["uptime_seconds"], int)

@@ -107,6 +107,22 @@ class SyncSettings:
 
 
 @dataclass(frozen=True)
+class A2ASettings:
+    """`[a2a]`: serve the configured agents as A2A agents (card at `/.well-known/agent-card.json`, JSON-RPC)."""
+
+    enabled: bool = True
+    url: str | None = None  # the https URL the card advertises (default: the URL the card was fetched at)
+
+
+@dataclass(frozen=True)
+class MCPSettings:
+    """`[mcp]`: serve the agents, the graph and the safe tools as an MCP server (Streamable HTTP at `/mcp`)."""
+
+    enabled: bool = True
+    allowed_origins: tuple[str, ...] = ()  # browser Origins allowed besides the server's own
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     """`[model]`: the default model every agent falls back to."""
 
@@ -161,6 +177,8 @@ class Settings:
     agents: Mapping[str, AgentSettings] = field(default_factory=dict)
     mesh: MeshSettings = field(default_factory=MeshSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
+    a2a: A2ASettings = field(default_factory=A2ASettings)
+    mcp: MCPSettings = field(default_factory=MCPSettings)
     join: JoinSettings | None = None  # set by `specai server --join`, never by the file or the environment
     warnings: tuple[str, ...] = ()
 

@@ -16,10 +16,12 @@ from typing import Any
 
 from specai.config import (
     KNOWN_PROVIDERS,
+    A2ASettings,
     AgentSettings,
     AuthSettings,
     DatabaseSettings,
     GraphSettings,
+    MCPSettings,
     MeshSettings,
     ModelSettings,
     ServerSettings,
@@ -122,6 +124,11 @@ _CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
         if v is None or (v.startswith("https://") and len(v) > len("https://"))
         else "must be an https:// URL (peers only speak TLS)"
     ),
+    ("a2a", "url"): lambda v: (
+        None
+        if v is None or (v.startswith("https://") and len(v) > len("https://"))
+        else "must be an https:// URL"
+    ),
     ("mesh", "message_retention_secs"): _positive,
     ("mesh", "max_members_per_account"): _positive,
     ("mesh", "max_queued_messages"): _positive,
@@ -185,6 +192,8 @@ class _Parser:
             "mesh": MeshSettings,
             "model": ModelSettings,
             "sync": SyncSettings,
+            "a2a": A2ASettings,
+            "mcp": MCPSettings,
         }
         known = {"default_agent", "agents", *sections}
         for key in raw:

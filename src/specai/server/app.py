@@ -15,6 +15,7 @@ from specai.errors import CredentialsError
 from specai.graph.feed import ChangeNotifier
 from specai.identity.tls import CertInfo, ensure_server_cert, read_cert
 from specai.mesh.registry import load_instance_id
+from specai.server import a2a, mcp
 from specai.server.errors import EXCEPTION_HANDLERS
 from specai.server.lifespan import Lifespan
 from specai.server.limits import offline_openapi, request_gate, security_headers
@@ -73,8 +74,11 @@ def create_app(settings: Settings, *, store: Store | None = None, cert: CertInfo
             *graph_shares.routes(state),
             *mesh.routes(state),
             *sync.routes(state),
+            *(a2a.routes(state) if settings.a2a.enabled else ()),
+            *(mcp.routes(state) if settings.mcp.enabled else ()),
         ],
         on_startup=[lifespan.startup],
+        lifespan=[mcp.lifespan] if settings.mcp.enabled else [],
         on_shutdown=[lifespan.shutdown],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_gate(settings.server.max_body_bytes, bearer)],

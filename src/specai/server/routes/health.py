@@ -21,7 +21,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
     async def health() -> HealthOut:
         """Liveness: status, version, uptime, the number of sessions used since start, and whether this process
         leads: runs the singleton jobs (retention pruning, mesh eviction, the sync coordinator) of the processes
-        sharing its database (always true on SQLite)."""
+        sharing its database (always true on SQLite), and which agent protocols it serves (A2A, MCP)."""
         leadership = server.leadership
         return HealthOut(
             status="healthy",
@@ -29,6 +29,8 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
             uptime_seconds=int(time.monotonic() - server.started),
             active_sessions=await server.sessions().count(),
             leader=leadership is not None and leadership.leading,
+            a2a=server.settings.a2a.enabled,
+            mcp=server.settings.mcp.enabled,
         )
 
     @get(

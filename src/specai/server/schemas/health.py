@@ -13,6 +13,8 @@ class HealthOut(msgspec.Struct):
     uptime_seconds: int
     active_sessions: int
     leader: bool | None = None  # this process runs the singleton jobs now (None: a server that does not say)
+    a2a: bool | None = None  # serves A2A (the card at /.well-known/agent-card.json); None: does not say
+    mcp: bool | None = None  # serves MCP at /mcp; None: does not say
 
 
 class CertOut(msgspec.Struct):
