@@ -69,6 +69,11 @@ class Commands(LazyGroup):
             "specai.cli.sync:app",
             "Graph sync between mesh members: a session's status and peers, enable/disable, pull now, conflicts.",
         ),
+        LazyCommand(
+            "a2a",
+            "specai.cli.a2a:app",
+            "Talk to any A2A agent (Agent2Agent protocol): print its card, send it a message; pinned TLS.",
+        ),
     )
 
 

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from specai.cli import _prompt
-from specai.cli._client import FingerprintOption, JsonOption, ServerOption, open_client
+from specai.cli._client import FingerprintOption, JsonOption, ServerOption, check_server_url, open_client
 from specai.cli._console import AUTH_FAILURE, USAGE, err, fail, handle_errors, out, print_json
 from specai.cli._duration import in_words
 from specai.cli._render import StreamRenderer
@@ -190,6 +190,14 @@ def query(
         bool, typer.Option("--json", help="Print the QueryResponse JSON (implies --no-stream).")
     ] = False,
     fingerprint: FingerprintOption = None,
+    a2a: Annotated[
+        Optional[str],
+        typer.Option(
+            "--a2a",
+            help="Ask the A2A agent at this https URL instead (any A2A agent; pinned like --server).",
+            callback=check_server_url,
+        ),
+    ] = None,
 ) -> None:
     """Ask an agent; the answer streams to the terminal as it is produced.
 
@@ -205,7 +213,22 @@ def query(
       git diff | specai query - --system "You review code. Be brief." --max-tokens 400
 
       specai query "summarise" --agent writer --session notes-1 --new --no-stream --json
+
+      specai query --a2a https://agent.example:8443 "hi"
     """
+    if a2a is not None:
+        from specai.cli.a2a import query_a2a
+
+        specai_only: dict[str, object] = {
+            "--agent": agent,
+            "--session": session,
+            "--continue": continue_ or None,
+            "--new": new or None,
+        }
+        specai_only |= {"--system": system, "--temperature": temperature, "--max-tokens": max_tokens}
+        given = [name for name, value in specai_only.items() if value is not None]
+        query_a2a(a2a, message, given, stream=not no_stream, fingerprint=fingerprint, json_output=json_output)
+        return
     _check_query_options(session, new, continue_, temperature, max_tokens)
     if message == "-":
         message = _stdin_message()
