@@ -15,6 +15,7 @@ from specai.store.schema import (
     v4_access_tables,
     v5_sync_tables,
     v6_shared_tables,
+    v7_a2a_tables,
 )
 
 
@@ -71,6 +72,12 @@ def _v6_shared(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE rate_buckets SET UNLOGGED")
 
 
+def _v7_a2a(conn: Connection) -> None:
+    md = MetaData(naming_convention=NAMING_CONVENTION)
+    v7_a2a_tables(md)
+    md.create_all(conn)
+
+
 # Append new steps at the end; never edit or reorder a released step (upgrade tests rely on them).
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sessions and messages", _v1_sessions),
@@ -81,5 +88,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(5, "graph sync: configs, register state, per-origin log, heads, peers, conflicts", _v5_sync),
     Migration(6, "shared state: users, change counters, login throttling, leases", _v6_shared),
+    Migration(7, "A2A tasks, owned by the account that sent them", _v7_a2a),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -393,6 +393,26 @@ def v6_shared_tables(md: MetaData) -> tuple[Table, Table, Table, Table, Table, T
     return users, versions, login_counters, login_known, leases, rate_buckets
 
 
+def v7_a2a_tables(md: MetaData) -> Table:
+    """A2A tasks as schema version 7 defines them (frozen): each task whole as the protocol's JSON, owned by the
+    account that sent its message, with the columns ListTasks filters and sorts on (`status_ns`: the status
+    timestamp in nanoseconds since the epoch, NULL when the task has none)."""
+    return Table(
+        "a2a_tasks",
+        md,
+        Column("task_id", Text, primary_key=True),
+        Column("owner_id", Text, nullable=False),
+        Column("context_id", Text, nullable=False),
+        Column("state", Text, nullable=False),
+        Column("status_ns", BigInteger, nullable=True),
+        Column("task", JSONText, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+        Index(None, "owner_id", "status_ns", "task_id"),
+        Index(None, "owner_id", "context_id"),
+    )
+
+
 def v5_changelog(md: MetaData) -> Table:
     """`graph_changelog` since version 5: `origin` names the mesh member a synced change came from (NULL: here)."""
     return Table(
@@ -433,3 +453,4 @@ api_keys, revoked_tokens, graph_sessions, graph_shares = v4_access_tables(metada
     graph_sync_conflicts,
 ) = v5_sync_tables(metadata)
 users, shared_versions, login_counters, login_known, leases, rate_buckets = v6_shared_tables(metadata)
+a2a_tasks = v7_a2a_tables(metadata)

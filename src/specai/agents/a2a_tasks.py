@@ -1,0 +1,333 @@
+"""specai agents as A2A tasks (a2a-sdk's server side, protocol-neutral parts): who owns a task, where tasks are
+stored (specai's database, per owner), and the executor that runs an agent for a task and streams its answer.
+
+A task is one agent run; its contextId is the specai session it continues (a new context is a new session), so a
+follow-up message in the same context remembers the conversation. The agent is the one named by the message's
+metadata `{"agent": "<id>"}` (the request's metadata too), else the session's agent, else the default agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from a2a.auth.user import User
+from a2a.helpers.proto_helpers import new_text_part
+from a2a.server.agent_execution import AgentExecutor, RequestContext, RequestContextBuilder
+from a2a.server.context import ServerCallContext
+from a2a.server.events import EventQueue
+from a2a.server.tasks import TaskStore, TaskUpdater
+from a2a.types import ListTasksRequest, ListTasksResponse, Message, SendMessageRequest, Task, TaskState
+from a2a.utils.constants import DEFAULT_LIST_TASKS_PAGE_SIZE
+from a2a.utils.errors import InternalError, InvalidParamsError
+from a2a.utils.task import ListTasksCursor, decode_list_tasks_cursor, encode_list_tasks_cursor
+from google.protobuf.json_format import MessageToDict, ParseDict
+from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from specai.agents.runtime import AgentRuntime, QueryInput, Run
+from specai.errors import SpecaiError
+from specai.store import Store
+from specai.store.schema import a2a_tasks
+from specai.store.types import utcnow
+from specai.users.access import Principal
+
+log = logging.getLogger("specai.a2a")
+TLS_FINGERPRINT_EXTENSION = "https://specai.dev/a2a/ext/tls-fingerprint/v1"  # card extension: params.sha256
+AGENT_METADATA_KEY = "agent"  # message (or request) metadata naming the agent to run
+ARTIFACT_ID = "answer"  # the one artifact a task's answer streams into
+_UPDATED = ("owner_id", "context_id", "state", "status_ns", "task", "updated_at")
+
+
+class SpecaiUser(User):
+    """The A2A SDK's view of a specai account: a call context's user, the owner of the tasks it makes."""
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+
+    @property
+    def is_authenticated(self) -> bool:
+        """Always: a request reaches the endpoint only with a valid token (or with auth off, as the local user)."""
+        return True
+
+    @property
+    def user_name(self) -> str:
+        """The account's stable id (never reused): what tasks are owned by."""
+        return self.principal.user_id
+
+
+def principal_of(context: ServerCallContext) -> Principal:
+    """The account behind an A2A call; refuses (an internal error) a context no specai request built."""
+    user = context.user
+    if not isinstance(user, SpecaiUser):
+        raise InternalError(message="the call has no specai account")
+    return user.principal
+
+
+def owner_of(context: ServerCallContext) -> str:
+    """The owner id of the tasks an A2A call may see (the SDK's OwnerResolver)."""
+    return principal_of(context).user_id
+
+
+# --- storage -------------------------------------------------------------------------------------------------------
+
+
+def _status_ns(task: Task) -> int | None:
+    if task.HasField("status") and task.status.HasField("timestamp"):
+        return int(task.status.timestamp.ToNanoseconds())
+    return None
+
+
+def _task_of(value: Any) -> Task:
+    task = Task()
+    ParseDict(value, task, ignore_unknown_fields=True)
+    return task
+
+
+class StoredTasks(TaskStore):
+    """The SDK's TaskStore over specai's database (SQLite or PostgreSQL): one row per task, scoped to its owner.
+
+    `store` gives the open store (bound by the server's lifespan after start-up). A task id belongs to the owner
+    that first saved it: another owner's save of the same id is refused, never merged.
+    """
+
+    def __init__(
+        self, store: Callable[[], Store | None], owner: Callable[[ServerCallContext], str] = owner_of
+    ):
+        self._store = store
+        self._owner = owner
+
+    def _open(self) -> Store:
+        store = self._store()
+        if store is None:
+            raise InternalError(message="the task store is not open")
+        return store
+
+    async def save(self, task: Task, context: ServerCallContext) -> None:
+        """Insert or update the task for the caller."""
+        owner = self._owner(context)
+        now = utcnow()
+        row = {
+            "task_id": task.id,
+            "owner_id": owner,
+            "context_id": task.context_id,
+            "state": TaskState.Name(task.status.state),
+            "status_ns": _status_ns(task),
+            "task": MessageToDict(task),
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with self._open().transaction() as conn:
+            dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            statement = dialect_insert(a2a_tasks).values(**row)
+            statement = statement.on_conflict_do_update(
+                index_elements=["task_id"],
+                set_={name: statement.excluded[name] for name in _UPDATED},
+                where=a2a_tasks.c.owner_id == owner,
+            )
+            result = await conn.execute(statement.returning(a2a_tasks.c.task_id))
+            if result.first() is None:
+                raise InternalError(message=f"task {task.id} belongs to another account")
+
+    async def get(self, task_id: str, context: ServerCallContext) -> Task | None:
+        """The caller's task, or None (also when it is another account's)."""
+        owner = self._owner(context)
+        async with self._open().connect() as conn:
+            found = await conn.scalar(
+                select(a2a_tasks.c.task).where(a2a_tasks.c.task_id == task_id, a2a_tasks.c.owner_id == owner)
+            )
+        return None if found is None else _task_of(found)
+
+    async def list(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
+        """The caller's tasks, newest status first (tasks without a timestamp last), filtered and paged."""
+        owner = self._owner(context)
+        table = a2a_tasks.c
+        where: list[Any] = [table.owner_id == owner]
+        if params.context_id:
+            where.append(table.context_id == params.context_id)
+        if params.status:
+            where.append(table.state == TaskState.Name(params.status))
+        if params.HasField("status_timestamp_after"):
+            where.append(table.status_ns >= params.status_timestamp_after.ToNanoseconds())
+        page_size = params.page_size or DEFAULT_LIST_TASKS_PAGE_SIZE
+        query = select(table.task_id, table.status_ns, table.task).where(*where)
+        if params.page_token:
+            query = query.where(_after(params.page_token))
+        query = query.order_by(
+            table.status_ns.is_(None).asc(), table.status_ns.desc(), table.task_id.desc()
+        ).limit(page_size + 1)
+        async with self._open().connect() as conn:
+            total = await conn.scalar(select(func.count()).select_from(a2a_tasks).where(*where))
+            rows = (await conn.execute(query)).all()
+        page = rows[:page_size]
+        token = None
+        if len(rows) > page_size:
+            last = page[-1]
+            token = encode_list_tasks_cursor(
+                ListTasksCursor(timestamp_ns=last.status_ns, task_id=last.task_id)
+            )
+        return ListTasksResponse(
+            tasks=[_task_of(row.task) for row in page],
+            total_size=int(total or 0),
+            next_page_token=token,
+            page_size=page_size,
+        )
+
+    async def delete(self, task_id: str, context: ServerCallContext) -> None:
+        """Forget the caller's task (another account's is left alone)."""
+        owner = self._owner(context)
+        async with self._open().transaction() as conn:
+            await conn.execute(
+                delete(a2a_tasks).where(a2a_tasks.c.task_id == task_id, a2a_tasks.c.owner_id == owner)
+            )
+
+
+def _after(page_token: str) -> Any:
+    """The rows strictly after a page token's task in the ListTasks order."""
+    cursor = decode_list_tasks_cursor(page_token)
+    if cursor is None:
+        raise InvalidParamsError(message=f"invalid page token: {page_token}")
+    table = a2a_tasks.c
+    if cursor.timestamp_ns is None:
+        return and_(table.status_ns.is_(None), table.task_id < cursor.task_id)
+    return or_(
+        table.status_ns < cursor.timestamp_ns,
+        and_(table.status_ns == cursor.timestamp_ns, table.task_id < cursor.task_id),
+        table.status_ns.is_(None),
+    )
+
+
+# --- running agents ------------------------------------------------------------------------------------------------
+
+
+class RunRequest(RequestContext):
+    """A request context that carries the agent run prepared for it (validated before any task exists)."""
+
+    run: Run | None = None
+
+
+def _agent_named(*metadata: dict[str, Any]) -> str | None:
+    for found in metadata:
+        name = found.get(AGENT_METADATA_KEY)
+        if name is not None:
+            if not isinstance(name, str) or not name:
+                raise InvalidParamsError(message=f"metadata '{AGENT_METADATA_KEY}' must name an agent")
+            return name
+    return None
+
+
+class RunContextBuilder(RequestContextBuilder):
+    """Builds each request's context and prepares its run: an unknown agent, an empty message, a context id that
+    is not a usable session id (or is another account's session) are refused as invalid params, before a task is
+    made."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+
+    async def build(
+        self,
+        context: ServerCallContext,
+        params: SendMessageRequest | None = None,
+        task_id: str | None = None,
+        context_id: str | None = None,
+        task: Task | None = None,
+    ) -> RequestContext:
+        """The request's context, with its run prepared (as the caller, in the session its context id names)."""
+        request = RunRequest(
+            call_context=context, request=params, task_id=task_id, context_id=context_id, task=task
+        )
+        if params is None:
+            return request
+        principal = principal_of(context)
+        agent = _agent_named(MessageToDict(params.message.metadata), request.metadata)
+        query = QueryInput(message=request.get_user_input(), agent=agent, session_id=request.context_id)
+        try:
+            request.run = await self.runtime.prepare(query, principal.user_id, principal)
+        except SpecaiError as exc:
+            raise InvalidParamsError(message=exc.message) from None
+        return request
+
+
+class AgentTaskExecutor(AgentExecutor):
+    """Runs a request's prepared agent run as an A2A task: submitted, working, the answer as artifact updates (one
+    per streamed chunk, appended to one artifact), then completed or failed. A cancel stops the run, and with it
+    the model call upstream, then marks the task canceled."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._cancelling: set[str] = set()
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        """Stream the run's events into the task."""
+        run = context.run if isinstance(context, RunRequest) else None
+        task_id, context_id = context.task_id, context.context_id
+        if run is None or task_id is None or context_id is None or context.message is None:
+            raise InternalError(message="the request has no prepared agent run")
+        updater = TaskUpdater(event_queue, task_id, context_id)
+        if context.current_task is None:
+            task = Task(id=task_id, context_id=context_id, history=[context.message])
+            task.status.state = TaskState.TASK_STATE_SUBMITTED
+            await event_queue.enqueue_event(task)
+        current = asyncio.current_task()
+        if current is not None:
+            self._running[task_id] = current
+        try:
+            await updater.start_work()
+            await self._stream(run, updater)
+        except asyncio.CancelledError:
+            if task_id not in self._cancelling:
+                raise
+            if current is not None:
+                current.uncancel()
+            await updater.cancel(self._message(updater, "canceled at the caller's request"))
+        finally:
+            self._running.pop(task_id, None)
+            self._cancelling.discard(task_id)
+
+    async def _stream(self, run: Run, updater: TaskUpdater) -> None:
+        first = True
+        async for event in run.events():
+            if event.type == "chunk":
+                await updater.add_artifact(
+                    [new_text_part(event.data["text"])],
+                    artifact_id=ARTIFACT_ID,
+                    name="answer",
+                    append=not first,
+                    last_chunk=False,
+                )
+                first = False
+            elif event.type == "tool_call":
+                name = event.data.get("name", "")
+                await updater.update_status(
+                    TaskState.TASK_STATE_WORKING,
+                    self._message(updater, f"calling tool {name}"),
+                    metadata={"specai": {"tool_call": name}},
+                )
+            elif event.type == "end":
+                metadata = {
+                    "specai": {"agent": run.agent.id, "session_id": run.session_id, **event.data["metadata"]}
+                }
+                await updater.update_status(TaskState.TASK_STATE_COMPLETED, metadata=metadata)
+            elif event.type == "error":
+                message = self._message(updater, event.data["message"])
+                message.metadata.update({"code": event.data.get("code", "error")})
+                await updater.failed(message)
+
+    @staticmethod
+    def _message(updater: TaskUpdater, text: str) -> Message:
+        return updater.new_agent_message([new_text_part(text)])
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        """Stop the task's run (its upstream call is closed) and mark it canceled."""
+        task_id = context.task_id
+        running = self._running.get(task_id) if task_id else None
+        if running is None or running.done():
+            if task_id and context.context_id:
+                await TaskUpdater(event_queue, task_id, context.context_id).cancel()
+            return
+        assert task_id is not None
+        self._cancelling.add(task_id)
+        running.cancel()
+        await asyncio.wait({running}, timeout=10)
