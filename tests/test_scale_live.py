@@ -253,7 +253,11 @@ def test_kill_9_of_a_loses_no_acknowledged_write_and_a_moving_watcher_sees_each_
     writers = [Writer(service.a, token, "via-a"), Writer(service.b, token, "via-b")]
     for writer in writers:
         writer.start()
-    wait_until(lambda: len(watcher.ids) >= 30, timeout=20, what="changes on A's stream")
+    wait_until(
+        lambda: len(watcher.ids) >= 30 and all(len(writer.acknowledged) > 10 for writer in writers),
+        timeout=30,
+        what="changes on A's stream, and more than 10 acknowledged writes through each server",
+    )
     watcher.move_to = service.b  # its next reconnection goes to B, with the last id it saw on A
     service.a.stop(signal.SIGKILL)
     time.sleep(0.5)
