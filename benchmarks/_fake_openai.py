@@ -1,12 +1,14 @@
-"""A lean OpenAI-compatible upstream for bench_stream.py: streams a fixed answer at a fixed pace.
+"""A lean OpenAI-compatible upstream for bench_stream.py and bench_relay.py: a fixed answer at a fixed pace.
 
 `POST /v1/chat/completions` with `"stream": true` answers as OpenAI does (chunked SSE: a role chunk, one chunk
 per token, a finish chunk, a usage chunk when `stream_options.include_usage` is set, then `data: [DONE]`); token i
-goes out `i * delay` after the first, on an absolute schedule so the pauses do not add up drift. `GET /v1/models`
-lists one model. HTTP/1.1 keep-alive, asyncio, in a process of its own so its pacing never competes with the
-measuring client for the GIL.
+goes out `i * delay` after the first, on an absolute schedule so the pauses do not add up drift. Without
+`"stream": true` it answers the whole text at once as one `chat.completion` object. Model `fake-model-short`
+answers SHORT_TOKENS tokens without any pause (what bench_relay.py loads for requests/s); any other model gets
+the TOKENS-token paced answer. `GET /v1/models` lists both. HTTP/1.1 keep-alive, asyncio, in a process of its
+own so its pacing never competes with the measuring client for the GIL.
 
-Run:  python benchmarks/_fake_openai.py TOKENS DELAY_MS
+Run:  python benchmarks/_fake_openai.py TOKENS DELAY_MS [SHORT_TOKENS]   (SHORT_TOKENS defaults to 16)
 It binds 127.0.0.1 on a free port, prints `listening on 127.0.0.1:PORT` and serves until SIGTERM.
 """
 
@@ -21,6 +23,8 @@ from typing import Any
 
 HOST = "127.0.0.1"
 MODEL = "fake-model"
+SHORT_MODEL = "fake-model-short"
+SHORT_TOKENS = 16
 
 
 def answer_tokens(count: int) -> list[str]:
@@ -45,6 +49,23 @@ def completion_chunk(delta: dict[str, Any], finish: str | None = None) -> dict[s
     }
 
 
+def completion(text: str, model: str, completion_tokens: int) -> dict[str, Any]:
+    """A whole (non-streamed) chat completion of `text`."""
+    message = {"role": "assistant", "content": text, "refusal": None}
+    return {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": 8,
+            "completion_tokens": completion_tokens,
+            "total_tokens": 8 + completion_tokens,
+        },
+    }
+
+
 def json_response(status: str, payload: Any) -> bytes:
     body = json.dumps(payload).encode()
     head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -52,11 +73,12 @@ def json_response(status: str, payload: Any) -> bytes:
 
 
 class Upstream:
-    """Serves the chat stream; `tokens` and `delay` (seconds) are fixed for the process's life."""
+    """Serves the chat answers; `tokens`, `delay` (seconds) and `short` are fixed for the process's life."""
 
-    def __init__(self, tokens: list[str], delay: float) -> None:
+    def __init__(self, tokens: list[str], delay: float, short: list[str]) -> None:
         self.tokens = tokens
         self.delay = delay
+        self.short = short
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer requests on one keep-alive connection until the client closes it."""
@@ -74,7 +96,10 @@ class Upstream:
                 elif method == "GET" and path == "/v1/models":
                     listing = {
                         "object": "list",
-                        "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}],
+                        "data": [
+                            {"id": name, "object": "model", "owned_by": "bench"}
+                            for name in (MODEL, SHORT_MODEL)
+                        ],
                     }
                     writer.write(json_response("200 OK", listing))
                 else:
@@ -84,9 +109,11 @@ class Upstream:
         writer.close()
 
     async def chat(self, writer: asyncio.StreamWriter, body: dict[str, Any]) -> None:
+        short = body.get("model") == SHORT_MODEL
+        tokens, delay = (self.short, 0.0) if short else (self.tokens, self.delay)
         if not body.get("stream"):
-            error = {"message": "this fake only streams", "type": "invalid_request_error"}
-            writer.write(json_response("400 Bad Request", {"error": error}))
+            answer = completion("".join(tokens), str(body.get("model", MODEL)), len(tokens))
+            writer.write(json_response("200 OK", answer))
             return
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
@@ -95,24 +122,24 @@ class Upstream:
         writer.write(sse(completion_chunk({"role": "assistant", "content": ""})))
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for index, token in enumerate(self.tokens):
-            if index:
-                await asyncio.sleep(start + index * self.delay - loop.time())
+        for index, token in enumerate(tokens):
+            if index and delay:
+                await asyncio.sleep(start + index * delay - loop.time())
             writer.write(sse(completion_chunk({"content": token})))
             await writer.drain()
         writer.write(sse(completion_chunk({}, "stop")))
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {
                 "prompt_tokens": 8,
-                "completion_tokens": len(self.tokens),
-                "total_tokens": 8 + len(self.tokens),
+                "completion_tokens": len(tokens),
+                "total_tokens": 8 + len(tokens),
             }
             writer.write(sse({**completion_chunk({}), "choices": [], "usage": usage}))
         writer.write(sse(b"[DONE]") + b"0\r\n\r\n")
 
 
-async def serve(tokens: int, delay_ms: float) -> None:
-    upstream = Upstream(answer_tokens(tokens), delay_ms / 1000)
+async def serve(tokens: int, delay_ms: float, short_tokens: int = SHORT_TOKENS) -> None:
+    upstream = Upstream(answer_tokens(tokens), delay_ms / 1000, answer_tokens(short_tokens))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -125,4 +152,5 @@ async def serve(tokens: int, delay_ms: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1]), float(sys.argv[2])))
+    short_count = int(sys.argv[3]) if len(sys.argv) > 3 else SHORT_TOKENS
+    asyncio.run(serve(int(sys.argv[1]), float(sys.argv[2]), short_count))
