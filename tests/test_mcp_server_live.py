@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import mcp_types as types
@@ -28,6 +29,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from fakes import FakeOpenAI
 from helpers import assert_error
+from specai.server.run import GRACE_SECONDS
 
 pytestmark = [pytest.mark.live, pytest.mark.anyio]
 
@@ -70,13 +72,21 @@ class Served:
     def context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.pem))
 
-    def http(self, user: str | None, seen: list[httpx2.Response] | None = None) -> httpx2.AsyncClient:
-        """The HTTP client an MCP host would configure: it trusts the server's PEM and sends the user's token."""
+    def http(
+        self,
+        user: str | None,
+        seen: list[httpx2.Response] | None = None,
+        streaming: anyio.Event | None = None,
+    ) -> httpx2.AsyncClient:
+        """The HTTP client an MCP host would configure: it trusts the server's PEM and sends the user's token;
+        `seen` collects its responses, `streaming` is set once the server answered its GET stream."""
         headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
 
         async def record(response: httpx2.Response) -> None:
             if seen is not None:
                 seen.append(response)
+            if streaming is not None and response.request.method == "GET" and response.status_code == 200:
+                streaming.set()
 
         return httpx2.AsyncClient(
             verify=self.context(),
@@ -87,10 +97,14 @@ class Served:
 
     @asynccontextmanager
     async def mcp(
-        self, user: str, mode: str = "legacy", seen: list[httpx2.Response] | None = None
+        self,
+        user: str,
+        mode: str = "legacy",
+        seen: list[httpx2.Response] | None = None,
+        streaming: anyio.Event | None = None,
     ) -> AsyncIterator[Client]:
         """The SDK's client, connected as `user` (legacy: the initialize handshake and an Mcp-Session-Id)."""
-        async with self.http(user, seen) as http:
+        async with self.http(user, seen, streaming) as http:
             transport = streamable_http_client(self.endpoint, http_client=http)
             async with Client(transport, mode=mode, raise_exceptions=True) as client:
                 yield client
@@ -288,3 +302,23 @@ async def test_a_modern_client_without_a_session(served: Served) -> None:
         assert "specai://graph/alice-modern" not in {
             str(r.uri) for r in (await bob.list_resources()).resources
         }
+
+
+async def test_server_stops_promptly_with_an_mcp_stream_open(tmp_path: Path) -> None:
+    """A legacy client keeps a GET stream open; SIGTERM ends it at once instead of after the grace period."""
+    home = make_home(tmp_path)
+    (home / "spec-ai.config.toml").write_text("[auth]\nenabled = true\n")
+    add_user(home, "alice")
+    server = ServerProcess(home).start()
+    try:
+        served = Served(server, home / "tls" / "server.crt", FakeOpenAI(), {"alice": server.login()})
+        streaming = anyio.Event()
+        async with served.mcp("alice", streaming=streaming) as alice:
+            await alice.list_tools()
+            with anyio.fail_after(10):
+                await streaming.wait()
+            took = await anyio.to_thread.run_sync(server.stop)
+        assert took < GRACE_SECONDS, took  # the stream did not hold the server until requests are cut
+        assert "specai server stopped" in server.text()
+    finally:
+        server.stop()

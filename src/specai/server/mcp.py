@@ -18,13 +18,14 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
+import anyio
 import mcp_types as types
 from litestar import Litestar, asgi
 from litestar.handlers import BaseRouteHandler
-from litestar.types import Receive, Scope, Send
+from litestar.types import HTTPScope, Receive, Scope, Send
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.context import ServerRequestContext
@@ -88,6 +89,7 @@ class McpEndpoint:
     def __init__(self, state: ServerState) -> None:
         self.catalog = McpCatalog(state.runtime, state.graph, state.sessions, finish)
         self.origins = own_origins(state)
+        self.stopping = state.stopping
         self.manager = StreamableHTTPSessionManager(
             build_server(self.catalog),
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
@@ -110,7 +112,22 @@ class McpEndpoint:
                 )
         user = scope.get("user")
         scope["user"] = Caller(user if isinstance(user, Principal) else LOCAL)
-        await self.manager.handle_request(scope, receive, send)  # type: ignore[arg-type]
+        if (
+            cast("HTTPScope", scope)["method"] != "GET"
+        ):  # a POST ends with its answer (or the server's grace period)
+            await self.manager.handle_request(scope, receive, send)  # type: ignore[arg-type]
+            return
+        async with (
+            anyio.create_task_group() as group
+        ):  # a GET stream stays open: it ends when the server stops
+
+            async def end_at_stop() -> None:
+                await self.stopping.wait()
+                group.cancel_scope.cancel()
+
+            group.start_soon(end_at_stop)
+            await self.manager.handle_request(scope, receive, send)  # type: ignore[arg-type]
+            group.cancel_scope.cancel()
 
 
 def caller(ctx: ServerRequestContext[Any, Any]) -> Principal:
