@@ -283,19 +283,32 @@ async def test_specai_query_a2a_against_this_server(live: Live, tmp_path: Path) 
 
 async def test_sigterm_ends_open_a2a_streams(tmp_path: Path) -> None:
     with FakeOpenAI(tokens=SLOW, delay=0.05) as fake:
-        proc = start_server(make_home(tmp_path), fake)
+        home = make_home(tmp_path)
+        proc = start_server(home, fake)
         try:
             live = Live(proc, fake, {"alice": proc.login("alice", PASSWORD)})
+            seen: list[StreamResponse] = []
+            elapsed = None
             async with sdk_client(live) as client:
-                updates, elapsed = 0, None
-                with contextlib.suppress(Exception):  # the stream is cut, whatever the SDK calls that
+                with contextlib.suppress(A2AClientError):  # should the connection go before the last event
                     async for response in client.send_message(request("count slowly")):
-                        updates += response.HasField("artifact_update")
-                        if updates == 3:
+                        seen.append(response)
+                        if len([r for r in seen if r.HasField("artifact_update")]) == 3:
                             elapsed = await asyncio.to_thread(proc.stop)
-                assert elapsed is not None
-                assert elapsed < 5, f"the server took {elapsed:.1f} s to stop"
-                assert updates < len(SLOW)
+            assert elapsed is not None
+            assert elapsed < 5, f"the server took {elapsed:.1f} s to stop"
             assert fake.wait_disconnect(3.0)
+            assert fake.completed == 0
+            last = seen[-1]
+            assert last.HasField("status_update"), last
+            assert last.status_update.status.state == TaskState.TASK_STATE_FAILED
+            assert last.status_update.status.message.metadata["code"] == "shutting_down"
+            task_id = seen[0].task.id
+            proc = ServerProcess(home).start()  # the task was stored as failed
+            live = Live(proc, fake, {"alice": proc.login("alice", PASSWORD)})
+            async with sdk_client(live, streaming=False) as again:
+                stored = await again.get_task(GetTaskRequest(id=task_id))
+            assert stored.status.state == TaskState.TASK_STATE_FAILED
+            assert "".join(p.text for a in stored.artifacts for p in a.parts).startswith(" w0 w1 w2")
         finally:
             proc.stop()

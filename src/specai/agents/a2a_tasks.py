@@ -253,11 +253,14 @@ class RunContextBuilder(RequestContextBuilder):
 class AgentTaskExecutor(AgentExecutor):
     """Runs a request's prepared agent run as an A2A task: submitted, working, the answer as artifact updates (one
     per streamed chunk, appended to one artifact), then completed or failed. A cancel stops the run, and with it
-    the model call upstream, then marks the task canceled."""
+    the model call upstream, then marks the task canceled; so does the server stopping (`stopping` set), which
+    marks it failed with code `shutting_down`."""
 
-    def __init__(self) -> None:
+    def __init__(self, stopping: asyncio.Event | None = None) -> None:
+        self._stopping = stopping
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._cancelling: set[str] = set()
+        self._halting: set[str] = set()
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         """Stream the run's events into the task."""
@@ -271,20 +274,41 @@ class AgentTaskExecutor(AgentExecutor):
             task.status.state = TaskState.TASK_STATE_SUBMITTED
             await event_queue.enqueue_event(task)
         current = asyncio.current_task()
+        watch: asyncio.Task[Any] | None = None
         if current is not None:
             self._running[task_id] = current
+            if self._stopping is not None:
+                watch = asyncio.ensure_future(self._stopping.wait())
+                watch.add_done_callback(lambda done: self._halt(task_id, done))
         try:
             await updater.start_work()
             await self._stream(run, updater)
         except asyncio.CancelledError:
-            if task_id not in self._cancelling:
+            if task_id not in self._cancelling and task_id not in self._halting:
                 raise
             if current is not None:
                 current.uncancel()
-            await updater.cancel(self._message(updater, "canceled at the caller's request"))
+            if task_id in self._cancelling:
+                await updater.cancel(self._message(updater, "canceled at the caller's request"))
+            else:
+                stopped = self._message(updater, "the server stopped while the agent was answering")
+                stopped.metadata.update({"code": "shutting_down"})
+                await updater.failed(stopped)
         finally:
+            if watch is not None:
+                watch.cancel()
             self._running.pop(task_id, None)
             self._cancelling.discard(task_id)
+            self._halting.discard(task_id)
+
+    def _halt(self, task_id: str, watch: asyncio.Future[Any]) -> None:
+        """The server is stopping (unless the watch was called off): end the task's run."""
+        if watch.cancelled():
+            return
+        running = self._running.get(task_id)
+        if running is not None and not running.done() and task_id not in self._cancelling:
+            self._halting.add(task_id)
+            running.cancel()
 
     async def _stream(self, run: Run, updater: TaskUpdater) -> None:
         first = True

@@ -69,7 +69,7 @@ def routes(state: ServerState) -> list[BaseRouteHandler]:
     """The agent card and the A2A endpoint for `state`'s agents (one request handler per app)."""
     template = agent_card(state, "https://127.0.0.1")
     handler = DefaultRequestHandler(
-        agent_executor=AgentTaskExecutor(),
+        agent_executor=AgentTaskExecutor(state.stopping),
         task_store=StoredTasks(lambda: state.store),
         agent_card=template,
         request_context_builder=RunContextBuilder(state.runtime),
