@@ -142,7 +142,16 @@ def test_foreign_origin_is_refused_with_403(world: World) -> None:
     assert "allowed_origins" in body["error"]
 
 
-@pytest.mark.parametrize("origin", [ALLOWED, "https://127.0.0.1:3443", "https://LOCALHOST:3443"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        ALLOWED,
+        "https://127.0.0.1:3443",
+        "https://LOCALHOST:3443",
+        "http://localhost:3443",
+        "https://[::1]:3443",
+    ],
+)
 def test_own_and_allowed_origins_are_accepted(world: World, origin: str) -> None:
     headers = {**ACCEPT, **world.headers["alice"], "Origin": origin}
     response = world.client.post("/mcp", json=INITIALIZE, headers=headers)
@@ -150,9 +159,20 @@ def test_own_and_allowed_origins_are_accepted(world: World, origin: str) -> None
     assert messages(response.text)[0]["result"]["protocolVersion"] == VERSION
 
 
-def test_same_host_on_another_port_is_not_an_own_origin(world: World) -> None:
-    headers = {**ACCEPT, **world.headers["alice"], "Origin": "https://127.0.0.1:9999"}
-    assert_error(world.client.post("/mcp", json=INITIALIZE, headers=headers), 403, "forbidden")
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://127.0.0.1:9999",
+        "https://localhost",
+        "http://evil.example:3443",
+        "null",
+        "https://app.example",
+    ],
+)
+def test_other_ports_names_and_opaque_origins_are_refused(world: World, origin: str) -> None:
+    headers = {**ACCEPT, **world.headers["alice"], "Origin": origin}
+    body = assert_error(world.client.post("/mcp", json=INITIALIZE, headers=headers), 403, "forbidden")
+    assert body["details"] == {"origin": origin}
 
 
 def test_no_token_gets_401(world: World) -> None:

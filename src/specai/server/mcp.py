@@ -14,6 +14,7 @@ with a pinned certificate is what a rebinding attacker cannot fake.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -66,15 +67,21 @@ class Caller(AuthenticatedUser):
 
 def own_origins(state: ServerState) -> frozenset[str]:
     """The Origins a browser sends for pages of this server: `https://<name>:<port>` for every name its
-    certificate holds and its configured host (and advertised URL), plus `[mcp] allowed_origins`."""
+    certificate holds and its configured host (and advertised URL), plus `[mcp] allowed_origins`.
+
+    `http://<name>:<port>` counts too: only this server listens on that port, so no page can have that origin
+    but one it served (some clients send it for a loopback server); a rebinding attacker's name is never listed.
+    """
     settings = state.settings
     port = settings.server.port
     names = {*state.cert.san, settings.server.host} - {"", "0.0.0.0", "::"}
     origins = set()
-    for name in names:
+    for name, scheme in itertools.product(
+        names, ("https", "http")
+    ):  # nothing else can serve http on our port
         host = f"[{name}]" if ":" in name else name
-        origins.add(f"https://{host}:{port}".lower())
-        if port == 443:
+        origins.add(f"{scheme}://{host}:{port}".lower())
+        if port == 443 and scheme == "https":
             origins.add(f"https://{host}".lower())
     if settings.mesh.advertise_url:
         parts = urlsplit(settings.mesh.advertise_url)
