@@ -121,8 +121,8 @@ def _world(tmp_path: Path, config: str) -> Iterator[World]:
     (tmp_path / "spec-ai.config.toml").write_text(config)
     settings = load_settings(env={"SPECAI_HOME": str(tmp_path)}, cwd=tmp_path)
     headers = {}
-    for name in ("alice", "bob"):
-        user = add_user(settings.credentials_file, name, "pw-one-two", "user")
+    for name, role in (("alice", "user"), ("bob", "user"), ("root", "admin")):
+        user = add_user(settings.credentials_file, name, "pw-one-two", role)  # type: ignore[arg-type]
         token, _ = auth.issue_token(SECRET, name, 600, user_id=user.id, generation=user.token_generation)
         headers[name] = {"Authorization": f"Bearer {token}"}
     app = create_app(settings, cert=read_cert(ensure_server_cert(settings).cert))
@@ -331,6 +331,23 @@ def test_each_request_acts_as_its_own_caller(world: World) -> None:
     bob = world.mcp("bob").open()
     assert bob.call("graph_get", session_id="per-request")["structuredContent"]["code"] == "not_found"
     assert alice.call("graph_get", session_id="per-request")["structuredContent"]["nodes"][0]["label"] == "a"
+
+
+def test_the_principal_is_each_requests_not_the_sessions_opener(world: World) -> None:
+    """root opens a session with his admin token, then sends a write-scoped key of his own on it: that request
+    acts with the key's scope (no admin powers), though the session is the same."""
+    alice = world.mcp("alice").open()
+    alice.call("graph_add_node", session_id="alices", node_type="fact", label="hers")
+    made = world.client.post(
+        "/auth/keys", json={"name": "mcp", "scope": "write"}, headers=world.headers["root"]
+    )
+    assert made.status_code == 201, made.text
+    root = world.mcp("root").open()
+    assert (
+        root.call("graph_get", session_id="alices")["structuredContent"]["access"] == "write"
+    )  # admin sees all
+    root.headers = {**root.headers, "Authorization": f"Bearer {made.json()['key']}"}
+    assert root.call("graph_get", session_id="alices")["structuredContent"]["code"] == "not_found"
 
 
 def test_mcp_disabled_has_no_endpoint(tmp_path: Path) -> None:
