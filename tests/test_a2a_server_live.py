@@ -32,8 +32,10 @@ from a2a.types import (
     Role,
     SendMessageRequest,
     StreamResponse,
+    SubscribeToTaskRequest,
     TaskState,
 )
+from a2a.utils.errors import TaskNotFoundError
 from live import PASSWORD, ServerProcess, add_user, make_home, run_cli
 
 from fakes import DEFAULT_TOKENS, FakeOpenAI, Turn
@@ -207,6 +209,41 @@ async def test_cancel_stops_the_upstream_call(live: Live) -> None:
         assert last.status_update.status.state == TaskState.TASK_STATE_CANCELED
 
 
+async def test_subscribe_to_a_running_task(live: Live) -> None:
+    tokens = tuple(f" t{i}" for i in range(20))
+    live.script(tokens, delay=0.05)
+    async with sdk_client(live) as sender, sdk_client(live) as watcher, sdk_client(live, "bob") as bob:
+        sent: list[StreamResponse] = []
+        watched: list[StreamResponse] = []
+        subscribed = asyncio.Event()
+
+        async def watch(task_id: str) -> None:
+            async for response in watcher.subscribe(SubscribeToTaskRequest(id=task_id)):
+                watched.append(response)
+                subscribed.set()
+
+        watching: asyncio.Task[None] | None = None
+        async for response in sender.send_message(request("count")):
+            sent.append(response)
+            if response.HasField("artifact_update") and watching is None:
+                task_id = response.artifact_update.task_id
+                with pytest.raises(TaskNotFoundError):
+                    async for _ in bob.subscribe(SubscribeToTaskRequest(id=task_id)):
+                        pass
+                watching = asyncio.ensure_future(watch(task_id))
+                await asyncio.wait_for(subscribed.wait(), 5)
+        assert watching is not None
+        await asyncio.wait_for(watching, 10)
+    assert text_of(sent) == "".join(tokens)
+    assert watched[0].HasField("task")  # the task as it stood, then what came after
+    snapshot = "".join(p.text for a in watched[0].task.artifacts for p in a.parts)
+    assert snapshot + text_of(watched[1:]) == "".join(tokens)
+    assert len([r for r in watched if r.HasField("artifact_update")]) >= 5
+    last = watched[-1]
+    assert last.HasField("status_update")
+    assert last.status_update.status.state == TaskState.TASK_STATE_COMPLETED
+
+
 async def test_no_token_is_401(live: Live) -> None:
     body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {}}
     async with live.http() as http:
@@ -225,8 +262,6 @@ async def test_no_token_is_401(live: Live) -> None:
 
 
 async def test_bob_cannot_get_alices_task(live: Live) -> None:
-    from a2a.utils.errors import TaskNotFoundError
-
     live.script()
     async with sdk_client(live, streaming=False) as alice:
         (sent,) = [r async for r in alice.send_message(request("mine"))]
