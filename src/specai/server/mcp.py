@@ -76,9 +76,7 @@ def own_origins(state: ServerState) -> frozenset[str]:
     port = settings.server.port
     names = {*state.cert.san, settings.server.host} - {"", "0.0.0.0", "::"}
     origins = set()
-    for name, scheme in itertools.product(
-        names, ("https", "http")
-    ):  # nothing else can serve http on our port
+    for name, scheme in itertools.product(names, ("https", "http")):
         host = f"[{name}]" if ":" in name else name
         origins.add(f"{scheme}://{host}:{port}".lower())
         if port == 443 and scheme == "https":
@@ -119,14 +117,11 @@ class McpEndpoint:
                 )
         user = scope.get("user")
         scope["user"] = Caller(user if isinstance(user, Principal) else LOCAL)
-        if (
-            cast("HTTPScope", scope)["method"] != "GET"
-        ):  # a POST ends with its answer (or the server's grace period)
+        if cast("HTTPScope", scope)["method"] != "GET":  # a POST ends with its answer (or the grace period)
             await self.manager.handle_request(scope, receive, send)  # type: ignore[arg-type]
             return
-        async with (
-            anyio.create_task_group() as group
-        ):  # a GET stream stays open: it ends when the server stops
+        # a GET stream stays open while the client listens: end it as soon as the server stops
+        async with anyio.create_task_group() as group:
 
             async def end_at_stop() -> None:
                 await self.stopping.wait()
