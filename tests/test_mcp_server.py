@@ -180,6 +180,17 @@ def test_no_token_gets_401(world: World) -> None:
     assert_error(world.client.get("/mcp", headers=ACCEPT), 401, "unauthorized")
 
 
+def test_a_read_scoped_key_may_not_post(world: World) -> None:
+    """Every MCP message is a POST, so MCP needs a write-scoped token (a read key gets the gate's 403)."""
+    made = world.client.post(
+        "/auth/keys", json={"name": "ro", "scope": "read"}, headers=world.headers["alice"]
+    )
+    assert made.status_code == 201, made.text
+    headers = {**ACCEPT, "Authorization": f"Bearer {made.json()['key']}"}
+    body = assert_error(world.client.post("/mcp", json=INITIALIZE, headers=headers), 403, "forbidden")
+    assert "scope 'write'" in body["error"]
+
+
 def test_other_paths_below_mcp_are_not_found(world: World) -> None:
     headers = {**ACCEPT, **world.headers["alice"]}
     assert_error(world.client.post("/mcp/other", json=INITIALIZE, headers=headers), 404, "not_found")
