@@ -517,7 +517,11 @@ def table_row(label: str, values: Values, goal: float | None, higher_is_better: 
         "direct": direct,
         "specai": specai,
         "litellm": litellm,
-        "target": "" if goal is None else f"{'>=' if higher_is_better else '<='} {goal:g}",
+        "target": ""
+        if goal is None
+        else "0"
+        if goal == 0
+        else f"{'>=' if higher_is_better else '<='} {goal:g}",
         "pass": passed,
         "specai_direct": _ratio(specai, direct),
         "specai_litellm": _ratio(specai, litellm),
@@ -596,12 +600,12 @@ def print_table(result: dict[str, Any]) -> None:
             f"{row['figure']:58}{_cell(row['direct'], 9)}{_cell(row['specai'], 9)}{_cell(row['litellm'], 9)}  "
             f"{row['target']:9}{verdict:8}{_cell(row['specai_direct'], 8)}{_cell(row['specai_litellm'], 9)}"
         )
-    print(
-        "overhead: the relay's first token minus direct's in the same round; CPU: the server process's own time"
-    )
-    print(
-        "(direct's CPU is the fake upstream's); verdict BELOW also when specai is behind LiteLLM on that row"
-    )
+    for line in (
+        "overhead: the relay's first token minus direct's in the same round (LiteLLM's column: its /v1 stream)",
+        "CPU: the server process's own time (direct's: the fake upstream's); /direct, /LiteLLM: specai's ratios",
+        "verdict BELOW also when specai is behind LiteLLM on that row",
+    ):
+        print(line)
     print(f"every target met: {'yes' if result['pass'] else 'no'}; failed requests: {result['errors']}")
 
 
