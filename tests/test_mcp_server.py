@@ -240,8 +240,9 @@ def test_safe_builtin_tools(world: World) -> None:
     mcp = world.mcp("alice").open()
     result = mcp.call("calculator", expression="6*7")
     assert result.get("isError", False) is False
-    assert json.loads(result["structuredContent"]["result"]) == {"expression": "6*7", "result": 42}
-    now = json.loads(mcp.call("current_time", timezone="Europe/Paris")["structuredContent"]["result"])
+    assert result["structuredContent"] == {"expression": "6*7", "result": 42}
+    assert json.loads(result["content"][0]["text"]) == {"expression": "6*7", "result": 42}
+    now = mcp.call("current_time", timezone="Europe/Paris")["structuredContent"]
     assert now["timezone"] == "Europe/Paris"
     failed = mcp.call("calculator", expression="1/0")
     assert failed["isError"] is True
@@ -359,6 +360,20 @@ def test_the_principal_is_each_requests_not_the_sessions_opener(world: World) ->
     )  # admin sees all
     root.headers = {**root.headers, "Authorization": f"Bearer {made.json()['key']}"}
     assert root.call("graph_get", session_id="alices")["structuredContent"]["code"] == "not_found"
+
+
+def test_several_workers_serve_each_request_alone(tmp_path: Path) -> None:
+    """With `--workers N` a session's next request may reach another process: no sessions, every POST alone."""
+    for world in _world(tmp_path, CONFIG.replace("port = 3443\n", "port = 3443\nworkers = 2\n")):
+        headers = {**ACCEPT, **world.headers["alice"]}
+        opened = world.client.post("/mcp", json=INITIALIZE, headers=headers)
+        assert opened.status_code == 200, opened.text
+        assert "mcp-session-id" not in opened.headers
+        mcp = Mcp(world.client, {**headers, "mcp-protocol-version": VERSION})
+        assert mcp.call("calculator", expression="2+2")["structuredContent"]["result"] == 4
+        mcp.call("graph_add_node", session_id="w", node_type="fact", label="alone")
+        bob = Mcp(world.client, {**ACCEPT, **world.headers["bob"], "mcp-protocol-version": VERSION})
+        assert bob.call("graph_get", session_id="w")["structuredContent"]["code"] == "not_found"
 
 
 def test_mcp_disabled_has_no_endpoint(tmp_path: Path) -> None:

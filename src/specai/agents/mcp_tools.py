@@ -7,6 +7,7 @@ into a tool error result (code and message, nothing more); it reads resources th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -263,9 +264,10 @@ class McpCatalog:
 
         async def call(arguments: dict[str, Any], _: Principal) -> dict[str, Any]:
             result = await run_tool(name, arguments, ToolPolicy())
-            if not result.success:
+            if not result.success or result.output is None:
                 raise InvalidRequestError(result.error or f"tool '{name}' failed")
-            return {"result": result.output}
+            output = json.loads(result.output)  # the built-ins answer with a JSON object
+            return output if isinstance(output, dict) else {"result": output}
 
         return call
 

@@ -98,6 +98,9 @@ class McpEndpoint:
         self.manager = StreamableHTTPSessionManager(
             build_server(self.catalog),
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+            # sessions live in this process's memory: with several workers on the port, the next request of a
+            # session may reach another process, so each request stands alone there
+            stateless=state.settings.server.workers > 1,
             max_request_body_size=state.settings.server.max_body_bytes,
         )
 
