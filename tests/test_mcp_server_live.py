@@ -322,3 +322,30 @@ async def test_server_stops_promptly_with_an_mcp_stream_open(tmp_path: Path) -> 
         assert "specai server stopped" in server.text()
     finally:
         server.stop()
+
+
+async def test_several_workers_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """`--workers 2`: the SDK's clients, each on new connections that either process may take, all get answers
+    (each request stands alone there), and ownership holds across the processes."""
+    home = make_home(tmp_path)
+    (home / "spec-ai.config.toml").write_text(f'[database]\nurl = "{pg_url}"\n[auth]\nenabled = true\n')
+    add_user(home, "root")
+    add_user(home, "alice", PASSWORD, "user")
+    add_user(home, "bob", BOB_PASSWORD, "user")
+    server = ServerProcess(home, "--workers", "2").start(timeout=60)
+    try:
+        tokens = {"alice": server.login("alice"), "bob": server.login("bob", BOB_PASSWORD)}
+        served = Served(server, home / "tls" / "server.crt", FakeOpenAI(), tokens)
+        for round_ in range(6):  # six clients, twelve and more connections: both workers serve some
+            async with served.mcp("alice") as alice:
+                made = await alice.call_tool(
+                    "graph_add_node", {"session_id": "shared-pg", "node_type": "fact", "label": f"n{round_}"}
+                )
+                assert not made.is_error, made
+                found = structured(await alice.call_tool("graph_get", {"session_id": "shared-pg"}))
+                assert len(found["nodes"]) == round_ + 1
+        async with served.mcp("bob") as bob:
+            result = await bob.call_tool("graph_get", {"session_id": "shared-pg"})
+            assert structured(result)["code"] == "not_found"
+    finally:
+        server.stop()
