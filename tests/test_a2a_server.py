@@ -283,12 +283,10 @@ def test_push_notifications_are_not_supported(client: TestClient[Any]) -> None:
     assert error_code(rpc(client, alice, "ListTaskPushNotificationConfigs", {"taskId": task["id"]})) == -32003
 
 
-def sse_results(lines: Iterator[str]) -> list[dict[str, Any]]:
-    results = []
+def sse_results(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
     for line in lines:
         if line.startswith("data:"):
-            results.append(json.loads(line[5:]))
-    return results
+            yield json.loads(line[5:])
 
 
 def test_streaming_send(client: TestClient[Any]) -> None:
@@ -297,7 +295,7 @@ def test_streaming_send(client: TestClient[Any]) -> None:
     with client.stream("POST", "/a2a", json=body, headers=alice) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = sse_results(response.iter_lines())
+        events = list(sse_results(response.iter_lines()))
     results = [e["result"] for e in events]
     kinds = [next(iter(r)) for r in results]
     assert kinds[0] == "task"
@@ -378,6 +376,14 @@ async def test_store_scopes_tasks_to_their_owner(store: Store) -> None:
     again = await tasks.get("t1", alice)
     assert again is not None
     assert again.status.state == TaskState.TASK_STATE_COMPLETED
+    await tasks.save(done, alice)  # the same final state again: fine
+    from a2a.server.cluster.task_store import ConcurrentTaskModificationError
+
+    with pytest.raises(ConcurrentTaskModificationError):
+        await tasks.save(make_task("t1", seconds=3), alice)  # a final state is never undone
+    kept = await tasks.get("t1", alice)
+    assert kept is not None
+    assert kept.status.state == TaskState.TASK_STATE_COMPLETED
     await tasks.delete("t1", bob)
     assert await tasks.get("t1", alice) is not None
     await tasks.delete("t1", alice)

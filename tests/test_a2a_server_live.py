@@ -36,6 +36,7 @@ from a2a.types import (
     TaskState,
 )
 from a2a.utils.errors import TaskNotFoundError
+from databases import pg_admin
 from live import PASSWORD, ServerProcess, add_user, make_home, run_cli
 
 from fakes import DEFAULT_TOKENS, FakeOpenAI, Turn
@@ -328,7 +329,8 @@ async def test_sigterm_ends_open_a2a_streams(tmp_path: Path) -> None:
                 with contextlib.suppress(A2AClientError):  # should the connection go before the last event
                     async for response in client.send_message(request("count slowly")):
                         seen.append(response)
-                        if len([r for r in seen if r.HasField("artifact_update")]) == 3:
+                        chunks = [r for r in seen if r.HasField("artifact_update")]
+                        if response.HasField("artifact_update") and len(chunks) == 3:
                             elapsed = await asyncio.to_thread(proc.stop)
             assert elapsed is not None
             assert elapsed < 5, f"the server took {elapsed:.1f} s to stop"
@@ -347,3 +349,45 @@ async def test_sigterm_ends_open_a2a_streams(tmp_path: Path) -> None:
             assert "".join(p.text for a in stored.artifacts for p in a.parts).startswith(" w0 w1 w2")
         finally:
             proc.stop()
+
+
+async def test_cancel_from_another_server_on_one_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """Two servers sharing one PostgreSQL database (as `--workers 2` or two hosts do): A runs the task, B cancels
+    it; A stops the run (and its upstream call) at its next chunk, and its stream ends canceled."""
+    await pg_admin(pg_url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    with FakeOpenAI(tokens=SLOW, delay=0.05) as fake:
+        config = CONFIG.replace("@OPENAI@", fake.base_url) + f'\n[database]\nurl = "{pg_url}"\n'
+        homes = [make_home(tmp_path, name) for name in ("a", "b")]
+        for home in homes:
+            (home / "spec-ai.config.toml").write_text(config)
+        add_user(homes[0], "alice")
+        servers = [ServerProcess(home).start() for home in homes]
+        try:
+            token = servers[0].login("alice", PASSWORD)
+            a, b = (Live(server, fake, {"alice": token}) for server in servers)
+            seen: list[StreamResponse] = []
+            async with sdk_client(a) as streaming, sdk_client(b, streaming=False) as other:
+                async for response in streaming.send_message(request("count slowly")):
+                    seen.append(response)
+                    chunks = [r for r in seen if r.HasField("artifact_update")]
+                    if response.HasField("artifact_update") and len(chunks) == 3:
+                        task_id = response.artifact_update.task_id
+                        canceled = await other.cancel_task(CancelTaskRequest(id=task_id))
+                        assert canceled.status.state == TaskState.TASK_STATE_CANCELED
+                        at = time.monotonic()
+                assert time.monotonic() - at < 2
+                assert fake.wait_disconnect(3.0), "the upstream never saw the request being cancelled"
+                assert fake.completed == 0
+                final = seen[-1]
+                state = (
+                    final.task.status.state if final.HasField("task") else final.status_update.status.state
+                )
+                assert state == TaskState.TASK_STATE_CANCELED
+                for client in (streaming, other):
+                    stored = await client.get_task(GetTaskRequest(id=task_id))
+                    assert stored.status.state == TaskState.TASK_STATE_CANCELED
+        finally:
+            for server in servers:
+                server.stop()
+        for server in servers:
+            assert "Traceback" not in server.text(), server.text()

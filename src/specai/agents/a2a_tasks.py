@@ -16,6 +16,7 @@ from typing import Any
 from a2a.auth.user import User
 from a2a.helpers.proto_helpers import new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext, RequestContextBuilder
+from a2a.server.cluster.task_store import ConcurrentTaskModificationError
 from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.tasks import TaskStore, TaskUpdater
@@ -38,6 +39,15 @@ log = logging.getLogger("specai.a2a")
 TLS_FINGERPRINT_EXTENSION = "https://specai.dev/a2a/ext/tls-fingerprint/v1"  # card extension: params.sha256
 AGENT_METADATA_KEY = "agent"  # message (or request) metadata naming the agent to run
 ARTIFACT_ID = "answer"  # the one artifact a task's answer streams into
+FINAL_STATES = tuple(
+    TaskState.Name(state)
+    for state in (
+        TaskState.TASK_STATE_COMPLETED,
+        TaskState.TASK_STATE_CANCELED,
+        TaskState.TASK_STATE_FAILED,
+        TaskState.TASK_STATE_REJECTED,
+    )
+)
 _UPDATED = ("owner_id", "context_id", "state", "status_ns", "task", "updated_at")
 
 
@@ -106,7 +116,9 @@ class StoredTasks(TaskStore):
         return store
 
     async def save(self, task: Task, context: ServerCallContext) -> None:
-        """Insert or update the task for the caller."""
+        """Insert or update the task for the caller. A task that reached a final state keeps it: a save that would
+        change it (another server process, sharing the database, canceled the task while this one runs it)
+        raises the SDK's ConcurrentTaskModificationError, on which the SDK re-reads the task and stops the run."""
         owner = self._owner(context)
         now = utcnow()
         row = {
@@ -125,11 +137,20 @@ class StoredTasks(TaskStore):
             statement = statement.on_conflict_do_update(
                 index_elements=["task_id"],
                 set_={name: statement.excluded[name] for name in _UPDATED},
-                where=a2a_tasks.c.owner_id == owner,
+                where=and_(
+                    a2a_tasks.c.owner_id == owner,
+                    or_(
+                        a2a_tasks.c.state.not_in(FINAL_STATES), a2a_tasks.c.state == statement.excluded.state
+                    ),
+                ),
             )
             result = await conn.execute(statement.returning(a2a_tasks.c.task_id))
-            if result.first() is None:
-                raise InternalError(message=f"task {task.id} belongs to another account")
+            if result.first() is not None:
+                return
+            stored = await conn.scalar(select(a2a_tasks.c.owner_id).where(a2a_tasks.c.task_id == task.id))
+        if stored != owner:
+            raise InternalError(message=f"task {task.id} belongs to another account")
+        raise ConcurrentTaskModificationError(task.id)
 
     async def get(self, task_id: str, context: ServerCallContext) -> Task | None:
         """The caller's task, or None (also when it is another account's)."""
