@@ -315,6 +315,29 @@ def test_resources_are_the_callers_own(world: World) -> None:
     }
 
 
+def test_a_graph_shared_read_only_is_listed_readable_and_not_writable(world: World) -> None:
+    alice, bob = world.mcp("alice").open(), world.mcp("bob").open()
+    alice.call("graph_add_node", session_id="to-share", node_type="fact", label="shared fact")
+    shared = world.client.post(
+        "/graph/sessions/to-share/shares",
+        json={"username": "bob", "read_only": True},
+        headers=world.headers["alice"],
+    )
+    assert shared.status_code in (200, 201), shared.text
+    [listed] = bob.request("resources/list")["result"]["resources"]
+    assert listed["uri"] == "specai://graph/to-share"
+    assert "read-only" in listed["description"]
+    document = json.loads(
+        bob.request("resources/read", {"uri": "specai://graph/to-share"})["result"]["contents"][0]["text"]
+    )
+    assert (document["access"], [n["label"] for n in document["nodes"]]) == ("read", ["shared fact"])
+    found = bob.call("graph_search", session_id="to-share", query="fact")["structuredContent"]
+    assert found["count"] == 1
+    refused = bob.call("graph_add_node", session_id="to-share", node_type="fact", label="bob's")
+    assert refused["isError"] is True
+    assert refused["structuredContent"]["code"] == "forbidden"
+
+
 def test_ask_agent_continues_a_session_and_refuses_unknown_agents(world: World) -> None:
     alice = world.mcp("alice").open()
     first = alice.call("ask_agent", agent="scribe", message="one")["structuredContent"]
