@@ -206,7 +206,7 @@ def test_send_get_list(client: TestClient[Any]) -> None:
     assert task["metadata"]["specai"]["agent"] == "default"
     got = rpc(client, alice, "GetTask", {"id": task["id"]})["result"]
     assert got["id"] == task["id"]
-    assert answer_text(got) == MOCK_TEXT
+    assert got["artifacts"][0]["parts"] == [{"text": MOCK_TEXT}]  # stored as one text, not a part per chunk
     listed = rpc(client, alice, "ListTasks", {})["result"]
     assert [t["id"] for t in listed["tasks"]] == [task["id"]]
     assert listed["totalSize"] == 1

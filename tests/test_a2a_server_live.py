@@ -238,7 +238,11 @@ async def test_subscribe_to_a_running_task(live: Live) -> None:
     assert text_of(sent) == "".join(tokens)
     assert watched[0].HasField("task")  # the task as it stood, then what came after
     snapshot = "".join(p.text for a in watched[0].task.artifacts for p in a.parts)
-    assert snapshot + text_of(watched[1:]) == "".join(tokens)
+    rest, whole = text_of(watched[1:]), "".join(tokens)
+    # nothing is missed at the seam (a chunk the snapshot already holds may come again: the SDK's own race)
+    assert whole.startswith(snapshot)
+    assert whole.endswith(rest)
+    assert len(snapshot) + len(rest) >= len(whole)
     assert len([r for r in watched if r.HasField("artifact_update")]) >= 5
     last = watched[-1]
     assert last.HasField("status_update")
@@ -366,10 +370,24 @@ async def test_cancel_from_another_server_on_one_postgresql(tmp_path: Path, pg_u
             token = servers[0].login("alice", PASSWORD)
             a, b = (Live(server, fake, {"alice": token}) for server in servers)
             seen: list[StreamResponse] = []
-            async with sdk_client(a) as streaming, sdk_client(b, streaming=False) as other:
+            watched: list[StreamResponse] = []
+            watching: asyncio.Task[None] | None = None
+            async with (
+                sdk_client(a) as streaming,
+                sdk_client(b, streaming=False) as other,
+                sdk_client(b) as watcher,
+            ):
+
+                async def watch(task_id: str) -> None:
+                    async for response in watcher.subscribe(SubscribeToTaskRequest(id=task_id)):
+                        watched.append(response)
+
                 async for response in streaming.send_message(request("count slowly")):
                     seen.append(response)
                     chunks = [r for r in seen if r.HasField("artifact_update")]
+                    if response.HasField("artifact_update") and len(chunks) == 1:
+                        watching = asyncio.ensure_future(watch(response.artifact_update.task_id))
+                        await asyncio.sleep(0.3)  # B sees the task running on A
                     if response.HasField("artifact_update") and len(chunks) == 3:
                         task_id = response.artifact_update.task_id
                         canceled = await other.cancel_task(CancelTaskRequest(id=task_id))
@@ -386,6 +404,10 @@ async def test_cancel_from_another_server_on_one_postgresql(tmp_path: Path, pg_u
                 for client in (streaming, other):
                     stored = await client.get_task(GetTaskRequest(id=task_id))
                     assert stored.status.state == TaskState.TASK_STATE_CANCELED
+                assert watching is not None
+                await asyncio.wait_for(watching, 5)  # B's subscription to A's task ends with it
+                assert watched[0].task.status.state == TaskState.TASK_STATE_WORKING
+                assert watched[-1].task.status.state == TaskState.TASK_STATE_CANCELED
         finally:
             for server in servers:
                 server.stop()

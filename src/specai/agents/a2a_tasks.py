@@ -9,8 +9,9 @@ metadata `{"agent": "<id>"}` (the request's metadata too), else the session's ag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from a2a.auth.user import User
@@ -18,11 +19,21 @@ from a2a.helpers.proto_helpers import new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext, RequestContextBuilder
 from a2a.server.cluster.task_store import ConcurrentTaskModificationError
 from a2a.server.context import ServerCallContext
-from a2a.server.events import EventQueue
+from a2a.server.events import Event, EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.tasks import TaskStore, TaskUpdater
-from a2a.types import ListTasksRequest, ListTasksResponse, Message, SendMessageRequest, Task, TaskState
+from a2a.types import (
+    ListTasksRequest,
+    ListTasksResponse,
+    Message,
+    Part,
+    SendMessageRequest,
+    SubscribeToTaskRequest,
+    Task,
+    TaskState,
+)
 from a2a.utils.constants import DEFAULT_LIST_TASKS_PAGE_SIZE
-from a2a.utils.errors import InternalError, InvalidParamsError
+from a2a.utils.errors import InternalError, InvalidParamsError, TaskNotFoundError, UnsupportedOperationError
 from a2a.utils.task import ListTasksCursor, decode_list_tasks_cursor, encode_list_tasks_cursor
 from google.protobuf.json_format import MessageToDict, ParseDict
 from sqlalchemy import and_, delete, func, or_, select
@@ -90,6 +101,34 @@ def _status_ns(task: Task) -> int | None:
     return None
 
 
+def _compact(task: Task) -> Task:
+    """The task with each artifact's runs of plain text parts joined into one (a streamed answer arrives as a part
+    per chunk; stored, it is one text)."""
+    if not any(len(artifact.parts) > 1 for artifact in task.artifacts):
+        return task
+    compact = Task()
+    compact.CopyFrom(task)
+    for artifact in compact.artifacts:
+        parts = list(artifact.parts)
+        merged: list[Part] = []
+        for part in parts:
+            if merged and _plain(part) and _plain(merged[-1]):
+                merged[-1].text += part.text
+            else:
+                copy = Part()
+                copy.CopyFrom(part)
+                merged.append(copy)
+        del artifact.parts[:]
+        artifact.parts.extend(merged)
+    return compact
+
+
+def _plain(part: Part) -> bool:
+    return part.WhichOneof("content") == "text" and not (
+        part.metadata.fields or part.filename or part.media_type
+    )
+
+
 def _task_of(value: Any) -> Task:
     task = Task()
     ParseDict(value, task, ignore_unknown_fields=True)
@@ -127,7 +166,7 @@ class StoredTasks(TaskStore):
             "context_id": task.context_id,
             "state": TaskState.Name(task.status.state),
             "status_ns": _status_ns(task),
-            "task": MessageToDict(task),
+            "task": MessageToDict(_compact(task)),
             "created_at": now,
             "updated_at": now,
         }
@@ -376,3 +415,45 @@ class AgentTaskExecutor(AgentExecutor):
         self._cancelling.add(task_id)
         running.cancel()
         await asyncio.wait({running}, timeout=10)
+
+
+class TaskRequestHandler(DefaultRequestHandler):
+    """a2a-sdk's request handler, plus SubscribeToTask of a task another server process runs (several processes
+    share one PostgreSQL): its stored state, re-read every `poll_secs` and sent whenever it changed, until it is
+    final or this server stops. A task this process runs is streamed by the SDK itself, event by event."""
+
+    def __init__(
+        self, *args: Any, stopping: asyncio.Event | None = None, poll_secs: float = 0.25, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._stopping = stopping or asyncio.Event()
+        self._poll_secs = poll_secs
+
+    async def on_subscribe_to_task(
+        self, params: SubscribeToTaskRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Event, None]:
+        """The task's events as they come (here), or its stored state as it changes (elsewhere)."""
+        if not params.id or await self._active_task_registry.get(params.id) is not None:
+            async for event in super().on_subscribe_to_task(params, context):
+                yield event
+            return
+        stored = await self._versioned_store.get(params.id, context)
+        if stored is None:
+            raise TaskNotFoundError
+        task = stored.task
+        if TaskState.Name(task.status.state) in FINAL_STATES:
+            raise UnsupportedOperationError(
+                message=f"Task {params.id} is in terminal state: {TaskState.Name(task.status.state)}"
+            )
+        yield task
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._poll_secs)
+            again = await self._versioned_store.get(params.id, context)
+            if again is None:
+                return
+            if again.task != task:
+                task = again.task
+                yield task
+            if TaskState.Name(task.status.state) in FINAL_STATES:
+                return

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.request_handlers.response_helpers import agent_card_to_dict
 from a2a.server.routes import create_jsonrpc_routes
 from a2a.server.routes.common import DefaultServerCallContextBuilder
@@ -41,6 +40,7 @@ from specai.agents.a2a_tasks import (
     RunContextBuilder,
     SpecaiUser,
     StoredTasks,
+    TaskRequestHandler,
 )
 from specai.agents.runtime import AgentRuntime
 from specai.server.state import ServerState
@@ -68,11 +68,12 @@ class PrincipalContextBuilder(DefaultServerCallContextBuilder):
 def routes(state: ServerState) -> list[BaseRouteHandler]:
     """The agent card and the A2A endpoint for `state`'s agents (one request handler per app)."""
     template = agent_card(state, "https://127.0.0.1")
-    handler = DefaultRequestHandler(
+    handler = TaskRequestHandler(
         agent_executor=AgentTaskExecutor(state.stopping),
         task_store=StoredTasks(lambda: state.store),
         agent_card=template,
         request_context_builder=RunContextBuilder(state.runtime),
+        stopping=state.stopping,
     )
     rpc = Starlette(
         routes=create_jsonrpc_routes(
