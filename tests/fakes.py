@@ -311,11 +311,22 @@ class FakeUpstream:
             elif self.wants_stream(body):
                 self.stream(_Out(handler, self), turn, body)
             else:
+                self._generate(handler, turn)
                 answer = self.complete(turn, body)
                 self.mark_completed()
                 self.send_json(handler, 200, answer)
             return
         self.route_other(handler, method, path)
+
+    def _generate(self, handler: _Handler, turn: Turn) -> None:
+        """A whole answer takes as long as its stream would (`delay` per token after the first), the client watched
+        meanwhile; `drop_after` cuts the connection once that many tokens would have been made."""
+        count = len(turn.tokens)
+        if self.drop_after is not None and count > self.drop_after:
+            self.pause(handler.connection, self.delay * max(self.drop_after - 1, 0))
+            raise _Drop
+        if count > 1 and self.delay:
+            self.pause(handler.connection, self.delay * (count - 1))
 
     def mark_completed(self) -> None:
         """Count a whole answer and set `finished`, before its last byte leaves (so no client outruns it)."""
@@ -511,7 +522,7 @@ class FakeOpenAI(FakeUpstream):
         if turn.tool_calls:
             message["tool_calls"] = [
                 {
-                    "id": call.id or f"call_fake{i}",
+                    "id": f"call_fake{i}" if call.id is None else call.id,  # "": no id, as in the stream
                     "type": "function",
                     "function": {"name": call.name, "arguments": call.arguments_json()},
                 }
@@ -525,7 +536,7 @@ class FakeOpenAI(FakeUpstream):
             "choices": [
                 {"index": 0, "message": message, "logprobs": None, "finish_reason": self._finish(turn, cut)}
             ],
-            "usage": self._usage(len(tokens)),
+            **({"usage": self._usage(len(tokens))} if self.report_usage else {}),
         }
 
 
@@ -657,6 +668,8 @@ class FakeAnthropic(FakeUpstream):
     def complete(self, turn: Turn, body: dict[str, Any]) -> Any:
         tokens, cut = self.limited(turn, body.get("max_tokens"))
         content: list[dict[str, Any]] = []
+        if turn.thinking is not None:
+            content.append({"type": "thinking", "thinking": turn.thinking, "signature": "sig-fake"})
         if tokens:
             content.append({"type": "text", "text": "".join(tokens)})
         content.extend(

@@ -27,6 +27,7 @@ from specai.providers import (
     ToolSpec,
     Usage,
     build_provider,
+    collect,
 )
 
 KEY = "sk-test-secret-0123456789"
@@ -145,7 +146,11 @@ async def test_openai_passes_every_option_through() -> None:
         )
         assert provider.unsupported(request) is None
         await provider.generate(request)
+        whole = fake.last_body
+        await collect(provider.stream(request))
         body = fake.last_body
+    assert {k: v for k, v in body.items() if not k.startswith("stream")} == whole  # the same, but for stream
+    assert "stream" not in whole
     assert body["top_p"] == 0.5
     assert body["stop"] == ["END", "STOP"]
     assert body["seed"] == 7

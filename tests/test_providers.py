@@ -31,6 +31,7 @@ from specai.providers import (
     UpstreamTimeoutError,
     Usage,
     build_provider,
+    collect,
     resolve_api_key,
 )
 from specai.providers.anthropic import DEFAULT_MAX_TOKENS
@@ -342,8 +343,20 @@ async def test_streamed_tool_arguments_that_are_not_json_come_back_raw(connect: 
     _fake, provider = await connect(
         turns=[Turn(tool_calls=[FakeToolCall("calculator", '{"expression": "6*')])]
     )
+    response = await collect(provider.stream(ask(tools=(CALCULATOR,))))
+    assert [c.arguments for c in response.tool_calls] == [{"_raw": '{"expression": "6*'}]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("vendor", ["openai"], indirect=True)
+async def test_whole_answer_tool_arguments_that_are_not_json_come_back_raw(connect: Connect) -> None:
+    # (Anthropic sends a whole answer's tool input as a JSON object, never as text)
+    _fake, provider = await connect(
+        turns=[Turn(tool_calls=[FakeToolCall("calculator", '{"expression": "6*')])]
+    )
     response = await provider.generate(ask(tools=(CALCULATOR,)))
     assert [c.arguments for c in response.tool_calls] == [{"_raw": '{"expression": "6*'}]
+    assert response.finish_reason == "tool_calls"
 
 
 @pytest.mark.anyio
@@ -408,11 +421,62 @@ async def test_anthropic_thinking_goes_back_with_its_tool_call(connect: Connect)
 @pytest.mark.parametrize("vendor", ["openai-compatible"], indirect=True)
 async def test_server_that_ignores_include_usage(connect: Connect) -> None:
     fake, provider = await connect(report_usage=False)
-    response = await provider.generate(ask())
+    response = await collect(provider.stream(ask()))
     assert fake.last_body["stream_options"] == {"include_usage": True}
     assert response.text
     assert response.usage is None
     assert response.finish_reason == "stop"
+    whole = await provider.generate(ask())  # a whole answer without `usage`
+    assert (whole.text, whole.usage, whole.finish_reason) == (response.text, None, "stop")
+
+
+# -- whole answers ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_generate_makes_one_non_streaming_call(connect: Connect, vendor: Vendor) -> None:
+    call = FakeToolCall("calculator", {"expression": "6*7"})
+    fake, provider = await connect(turns=[Turn(tokens=["Let", " me", " see."], tool_calls=[call])])
+    response = await provider.generate(ask(tools=(CALCULATOR,)))
+    body = fake.last_body
+    assert body.get("stream") in (None, False)  # Ollama streams unless told `"stream": false`
+    if vendor.fake is FakeOllama:
+        assert body["stream"] is False
+    assert "stream_options" not in body
+    assert len(fake.chat_requests) == 1
+    assert response.text == "Let me see."
+    assert [(c.name, c.arguments) for c in response.tool_calls] == [("calculator", {"expression": "6*7"})]
+    assert response.tool_calls[0].id
+    assert response.usage == Usage(prompt_tokens=13, completion_tokens=3)
+    assert response.finish_reason == "tool_calls"
+
+
+@pytest.mark.anyio
+async def test_generate_and_stream_give_the_same_answer(connect: Connect) -> None:
+    _fake, provider = await connect(tokens=TOKENS[:20])
+    streamed = await collect(provider.stream(ask(max_tokens=5)))
+    whole = await provider.generate(ask(max_tokens=5))
+    assert (whole.text, whole.usage, whole.finish_reason) == (streamed.text, streamed.usage, "length")
+    assert whole.text == "".join(TOKENS[:5])
+
+
+@pytest.mark.anyio
+async def test_generate_of_a_dropped_connection_is_an_upstream_error(connect: Connect) -> None:
+    _fake, provider = await connect(tokens=TOKENS[:10], drop_after=3)
+    with pytest.raises(UpstreamError) as info:
+        await provider.generate(ask())
+    assert info.value.code == "upstream_error"
+    assert "\n" not in info.value.message
+
+
+@pytest.mark.anyio
+async def test_cancelling_generate_disconnects_the_upstream(connect: Connect) -> None:
+    fake, provider = await connect(tokens=TOKENS, delay=0.02)  # a whole answer in 4 s
+    with anyio.move_on_after(0.5):
+        await provider.generate(ask())
+    assert await wait_event(fake.disconnected, 2)
+    assert not fake.finished.is_set()
+    assert fake.completed == 0
 
 
 # -- errors -----------------------------------------------------------------------------------------------------------

@@ -148,9 +148,17 @@ class Run:
     client_calls: list[ToolCall] = field(default_factory=list)
     # why the last model call ended, in OpenAI's words (stop, length, tool_calls, content_filter); set before `end`
     finish_reason: str | None = None
+    # False: each model call asks for the whole answer at once (one `chunk` per call), for callers that only keep
+    # the end result; set by `events(stream=False)`
+    stream_upstream: bool = True
 
-    async def events(self) -> AsyncIterator[AgentEvent]:
-        """Stream the run; provider failures end it with an `error` event (and `failure` set) instead of raising."""
+    async def events(self, *, stream: bool = True) -> AsyncIterator[AgentEvent]:
+        """Stream the run; provider failures end it with an `error` event (and `failure` set) instead of raising.
+
+        `stream=False` makes every model call a non-streaming one: same events, but each call's text arrives as one
+        `chunk` when the model has finished (cheaper when nobody watches the text grow).
+        """
+        self.stream_upstream = stream
         started = time.monotonic()
         run_id = f"run-{time.time_ns() // 1000}"
         yield AgentEvent("start", {"session_id": self.session_id, "agent": self.agent.id})
@@ -240,9 +248,21 @@ class Run:
     async def _model_call(
         self, request: ModelRequest, text: list[str], calls: list[ToolCall], usage: list[Any]
     ) -> AsyncIterator[AgentEvent]:
-        """Stream one model call: text as `chunk` events; tool calls, usage and the finish reason collected."""
+        """One model call: text as `chunk` events (one, if not streamed); tool calls, usage and finish reason collected."""
         assert self.agent.provider is not None
         self.finish_reason = None
+        if not self.stream_upstream:
+            response = await self.agent.provider.generate(request)
+            if response.text:
+                text.append(response.text)
+                yield AgentEvent("chunk", {"text": response.text})
+            calls.extend(response.tool_calls)
+            if response.usage is not None:
+                usage[0] += response.usage.prompt_tokens or 0
+                usage[1] += response.usage.completion_tokens or 0
+                usage[2] = True
+            self.finish_reason = response.finish_reason
+            return
         async with contextlib.aclosing(self.agent.provider.stream(request)) as events:
             async for event in events:
                 if isinstance(event, TextDelta) and event.text:

@@ -26,12 +26,14 @@ from specai.providers.base import (
     Finished,
     ModelEvent,
     ModelRequest,
+    ModelResponse,
     TextDelta,
     ToolCall,
     ToolCallRequested,
     ToolChoice,
     UpstreamError,
     Usage,
+    collect,
     forced_tool,
     response_schema,
     unmet_tool_choice,
@@ -40,6 +42,9 @@ from specai.providers.base import (
 VENDOR = "anthropic"
 # The API requires max_tokens. It is a ceiling, not a spend; thinking models count their thinking against it.
 DEFAULT_MAX_TOKENS = 4096
+# Above this max_tokens a whole-answer call could outlast 10 minutes: the SDK refuses it (and Anthropic advises
+# streaming), so `generate` streams (the SDK's own rule: 60 min x max_tokens / 128,000 tokens > 10 min).
+NONSTREAMING_MAX_TOKENS = 128_000 * 10 // 60
 # Thinking blocks kept (by the id of the tool call they led to) to be sent back with that assistant turn.
 THINKING_CACHE_SIZE = 512
 
@@ -86,17 +91,18 @@ def to_anthropic(
 
 
 def request_kwargs(
-    request: ModelRequest, thinking: dict[str, list[dict[str, Any]]] | None = None
+    request: ModelRequest, thinking: dict[str, list[dict[str, Any]]] | None = None, stream: bool = True
 ) -> dict[str, Any]:
-    """Keyword arguments of `messages.create` for a streamed call."""
+    """Keyword arguments of `messages.create` for a streamed (or whole) call."""
     options = request.options
     system, turns = to_anthropic(request.messages, thinking)
     kwargs: dict[str, Any] = {
         "model": options.model,
         "messages": turns,
-        "max_tokens": options.max_tokens if options.max_tokens is not None else DEFAULT_MAX_TOKENS,
-        "stream": True,
+        "max_tokens": max_tokens(options.max_tokens),
     }
+    if stream:
+        kwargs["stream"] = True
     if system is not None:
         kwargs["system"] = system
     if options.stop:
@@ -113,6 +119,11 @@ def request_kwargs(
         if choice is not None:  # the API rejects tool_choice without tools
             kwargs["tool_choice"] = choice
     return kwargs
+
+
+def max_tokens(asked: int | None) -> int:
+    """The max_tokens sent: the request's, or the default ceiling (the API requires one)."""
+    return asked if asked is not None else DEFAULT_MAX_TOKENS
 
 
 def tool_choice(choice: ToolChoice | None) -> dict[str, Any] | None:
@@ -252,6 +263,42 @@ class AnthropicProvider(BaseProvider):
         if usage is not None:
             yield usage
         yield Finished(STOP_REASONS.get(state.reason or ""))
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        """One non-streamed call (one `Message` built, not an event object per token); a call whose max_tokens could
+        outlast the SDK's 10 minutes for a whole answer is streamed and collected instead."""
+        if max_tokens(request.options.max_tokens) > NONSTREAMING_MAX_TOKENS:
+            return await collect(self.stream(request))
+        self._warn_temperature(request)
+        try:
+            message = await self._client.messages.create(
+                **request_kwargs(request, self._thinking, stream=False)
+            )
+        except anthropic.AnthropicError as exc:
+            raise self._error(exc, False) from exc
+        except Exception as exc:  # transport errors the SDK let through
+            if transport_failure(exc) is None:
+                raise
+            raise self._error(exc, False) from exc
+        response = ModelResponse()
+        texts: list[str] = []
+        thinking: list[dict[str, Any]] = []
+        for block in message.content:
+            if block.type == "text":
+                texts.append(block.text)
+            elif block.type == "tool_use":
+                arguments = (
+                    block.input if isinstance(block.input, dict) else {"_raw": json.dumps(block.input)}
+                )
+                response.tool_calls.append(ToolCall(id=block.id, name=block.name, arguments=dict(arguments)))
+            elif block.type in ("thinking", "redacted_thinking"):
+                thinking.append(block.to_dict())
+        self._remember_thinking(response.tool_calls, thinking)
+        response.text = "".join(texts)
+        usage = message.usage
+        response.usage = Usage(prompt_tokens=usage.input_tokens, completion_tokens=usage.output_tokens)
+        response.finish_reason = STOP_REASONS.get(message.stop_reason or "")
+        return response
 
     def unsupported(self, request: ModelRequest) -> str | None:
         return unsupported_option(request)

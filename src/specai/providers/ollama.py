@@ -24,6 +24,7 @@ from specai.providers.base import (
     GenerationOptions,
     ModelEvent,
     ModelRequest,
+    ModelResponse,
     TextDelta,
     ToolCall,
     ToolCallRequested,
@@ -78,15 +79,15 @@ def output_format(response_format: dict[str, Any] | None) -> str | dict[str, Any
     return response_schema(response_format) or "json"
 
 
-def request_kwargs(request: ModelRequest) -> dict[str, Any]:
-    """Keyword arguments of `AsyncClient.chat` for a streamed call; options only when set."""
+def request_kwargs(request: ModelRequest, stream: bool = True) -> dict[str, Any]:
+    """Keyword arguments of `AsyncClient.chat` for a streamed (or whole) call; options only when set."""
     options = model_options(request.options)
     # OpenAI clients send tool results with only the call's id; Ollama wants the tool's name
     call_names = {call.id: call.name for m in request.messages for call in m.tool_calls}
     kwargs: dict[str, Any] = {
         "model": request.options.model,
         "messages": [message_to_ollama(m, call_names) for m in request.messages],
-        "stream": True,
+        "stream": stream,
     }
     if options:
         kwargs["options"] = options
@@ -154,6 +155,22 @@ class OllamaProvider(BaseProvider):
         if usage is not None:
             yield usage
         yield Finished("tool_calls" if calls else reason)
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        """One non-streamed call (`"stream": false`): the whole answer in one JSON object."""
+        try:
+            part = await self._client.chat(**request_kwargs(request, stream=False))
+        except Exception as exc:
+            error = self._error(exc, False)
+            if error is None:
+                raise
+            raise error from exc
+        calls = _tool_calls(part.message)
+        response = ModelResponse(text=part.message.content or "", tool_calls=calls)
+        if part.prompt_eval_count is not None or part.eval_count is not None:
+            response.usage = Usage(part.prompt_eval_count, part.eval_count)
+        response.finish_reason = "tool_calls" if calls else DONE_REASONS.get(part.done_reason or "")
+        return response
 
     def unsupported(self, request: ModelRequest) -> str | None:
         """Ollama cannot force a tool call: "required" and a named function are refused."""

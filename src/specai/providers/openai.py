@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from specai.providers.base import (
     Finished,
     ModelEvent,
     ModelRequest,
+    ModelResponse,
     TextDelta,
     ToolCall,
     ToolCallRequested,
@@ -67,15 +68,16 @@ def message_to_openai(message: ChatMessage) -> dict[str, Any]:
     return {"role": message.role, "content": message.content}
 
 
-def request_kwargs(request: ModelRequest) -> dict[str, Any]:
-    """Keyword arguments of `chat.completions.create` for a streamed call; unset options are left out."""
+def request_kwargs(request: ModelRequest, stream: bool = True) -> dict[str, Any]:
+    """Keyword arguments of `chat.completions.create` for a streamed (or whole) call; unset options are left out."""
     options = request.options
     kwargs: dict[str, Any] = {
         "model": options.model,
         "messages": [message_to_openai(m) for m in request.messages],
-        "stream": True,
-        "stream_options": {"include_usage": True},
     }
+    if stream:
+        kwargs["stream"] = True
+        kwargs["stream_options"] = {"include_usage": True}
     for name in PASSED_OPTIONS:
         value = getattr(options, name)
         if value is not None:
@@ -100,6 +102,13 @@ def finish_reason(raw: str | None) -> str | None:
     if raw == "function_call":
         return "tool_calls"
     return raw if raw in FINISH_REASONS else None
+
+
+def _final_reason(raw: str | None, calls: list[ToolCall]) -> str | None:
+    """The call's finish reason; some compatible servers (llama.cpp, older Ollama) say "stop" or nothing after tool
+    calls."""
+    final = finish_reason(raw)
+    return "tool_calls" if calls and final in ("stop", None) else final
 
 
 @dataclass
@@ -145,6 +154,18 @@ class ToolCallAccumulator:
             )
             for _, call in sorted(self._calls.items())
         ]
+
+
+def _message_calls(calls: Iterable[Any]) -> list[ToolCall]:
+    """The function calls of a whole (non-streamed) assistant message; missing ids are invented (unique)."""
+    out = []
+    for call in calls:
+        function = getattr(call, "function", None)
+        if function is None:  # a custom tool call: specai offers functions only
+            continue
+        arguments = parse_arguments(function.arguments or "")
+        out.append(ToolCall(id=call.id or new_call_id(), name=function.name or "", arguments=arguments))
+    return out
 
 
 def _status_message(exc: openai.APIStatusError) -> str:
@@ -198,9 +219,28 @@ class OpenAIProvider(BaseProvider):
             yield ToolCallRequested(call)
         if usage is not None:
             yield usage
-        final = finish_reason(reason)
-        # some compatible servers (llama.cpp, older Ollama) say "stop" or nothing after tool calls
-        yield Finished("tool_calls" if calls and final in ("stop", None) else final)
+        yield Finished(_final_reason(reason, calls))
+
+    async def generate(self, request: ModelRequest) -> ModelResponse:
+        """One non-streamed call: the SDK builds a single `ChatCompletion` instead of an object per token."""
+        try:
+            completion = await self._client.chat.completions.create(**request_kwargs(request, stream=False))
+        except openai.OpenAIError as exc:
+            raise self._error(exc, False) from exc
+        except Exception as exc:  # transport errors the SDK let through
+            if transport_failure(exc) is None:
+                raise
+            raise self._error(exc, False) from exc
+        response = ModelResponse()
+        reason: str | None = None
+        for choice in completion.choices[:1]:
+            response.text = choice.message.content or ""
+            response.tool_calls = _message_calls(choice.message.tool_calls or ())
+            reason = choice.finish_reason
+        if completion.usage is not None:
+            response.usage = Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens)
+        response.finish_reason = _final_reason(reason, response.tool_calls)
+        return response
 
     def unsupported(self, request: ModelRequest) -> str | None:
         """Everything is passed through; only a tool_choice that forces a tool nobody offered is refused."""

@@ -9,10 +9,11 @@ from specai.errors import ExecutionError
 
 
 async def finish(run: Run) -> tuple[str, dict[str, Any]]:
-    """Run to the end; return the text and metadata, or raise the run's failure (502/504/500)."""
+    """Run to the end with non-streaming model calls; return the text and metadata, or raise the run's failure
+    (502/504/500)."""
     parts: list[str] = []
     metadata: dict[str, Any] = {}
-    async for event in run.events():
+    async for event in run.events(stream=False):
         if event.type == "chunk":
             parts.append(event.data["text"])
         elif event.type == "end":
