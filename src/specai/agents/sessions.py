@@ -200,28 +200,40 @@ class SessionStore:
             raise InvalidRequestError("append takes NewMessage objects")
         now = utcnow()
         async with self._store.transaction() as conn:
-            await self._claim(conn, session_id, owner, agent, now)
+            session = await self._claim(conn, session_id, owner, agent, now, len(batch))
             if batch:
                 await conn.execute(insert(messages_table), [_row(session_id, m, now) for m in batch])
-            await conn.execute(
-                update(sessions_table).where(sessions_table.c.id == session_id).values(updated_at=now)
-            )
-            return await self._get(conn, session_id, owner)
+        return session
 
     async def _claim(
-        self, conn: AsyncConnection, session_id: str, owner: str, agent: str, now: dt.datetime
-    ) -> None:
-        """Create the session if needed, then lock its row so concurrent appends to it do not interleave."""
+        self, conn: AsyncConnection, session_id: str, owner: str, agent: str, now: dt.datetime, adding: int
+    ) -> Session:
+        """Create the session, or touch the owner's existing one (its row then locked, so concurrent appends to it do
+        not interleave); the session as it will be once `adding` messages are in. One statement for a new session,
+        two for an existing one."""
         created = await conn.execute(
             insert_ignore(conn, sessions_table, "id").values(
                 id=session_id, owner=owner, agent=agent, created_at=now, updated_at=now
             )
         )
-        if created.rowcount:
+        if created.rowcount:  # the new row is this transaction's until it commits
             check_new_session_id(session_id)  # raising rolls the insert back with the transaction
-        query = select(sessions_table.c.owner).where(sessions_table.c.id == session_id).with_for_update()
-        if await conn.scalar(query) != owner:
+            return Session(session_id, owner, agent, now, now, adding)
+        count = (
+            select(func.count(messages_table.c.id))
+            .where(messages_table.c.session_id == session_id)
+            .scalar_subquery()
+        )
+        touch = (
+            update(sessions_table)
+            .where(sessions_table.c.id == session_id, sessions_table.c.owner == owner)
+            .values(updated_at=now)
+            .returning(sessions_table.c.agent, sessions_table.c.created_at, count.label("message_count"))
+        )
+        row = (await conn.execute(touch)).first()
+        if row is None:  # someone else's session
             raise _not_found(session_id)
+        return Session(session_id, owner, row.agent, row.created_at, now, row.message_count + adding)
 
     async def _get(self, conn: AsyncConnection, session_id: str, owner: str) -> Session:
         query = _session_query.where(sessions_table.c.id == session_id, sessions_table.c.owner == owner)
