@@ -33,6 +33,12 @@ V1 = {"A2A-Version": "1.0"}
 AGENTS = {
     "default": AgentSettings(),
     "poet": AgentSettings(prompt="secret prompt", mock_script=[{"text": POEM}]),
+    "calc": AgentSettings(
+        mock_script=[
+            {"tool_call": {"name": "calculator", "arguments": {"expression": "6*7"}}},
+            {"text": "42"},
+        ]
+    ),
 }
 
 
@@ -114,8 +120,8 @@ def test_card_is_public_and_describes_the_server(client: TestClient[Any], settin
     assert response.headers["content-type"].startswith("application/json")
     card = response.json()
     assert card["name"] == "specai"
-    assert [s["id"] for s in card["skills"]] == ["default", "poet"]
-    assert "default" in card["skills"][0]["tags"]
+    assert [s["id"] for s in card["skills"]] == ["calc", "default", "poet"]
+    assert "default" in card["skills"][1]["tags"]
     assert "secret prompt" not in response.text  # the prompt is not published
     interfaces = card["supportedInterfaces"]
     assert [(i["protocolBinding"], i["protocolVersion"]) for i in interfaces] == [
@@ -135,6 +141,12 @@ def test_card_is_public_and_describes_the_server(client: TestClient[Any], settin
     assert scheme["bearerFormat"] == "JWT"
     assert "API key" in scheme["description"]
     assert card["securityRequirements"] == [{"schemes": {"bearer": {}}}]
+
+
+def test_card_is_also_beside_the_endpoint(client: TestClient[Any]) -> None:
+    response = client.get("/a2a/.well-known/agent-card.json")
+    assert response.status_code == 200
+    assert response.json() == client.get("/.well-known/agent-card.json").json()
 
 
 def test_card_parses_with_the_sdk_and_follows_the_host(client: TestClient[Any]) -> None:
@@ -307,6 +319,29 @@ def test_streaming_send(client: TestClient[Any]) -> None:
     states = [r["statusUpdate"]["status"]["state"] for r in results if "statusUpdate" in r]
     assert states == ["TASK_STATE_WORKING", "TASK_STATE_COMPLETED"]
     assert kinds[-1] == "statusUpdate"
+
+
+def test_a_tool_call_shows_as_a_working_status(client: TestClient[Any]) -> None:
+    alice = login(client, "alice")
+    body = {
+        "jsonrpc": "2.0",
+        "id": 4,
+        "method": "SendStreamingMessage",
+        "params": {"message": message("six times seven?", metadata={"agent": "calc"})},
+    }
+    with client.stream("POST", "/a2a", json=body, headers=alice) as response:
+        results = [event["result"] for event in sse_results(response.iter_lines())]
+    statuses = [r["statusUpdate"] for r in results if "statusUpdate" in r]
+    calling = [
+        s for s in statuses if s.get("metadata", {}).get("specai", {}).get("tool_call") == "calculator"
+    ]
+    assert len(calling) == 1
+    assert calling[0]["status"]["message"]["parts"] == [{"text": "calling tool calculator"}]
+    assert statuses[-1]["status"]["state"] == "TASK_STATE_COMPLETED"
+    text = "".join(
+        p["text"] for r in results if "artifactUpdate" in r for p in r["artifactUpdate"]["artifact"]["parts"]
+    )
+    assert text == "42"
 
 
 def test_v03_method_names(client: TestClient[Any]) -> None:

@@ -82,7 +82,7 @@ def routes(state: ServerState) -> list[BaseRouteHandler]:
     )
 
     @get(
-        CARD_PATH,
+        [CARD_PATH, ENDPOINT + CARD_PATH],  # also beside the endpoint: clients given its URL look there
         sync_to_thread=False,
         include_in_schema=False,  # A2A's own document (the a2a-sdk's AgentCard), described in the README
         opt={"exclude_from_auth": True},
