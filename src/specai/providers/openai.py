@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,10 @@ from specai.providers.base import (
 )
 
 VENDOR = "openai"
+# Calls go through the SDK's own request layer (`AsyncOpenAI.post`: auth, headers, timeouts, status errors, SSE
+# decoding, error events) with `cast_to=object`, which hands back each chunk (or the whole completion) as the JSON
+# object the server sent: no pydantic model per token, no walk of the params TypedDict per request.
+COMPLETIONS = "/chat/completions"
 # GenerationOptions sent as they are when set (OpenAI's names and shapes).
 PASSED_OPTIONS = (
     "temperature",
@@ -118,29 +122,53 @@ class _PartialCall:
     arguments: list[str] = field(default_factory=list)
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one (a compatible server may send null or junk)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _usage(raw: Any) -> Usage | None:
+    """A `usage` object's token counts; None when the server sent none."""
+    if not isinstance(raw, dict):
+        return None
+    return Usage(_count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens")))
+
+
 class ToolCallAccumulator:
-    """Joins streamed tool-call fragments by their index into complete calls."""
+    """Joins streamed tool-call fragments (`delta.tool_calls[i]` JSON objects) by their index into complete calls."""
 
     def __init__(self) -> None:
         self._calls: dict[int, _PartialCall] = {}
 
-    def add(self, fragment: Any) -> None:
+    def add(self, fragment: dict[str, Any]) -> None:
         """Fold one `delta.tool_calls[i]` fragment in."""
         call = self._calls.setdefault(self._index(fragment), _PartialCall())
-        if fragment.id:
-            call.id = fragment.id
-        function = fragment.function
-        if function is not None:
-            if function.name:
-                call.name += function.name
-            if function.arguments:
-                call.arguments.append(function.arguments)
+        call_id = _str(fragment.get("id"))
+        if call_id:
+            call.id = call_id
+        function = fragment.get("function")
+        if isinstance(function, dict):
+            name = _str(function.get("name"))
+            if name:
+                call.name += name
+            arguments = _str(function.get("arguments"))
+            if arguments:
+                call.arguments.append(arguments)
 
-    def _index(self, fragment: Any) -> int:
+    def _index(self, fragment: dict[str, Any]) -> int:
         """The fragment's index; servers that omit it start a new call with each id."""
-        if fragment.index is not None:
-            return int(fragment.index)
-        if fragment.id or not self._calls:
+        index = fragment.get("index")
+        if isinstance(index, int):
+            return index
+        if fragment.get("id") or not self._calls:
             return len(self._calls)
         return max(self._calls)
 
@@ -156,15 +184,16 @@ class ToolCallAccumulator:
         ]
 
 
-def _message_calls(calls: Iterable[Any]) -> list[ToolCall]:
+def _message_calls(calls: Any) -> list[ToolCall]:
     """The function calls of a whole (non-streamed) assistant message; missing ids are invented (unique)."""
     out = []
-    for call in calls:
-        function = getattr(call, "function", None)
-        if function is None:  # a custom tool call: specai offers functions only
+    for call in calls if isinstance(calls, list) else ():
+        function = _obj(call).get("function")
+        if not isinstance(function, dict):  # a custom tool call: specai offers functions only
             continue
-        arguments = parse_arguments(function.arguments or "")
-        out.append(ToolCall(id=call.id or new_call_id(), name=function.name or "", arguments=arguments))
+        arguments = parse_arguments(_str(function.get("arguments")) or "")
+        call_id = _str(call.get("id")) or new_call_id()
+        out.append(ToolCall(id=call_id, name=_str(function.get("name")) or "", arguments=arguments))
     return out
 
 
@@ -196,18 +225,27 @@ class OpenAIProvider(BaseProvider):
         reason: str | None = None
         started = False
         try:
-            stream = await self._client.chat.completions.create(**request_kwargs(request))
+            stream = await self._client.post(
+                COMPLETIONS,
+                body=request_kwargs(request),
+                cast_to=object,
+                stream=True,
+                stream_cls=openai.AsyncStream[object],
+            )
             started = True
             async with stream:
                 async for chunk in stream:
-                    if chunk.usage is not None:
-                        usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                    for choice in chunk.choices:
-                        if choice.delta.content:
-                            yield TextDelta(choice.delta.content)
-                        for fragment in choice.delta.tool_calls or ():
-                            tool_calls.add(fragment)
-                        reason = choice.finish_reason or reason
+                    data = _obj(chunk)
+                    usage = _usage(data.get("usage")) or usage
+                    for choice in data.get("choices") or ():
+                        choice = _obj(choice)
+                        delta = _obj(choice.get("delta"))
+                        content = delta.get("content")
+                        if content and isinstance(content, str):
+                            yield TextDelta(content)
+                        for fragment in delta.get("tool_calls") or ():
+                            tool_calls.add(_obj(fragment))
+                        reason = _str(choice.get("finish_reason")) or reason
         except openai.OpenAIError as exc:
             raise self._error(exc, started) from exc
         except Exception as exc:  # transport errors the SDK let through
@@ -222,23 +260,25 @@ class OpenAIProvider(BaseProvider):
         yield Finished(_final_reason(reason, calls))
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
-        """One non-streamed call: the SDK builds a single `ChatCompletion` instead of an object per token."""
+        """One non-streamed call: the whole completion in one JSON object."""
         try:
-            completion = await self._client.chat.completions.create(**request_kwargs(request, stream=False))
+            completion = await self._client.post(
+                COMPLETIONS, body=request_kwargs(request, stream=False), cast_to=object
+            )
         except openai.OpenAIError as exc:
             raise self._error(exc, False) from exc
         except Exception as exc:  # transport errors the SDK let through
             if transport_failure(exc) is None:
                 raise
             raise self._error(exc, False) from exc
-        response = ModelResponse()
+        data = _obj(completion)
+        response = ModelResponse(usage=_usage(data.get("usage")))
         reason: str | None = None
-        for choice in completion.choices[:1]:
-            response.text = choice.message.content or ""
-            response.tool_calls = _message_calls(choice.message.tool_calls or ())
-            reason = choice.finish_reason
-        if completion.usage is not None:
-            response.usage = Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens)
+        for choice in (data.get("choices") or ())[:1]:
+            message = _obj(_obj(choice).get("message"))
+            response.text = _str(message.get("content")) or ""
+            response.tool_calls = _message_calls(message.get("tool_calls"))
+            reason = _str(_obj(choice).get("finish_reason"))
         response.finish_reason = _final_reason(reason, response.tool_calls)
         return response
 
