@@ -67,9 +67,12 @@ class Live:
     fake: FakeOpenAI
     tokens: dict[str, str]
 
-    def script(self, tokens: Sequence[str] = DEFAULT_TOKENS, delay: float = 0.0) -> FakeOpenAI:
+    def script(
+        self, tokens: Sequence[str] = DEFAULT_TOKENS, delay: float = 0.0, status: int | None = None
+    ) -> FakeOpenAI:
         """A new script for the fake, and forget what it saw."""
         fake = self.fake
+        fake.status = status
         with fake._lock:
             fake.turns = [Turn(tokens=tuple(tokens))]
             fake._chats = 0
@@ -247,6 +250,22 @@ async def test_subscribe_to_a_running_task(live: Live) -> None:
     last = watched[-1]
     assert last.HasField("status_update")
     assert last.status_update.status.state == TaskState.TASK_STATE_COMPLETED
+
+
+async def test_an_upstream_failure_fails_the_task(live: Live) -> None:
+    live.script(status=500)
+    try:
+        async with sdk_client(live) as client:
+            responses = [r async for r in client.send_message(request("hi"))]
+    finally:
+        live.script()
+    final = responses[-1]
+    assert final.HasField("status_update")
+    status = final.status_update.status
+    assert status.state == TaskState.TASK_STATE_FAILED
+    assert status.message.metadata["code"] == "upstream_error"
+    assert status.message.parts[0].text
+    assert "sk-test" not in str(status)
 
 
 async def test_no_token_is_401(live: Live) -> None:
