@@ -119,6 +119,18 @@ def test_self_signed_cert_validity_follows_days() -> None:
     assert cert.not_valid_before_utc <= dt.datetime.now(dt.UTC)
 
 
+def test_self_signed_cert_is_its_own_trust_anchor_for_strict_verifiers() -> None:
+    """BoringSSL (Bun, so Claude Code's MCP client) trusts a self-signed leaf only if its key usage allows
+    certificate signing: without it, `NODE_EXTRA_CA_CERTS=specai.pem` ends in UNABLE_TO_VERIFY_LEAF_SIGNATURE."""
+    cert = x509.load_pem_x509_certificate(create_self_signed("127.0.0.1")[0])
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical
+    assert usage.value.digital_signature
+    assert usage.value.key_cert_sign
+    constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert constraints.ca is False  # still no CA: it cannot vouch for any other certificate
+
+
 def test_self_signed_key_matches_cert() -> None:
     cert_pem, key_pem = create_self_signed("127.0.0.1")
     cert = x509.load_pem_x509_certificate(cert_pem)

@@ -115,7 +115,7 @@ def create_self_signed(
                 key_encipherment=False,
                 data_encipherment=False,
                 key_agreement=False,
-                key_cert_sign=False,
+                key_cert_sign=True,  # it signs itself: BoringSSL (Bun: Claude Code) trusts it only then
                 crl_sign=False,
                 encipher_only=False,
                 decipher_only=False,
