@@ -311,7 +311,8 @@ def test_streaming_send(client: TestClient[Any]) -> None:
     results = [e["result"] for e in events]
     kinds = [next(iter(r)) for r in results]
     assert kinds[0] == "task"
-    assert kinds.count("artifactUpdate") == len(MOCK_TEXT.split())
+    # a word every 20 ms, an update at most every 50 ms: several updates, fewer than the words
+    assert 2 <= kinds.count("artifactUpdate") < len(MOCK_TEXT.split())
     text = "".join(
         p["text"] for r in results if "artifactUpdate" in r for p in r["artifactUpdate"]["artifact"]["parts"]
     )

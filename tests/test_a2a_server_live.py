@@ -180,7 +180,7 @@ async def test_streaming_send_yields_updates_before_the_end(live: Live) -> None:
             arrivals.append((time.monotonic(), response))
     responses = [r for _, r in arrivals]
     updates = [r for r in responses if r.HasField("artifact_update")]
-    assert len(updates) == len(DEFAULT_TOKENS)
+    assert len(updates) >= 3  # a token every 50 ms: (about) an update each
     assert text_of(responses) == REPLY
     final = responses[-1]
     assert final.HasField("status_update")

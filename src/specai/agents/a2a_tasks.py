@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -49,6 +50,9 @@ from specai.users.access import Principal
 log = logging.getLogger("specai.a2a")
 TLS_FINGERPRINT_EXTENSION = "https://specai.dev/a2a/ext/tls-fingerprint/v1"  # card extension: params.sha256
 AGENT_METADATA_KEY = "agent"  # message (or request) metadata naming the agent to run
+FLUSH_SECS = (
+    0.05  # at most this often an artifact update per task (each is a database write); chunks in between wait
+)
 ARTIFACT_ID = "answer"  # the one artifact a task's answer streams into
 FINAL_STATES = tuple(
     TaskState.Name(state)
@@ -310,14 +314,71 @@ class RunContextBuilder(RequestContextBuilder):
         return request
 
 
+class _Answer:
+    """The answer's text as artifact updates: a chunk goes at once unless one went less than `every` seconds ago;
+    then it waits, with the chunks after it, until that much time has passed (a timer sends them)."""
+
+    def __init__(self, updater: TaskUpdater, every: float) -> None:
+        self.updater = updater
+        self.every = every
+        self.pending: list[str] = []
+        self.sent = False
+        self.last = -math.inf
+        self.timer: asyncio.Task[None] | None = None
+        self.lock = asyncio.Lock()
+
+    async def add(self, text: str) -> None:
+        """One more chunk of the answer."""
+        self.pending.append(text)
+        wait = self.last + self.every - asyncio.get_running_loop().time()
+        if wait <= 0:
+            await self.flush()
+        elif self.timer is None:
+            self.timer = asyncio.ensure_future(self._later(wait))
+
+    async def _later(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self.timer = None  # from here on a flush is under way: `drop` leaves it alone
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Send what is pending now."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        async with self.lock:
+            if not self.pending:
+                return
+            text = "".join(self.pending)
+            self.pending.clear()
+            self.last = asyncio.get_running_loop().time()
+            await self.updater.add_artifact(
+                [new_text_part(text)],
+                artifact_id=ARTIFACT_ID,
+                name="answer",
+                append=self.sent,
+                last_chunk=False,
+            )
+            self.sent = True
+
+    def drop(self) -> None:
+        """Send nothing more (the run was stopped)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.pending.clear()
+
+
 class AgentTaskExecutor(AgentExecutor):
     """Runs a request's prepared agent run as an A2A task: submitted, working, the answer as artifact updates (one
-    per streamed chunk, appended to one artifact), then completed or failed. A cancel stops the run, and with it
+    per streamed chunk, appended to one artifact; chunks coming faster than one per `flush_secs` are sent together,
+    as each update is a database write), then completed or failed. A cancel stops the run, and with it
     the model call upstream, then marks the task canceled; so does the server stopping (`stopping` set), which
     marks it failed with code `shutting_down`."""
 
-    def __init__(self, stopping: asyncio.Event | None = None) -> None:
+    def __init__(self, stopping: asyncio.Event | None = None, flush_secs: float = FLUSH_SECS) -> None:
         self._stopping = stopping
+        self._flush_secs = flush_secs
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._cancelling: set[str] = set()
         self._halting: set[str] = set()
@@ -340,10 +401,12 @@ class AgentTaskExecutor(AgentExecutor):
             if self._stopping is not None:
                 watch = asyncio.ensure_future(self._stopping.wait())
                 watch.add_done_callback(lambda done: self._halt(task_id, done))
+        answer = _Answer(updater, self._flush_secs)
         try:
             await updater.start_work()
-            await self._stream(run, updater)
+            await self._stream(run, updater, answer)
         except asyncio.CancelledError:
+            answer.drop()
             if task_id not in self._cancelling and task_id not in self._halting:
                 raise
             if current is not None:
@@ -355,6 +418,7 @@ class AgentTaskExecutor(AgentExecutor):
                 stopped.metadata.update({"code": "shutting_down"})
                 await updater.failed(stopped)
         finally:
+            answer.drop()
             if watch is not None:
                 watch.cancel()
             self._running.pop(task_id, None)
@@ -370,19 +434,13 @@ class AgentTaskExecutor(AgentExecutor):
             self._halting.add(task_id)
             running.cancel()
 
-    async def _stream(self, run: Run, updater: TaskUpdater) -> None:
-        first = True
+    async def _stream(self, run: Run, updater: TaskUpdater, answer: _Answer) -> None:
         async for event in run.events():
             if event.type == "chunk":
-                await updater.add_artifact(
-                    [new_text_part(event.data["text"])],
-                    artifact_id=ARTIFACT_ID,
-                    name="answer",
-                    append=not first,
-                    last_chunk=False,
-                )
-                first = False
-            elif event.type == "tool_call":
+                await answer.add(event.data["text"])
+                continue
+            await answer.flush()  # the text so far goes before whatever comes next
+            if event.type == "tool_call":
                 name = event.data.get("name", "")
                 await updater.update_status(
                     TaskState.TASK_STATE_WORKING,
