@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, Reference
-from litestar.response import ServerSentEventMessage
+from litestar.response import ServerSentEvent, ServerSentEventMessage, Stream
 
 from specai.server.schemas.streams import StreamEvent
 
@@ -48,6 +48,29 @@ def keepalive_comment() -> ServerSentEventMessage:
     return ServerSentEventMessage(comment="keep-alive", data=None)
 
 
+# Frames encoded as Litestar's ServerSentEventMessage.encode would, for streams that write bytes themselves.
+KEEPALIVE_FRAME = b": keep-alive\r\n\r\n"
+
+
+def frame(data: str, event_id: str | int | None = None) -> bytes:
+    """One SSE event of one `data:` line (`data` holds no line break, as JSON text never does), maybe with an id."""
+    if event_id is None:
+        return f"data: {data}\r\n\r\n".encode()
+    return f"id: {event_id}\r\ndata: {data}\r\n\r\n".encode()
+
+
+class EventStream(ServerSentEvent):
+    """A ServerSentEvent over frames already encoded (bytes): no message object and encoder per event, and no hop
+    to a worker thread before the first one (Litestar's iterator fetches its header lines with sync_to_thread)."""
+
+    def __init__(self, frames: AsyncIterator[bytes]) -> None:
+        Stream.__init__(self, content=frames, media_type=EVENT_STREAM)
+        # the headers ServerSentEvent sets
+        self.headers.setdefault("Cache-Control", "no-cache")
+        self.headers["Connection"] = "keep-alive"
+        self.headers["X-Accel-Buffering"] = "no"
+
+
 def event_stream_response(description: str) -> dict[int, ResponseSpec]:
     """The OpenAPI 200 of a handler that answers with server-sent events (Litestar would call it JSON)."""
     spec = ResponseSpec(
@@ -71,19 +94,19 @@ class JsonOrEventStream(Operation):
 async def relay(events: AsyncIterator[Any], stopping: asyncio.Event, keepalive: float) -> AsyncIterator[Any]:
     """Relay events; yield KEEPALIVE after `keepalive` s of silence; on shutdown end with STOPPING.
 
-    One producer task per stream feeds a queue, so relaying an event costs no new task. Closing this generator
-    (the client went away) cancels the producer, which closes the upstream request.
+    One producer task per stream feeds a queue, so relaying an event costs no new task, and one timer per silence
+    (not a timeout per event) adds the keep-alives. Closing this generator (the client went away) cancels the
+    producer, which closes the upstream request.
     """
     queue: asyncio.Queue[Any] = asyncio.Queue()
-    producer = asyncio.ensure_future(_produce(events, queue))
+    pulse = _Pulse(queue, keepalive)
+    producer = asyncio.ensure_future(_produce(events, queue, pulse))
     stop = asyncio.ensure_future(stopping.wait())
     stop.add_done_callback(lambda _: queue.put_nowait(STOPPING))
     try:
         while True:
-            try:
-                async with asyncio.timeout(keepalive):
-                    item = await queue.get()
-            except TimeoutError:
+            item = await queue.get()
+            if item is KEEPALIVE:
                 yield KEEPALIVE
                 continue
             if item is _DONE:
@@ -95,12 +118,40 @@ async def relay(events: AsyncIterator[Any], stopping: asyncio.Event, keepalive: 
                 raise item.error
             yield item
     finally:
+        pulse.cancel()
         stop.cancel()
         producer.cancel()
         # Shielded: a cancellation arriving now must not interrupt the producer's cleanup, or the SDK's
         # connection is left open and the upstream keeps generating.
         with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
             await producer
+
+
+class _Pulse:
+    """Queues a KEEPALIVE once `keepalive` s pass without an event: one timer, moved on only when it fires."""
+
+    def __init__(self, queue: asyncio.Queue[Any], keepalive: float) -> None:
+        self._queue = queue
+        self._keepalive = keepalive
+        self._loop = asyncio.get_running_loop()
+        self.last = self._loop.time()  # when the producer last queued an event
+        self._timer = self._loop.call_at(self.last + keepalive, self._fire)
+
+    def _fire(self) -> None:
+        now = self._loop.time()
+        due = self.last + self._keepalive
+        if now >= due - _CLOCK_SLACK:
+            self._queue.put_nowait(KEEPALIVE)
+            self.last = now
+            due = now + self._keepalive
+        self._timer = self._loop.call_at(due, self._fire)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+# the event loop may run a timer up to its clock resolution early
+_CLOCK_SLACK = 0.001
 
 
 class _Failure:
@@ -113,10 +164,12 @@ class _Failure:
 _DONE = object()
 
 
-async def _produce(events: AsyncIterator[Any], queue: asyncio.Queue[Any]) -> None:
+async def _produce(events: AsyncIterator[Any], queue: asyncio.Queue[Any], pulse: _Pulse) -> None:
+    loop = asyncio.get_running_loop()
     try:
         async for event in events:
             queue.put_nowait(event)
+            pulse.last = loop.time()
     except Exception as exc:  # a bug below: re-raised in the consumer, where the response can report it
         queue.put_nowait(_Failure(exc))
     else:

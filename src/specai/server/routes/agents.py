@@ -9,7 +9,7 @@ import msgspec
 from litestar import Request, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import ServerSentEvent
 
 from specai.agents.runtime import AgentEvent, AgentRuntime, QueryInput, Run
 from specai.errors import InvalidRequestError
@@ -19,9 +19,11 @@ from specai.server.schemas.agents import AgentListOut, AgentOut, QueryIn, QueryO
 from specai.server.security import principal
 from specai.server.sse import (
     KEEPALIVE,
+    KEEPALIVE_FRAME,
     STOPPING,
+    EventStream,
     event_stream_response,
-    keepalive_comment,
+    frame,
     relay,
     shutting_down,
 )
@@ -77,7 +79,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         """Stream a query as SSE: `start`, `chunk`/`tool_call`/`tool_result`..., then `end` or `error`."""
         run = await _prepare(server.runtime, data, request)
         keepalive = server.settings.server.sse_keepalive_secs
-        return ServerSentEvent(_sse(run.events(), server.stopping, keepalive))
+        return EventStream(_sse(run.events(), server.stopping, keepalive))
 
     return [list_agents, query, stream]
 
@@ -122,17 +124,21 @@ async def _prepare(runtime: AgentRuntime, data: QueryIn, request: Request) -> Ru
 
 async def _sse(
     events: AsyncIterator[AgentEvent], stopping: asyncio.Event, keepalive: float
-) -> AsyncIterator[ServerSentEventMessage]:
+) -> AsyncIterator[bytes]:
+    """The run's events as SSE frames, numbered; a text chunk's frame is spliced, not built from a dict."""
     number = 0
     async for item in relay(events, stopping, keepalive):
         if item is KEEPALIVE:
-            yield keepalive_comment()
+            yield KEEPALIVE_FRAME
             continue
         number += 1
         if item is STOPPING:
-            yield shutting_down(agent_error, event_id=str(number))
+            yield shutting_down(agent_error, event_id=str(number)).encode()
             return
-        yield ServerSentEventMessage(data=json.dumps(item.as_dict()), id=str(number))
+        if item.type == "chunk":  # json.dumps(item.as_dict()), without the dict
+            yield f'id: {number}\r\ndata: {{"type": "chunk", "text": {json.dumps(item.data["text"])}}}\r\n\r\n'.encode()
+        else:
+            yield frame(json.dumps(item.as_dict()), number)
 
 
 def agent_error(message: str, code: str) -> dict[str, Any]:

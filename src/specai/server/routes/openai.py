@@ -20,7 +20,7 @@ from litestar import Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import ServerSentEvent
 
 from specai.agents.runtime import ClientRequest, QueryInput, Run
 from specai.errors import AgentNotFoundError, InvalidRequestError
@@ -40,7 +40,16 @@ from specai.server.schemas.openai import (
     ToolCallOut,
     UsageOut,
 )
-from specai.server.sse import KEEPALIVE, STOPPING, JsonOrEventStream, keepalive_comment, relay, shutting_down
+from specai.server.sse import (
+    KEEPALIVE,
+    KEEPALIVE_FRAME,
+    STOPPING,
+    EventStream,
+    JsonOrEventStream,
+    frame,
+    relay,
+    shutting_down,
+)
 from specai.server.state import ServerState
 
 COMPLETION = (
@@ -149,7 +158,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
             keepalive = server.settings.server.sse_keepalive_secs
             usage = data.stream_options is not None and data.stream_options.include_usage
             events = relay(run.events(), server.stopping, keepalive)
-            return ServerSentEvent(_chunks(run, events, usage))
+            return EventStream(_chunks(run, events, usage))
         text, metadata = await finish(run)
         calls = [_call_out(call) for call in run.client_calls]
         usage_in = metadata.get("usage")
@@ -344,10 +353,8 @@ def _call_out(call: ToolCall) -> ToolCallOut:
     return ToolCallOut(call.id, "function", FunctionCallOut(call.name, json.dumps(call.arguments)))
 
 
-async def _chunks(
-    run: Run, events: AsyncIterator[Any], include_usage: bool
-) -> AsyncIterator[ServerSentEventMessage]:
-    """The run as `chat.completion.chunk` events, then `[DONE]`."""
+async def _chunks(run: Run, events: AsyncIterator[Any], include_usage: bool) -> AsyncIterator[bytes]:
+    """The run as `chat.completion.chunk` SSE frames, then `[DONE]`."""
     created = int(time.time())
     head: dict[str, Any] = {
         "id": run.session_id,
@@ -357,20 +364,23 @@ async def _chunks(
     }
     extra = {"usage": None} if include_usage else {}
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> ServerSentEventMessage:
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
-        return ServerSentEventMessage(data=json.dumps({**head, "choices": [choice], **extra}))
+        return frame(json.dumps({**head, "choices": [choice], **extra}))
+
+    # a text chunk is the same JSON every time but for its text: encoded once, the text spliced in
+    before, after = chunk({"content": _MARK}).split(json.dumps(_MARK).encode())
 
     yield chunk({"role": "assistant", "content": ""})
     calls = 0
     async for event in events:
         if event is KEEPALIVE:
-            yield keepalive_comment()
+            yield KEEPALIVE_FRAME
         elif event is STOPPING:
-            yield shutting_down(_stream_error)
+            yield shutting_down(_stream_error).encode()
             break
         elif event.type == "chunk":
-            yield chunk({"content": event.data["text"]})
+            yield before + json.dumps(event.data["text"]).encode() + after
         elif event.type == "tool_call" and "id" in event.data:  # a client tool's call, for the client to run
             function = {"name": event.data["name"], "arguments": json.dumps(event.data["arguments"])}
             call = {"index": calls, "id": event.data["id"], "type": "function", "function": function}
@@ -379,14 +389,18 @@ async def _chunks(
         elif event.type == "error":
             status = run.failure.status if run.failure is not None else 500
             body = openai_error(event.data["message"], event.data["code"], status)
-            yield ServerSentEventMessage(data=msgspec.json.encode(body).decode())
+            yield frame(msgspec.json.encode(body).decode())
             break
         elif event.type == "end":
             yield chunk({}, run.finish_reason or "stop")
             if include_usage:
                 usage = event.data["metadata"].get("usage")
-                yield ServerSentEventMessage(data=json.dumps({**head, "choices": [], "usage": usage}))
-    yield ServerSentEventMessage(data="[DONE]")
+                yield frame(json.dumps({**head, "choices": [], "usage": usage}))
+    yield DONE_FRAME
+
+
+_MARK = "\x00text\x00"  # stands for a chunk's text in its pre-encoded frame (JSON escapes it as \u0000)
+DONE_FRAME = frame("[DONE]")
 
 
 def _stream_error(message: str, code: str) -> dict[str, Any]:
