@@ -4,13 +4,14 @@ stored (specai's database, per owner), and the executor that runs an agent for a
 A task is one agent run; its contextId is the specai session it continues (a new context is a new session), so a
 follow-up message in the same context remembers the conversation. The agent is the one named by the message's
 metadata `{"agent": "<id>"}` (the request's metadata too), else the session's agent, else the default agent.
+Several server processes may share one PostgreSQL: a task's final state is never undone in the store, which is how
+a CancelTask answered by another process stops the run, and SubscribeToTask there follows the stored task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -47,12 +48,9 @@ from specai.store.schema import a2a_tasks
 from specai.store.types import utcnow
 from specai.users.access import Principal
 
-log = logging.getLogger("specai.a2a")
 TLS_FINGERPRINT_EXTENSION = "https://specai.dev/a2a/ext/tls-fingerprint/v1"  # card extension: params.sha256
 AGENT_METADATA_KEY = "agent"  # message (or request) metadata naming the agent to run
-FLUSH_SECS = (
-    0.05  # at most this often an artifact update per task (each is a database write); chunks in between wait
-)
+FLUSH_SECS = 0.05  # at most one artifact update per task this often (each is a database write)
 ARTIFACT_ID = "answer"  # the one artifact a task's answer streams into
 FINAL_STATES = tuple(
     TaskState.Name(state)
