@@ -209,13 +209,63 @@ def test_malformed_requests_get_json_rpc_errors(client: TestClient[Any]) -> None
     assert error_code(rpc(client, headers, "SendMessage", {"message": message("   ")})) == -32602
 
 
+def test_parts_that_are_not_text_are_content_type_not_supported(client: TestClient[Any]) -> None:
+    alice = login(client, "alice")
+    raw = {
+        "messageId": uuid.uuid4().hex,
+        "role": "ROLE_USER",
+        "parts": [{"raw": "dGNr", "mediaType": "image/png"}],
+    }
+    pdf = {
+        "messageId": uuid.uuid4().hex,
+        "role": "ROLE_USER",
+        "parts": [{"text": "x", "mediaType": "application/pdf"}],
+    }
+    data = {"messageId": uuid.uuid4().hex, "role": "ROLE_USER", "parts": [{"text": "hi"}, {"data": {"a": 1}}]}
+    for sent in (raw, pdf, data):
+        answer = rpc(client, alice, "SendMessage", {"message": sent})
+        assert error_code(answer) == -32005, answer
+        assert "text parts" in answer["error"]["message"]
+    assert (
+        rpc(client, alice, "ListTasks", {})["result"].get("tasks", []) == []
+    )  # refused before a task exists
+    typed = {"text": "hi", "mediaType": "text/plain"}
+    plain = {"messageId": uuid.uuid4().hex, "role": "ROLE_USER", "parts": [typed]}
+    assert "result" in rpc(client, alice, "SendMessage", {"message": plain})
+
+
+def test_a_body_that_is_not_json_is_content_type_not_supported(client: TestClient[Any]) -> None:
+    alice = login(client, "alice")
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": message("hi")}}
+    )
+    refused = client.post("/a2a", content=body, headers={**alice, "Content-Type": "text/plain"})
+    assert refused.status_code == 200
+    assert refused.json()["error"]["code"] == -32005
+    assert refused.json()["id"] is None
+    typed = client.post(
+        "/a2a", content=body, headers={**alice, "Content-Type": "application/json; charset=utf-8"}
+    )
+    assert "result" in typed.json(), typed.text
+    no_token = client.post("/a2a", content=body, headers={"Content-Type": "text/plain"})
+    assert no_token.status_code == 401  # the token is checked first
+
+
 def test_send_get_list(client: TestClient[Any]) -> None:
     alice = login(client, "alice")
     task = send(client, alice, "hi")
     assert task["status"]["state"] == "TASK_STATE_COMPLETED"
     assert answer_text(task) == MOCK_TEXT
     assert task["history"][0]["parts"] == [{"text": "hi"}]
-    assert task["metadata"]["specai"]["agent"] == "default"
+    assert task["artifacts"][0]["parts"] == [
+        {"text": MOCK_TEXT}
+    ]  # the answer as one text, not a part per chunk
+    meta = task["metadata"]["specai"]
+    assert meta["agent"] == "default"
+    assert meta["sessionId"] == task["contextId"]  # the protocol's JSON style: camelCase, UTC with a Z
+    assert {"runId", "processingTimeMs", "model"} <= set(meta)
+    assert not [key for key in meta if "_" in key]
+    assert meta["timestamp"].endswith("Z")
     got = rpc(client, alice, "GetTask", {"id": task["id"]})["result"]
     assert got["id"] == task["id"]
     assert got["artifacts"][0]["parts"] == [{"text": MOCK_TEXT}]  # stored as one text, not a part per chunk

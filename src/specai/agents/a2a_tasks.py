@@ -35,7 +35,13 @@ from a2a.types import (
     TaskState,
 )
 from a2a.utils.constants import DEFAULT_LIST_TASKS_PAGE_SIZE
-from a2a.utils.errors import InternalError, InvalidParamsError, TaskNotFoundError, UnsupportedOperationError
+from a2a.utils.errors import (
+    ContentTypeNotSupportedError,
+    InternalError,
+    InvalidParamsError,
+    TaskNotFoundError,
+    UnsupportedOperationError,
+)
 from a2a.utils.task import ListTasksCursor, decode_list_tasks_cursor, encode_list_tasks_cursor
 from google.protobuf.json_format import MessageToDict, ParseDict
 from sqlalchemy import and_, delete, func, or_, select
@@ -280,6 +286,31 @@ def _agent_named(*metadata: dict[str, Any]) -> str | None:
     return None
 
 
+def _check_parts(message: Message) -> None:
+    """Agents read text: a file or data part, or text of another media type, is refused before a task exists."""
+    for part in message.parts:
+        kind = part.WhichOneof("content")
+        media = part.media_type
+        if kind != "text" or (media and not media.startswith("text/")):
+            raise ContentTypeNotSupportedError(
+                message=f"specai agents take text parts (text/plain); this message has a {media or kind} part"
+            )
+
+
+def _camel(value: Any) -> Any:
+    """A run's metadata in the protocol's JSON style: camelCase keys, timestamps in UTC with a `Z`."""
+    if isinstance(value, dict):
+        return {_camel_key(key): _camel(item) for key, item in value.items()}
+    if isinstance(value, str) and value.endswith("+00:00"):
+        return value.removesuffix("+00:00") + "Z"
+    return value
+
+
+def _camel_key(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(word.capitalize() for word in rest)
+
+
 class RunContextBuilder(RequestContextBuilder):
     """Builds each request's context and prepares its run: an unknown agent, an empty message, a context id that
     is not a usable session id (or is another account's session) are refused as invalid params, before a task is
@@ -302,6 +333,7 @@ class RunContextBuilder(RequestContextBuilder):
         )
         if params is None:
             return request
+        _check_parts(params.message)
         principal = principal_of(context)
         agent = _agent_named(MessageToDict(params.message.metadata), request.metadata)
         query = QueryInput(message=request.get_user_input(), agent=agent, session_id=request.context_id)
@@ -447,7 +479,9 @@ class AgentTaskExecutor(AgentExecutor):
                 )
             elif event.type == "end":
                 metadata = {
-                    "specai": {"agent": run.agent.id, "session_id": run.session_id, **event.data["metadata"]}
+                    "specai": _camel(
+                        {"agent": run.agent.id, "session_id": run.session_id, **event.data["metadata"]}
+                    )
                 }
                 await updater.update_status(TaskState.TASK_STATE_COMPLETED, metadata=metadata)
             elif event.type == "error":
@@ -484,6 +518,11 @@ class TaskRequestHandler(DefaultRequestHandler):
         super().__init__(*args, **kwargs)
         self._stopping = stopping or asyncio.Event()
         self._poll_secs = poll_secs
+
+    async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Message | Task:
+        """The SDK's answer, with the streamed answer's text parts joined into one (as GetTask shows it)."""
+        result = await super().on_message_send(params, context)
+        return _compact(result) if isinstance(result, Task) else result
 
     async def on_subscribe_to_task(
         self, params: SubscribeToTaskRequest, context: ServerCallContext

@@ -8,6 +8,7 @@ owned by the caller (`agents/a2a_tasks.py`).
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -28,7 +29,7 @@ from a2a.types import (
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 from litestar import Request, get
 from litestar.handlers import BaseRouteHandler, asgi
-from litestar.types import Receive, Scope, Send
+from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 from starlette.applications import Starlette
 from starlette.requests import Request as StarletteRequest
 
@@ -51,6 +52,7 @@ ENDPOINT = "/a2a"
 BINDING = "JSONRPC"
 PROTOCOL_VERSIONS = ("1.0", "0.3")  # 1.0 first: clients that speak both pick it
 SCHEME = "bearer"
+CONTENT_TYPE_NOT_SUPPORTED = -32005  # A2A's JSON-RPC code for ContentTypeNotSupportedError
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 _WILDCARDS = ("0.0.0.0", "::", "")
 
@@ -96,9 +98,40 @@ def routes(state: ServerState) -> list[BaseRouteHandler]:
     @asgi(ENDPOINT, is_mount=True, copy_scope=True, opt={"a2a": True})
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         """A2A JSON-RPC (a2a-sdk's dispatcher): bearer token required when auth is on."""
+        if scope.get("method") == "POST" and not _json_content(scope):
+            await _content_type_refused(send)
+            return
         await rpc(scope, receive, send)  # type: ignore[arg-type]
 
     return [card, endpoint]
+
+
+def _json_content(scope: Scope) -> bool:
+    """True unless the request names a Content-Type that is not JSON (none at all passes)."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or media.endswith(b"+json")
+    return True
+
+
+async def _content_type_refused(send: Send) -> None:
+    """JSON-RPC's ContentTypeNotSupportedError (-32005) for a body that is not JSON, as A2A maps it."""
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {
+                "code": CONTENT_TYPE_NOT_SUPPORTED,
+                "message": "send the JSON-RPC request as application/json",
+            },
+        }
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    start: HTTPResponseStartEvent = {"type": "http.response.start", "status": 200, "headers": headers}
+    await send(start)
+    done: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(done)
 
 
 def public_origin(state: ServerState, host: str | None) -> str:
