@@ -325,6 +325,20 @@ def test_a_context_continues_its_session(client: TestClient[Any]) -> None:
     assert error_code(bad) == -32602
 
 
+def test_deleting_a_session_deletes_its_tasks(client: TestClient[Any]) -> None:
+    alice = login(client, "alice")
+    first, other = send(client, alice, "hi"), send(client, alice, "elsewhere")
+    again = send(client, alice, "and again", contextId=first["contextId"])
+    bob = login(client, "bob")
+    assert client.delete(f"/sessions/{first['contextId']}", headers=bob).status_code == 404  # not his
+    assert "result" in rpc(client, alice, "GetTask", {"id": first["id"]})
+    assert client.delete(f"/sessions/{first['contextId']}", headers=alice).status_code == 204
+    for gone in (first, again):  # they held copies of the conversation
+        assert error_code(rpc(client, alice, "GetTask", {"id": gone["id"]})) == -32001
+    listed = rpc(client, alice, "ListTasks", {})["result"]
+    assert [task["id"] for task in listed["tasks"]] == [other["id"]]
+
+
 def test_a_finished_task_takes_no_more_messages(client: TestClient[Any]) -> None:
     alice = login(client, "alice")
     task = send(client, alice, "hi")

@@ -16,7 +16,7 @@ from specai.errors import InvalidRequestError, NotFoundError
 from specai.ids import check_new_session_id, check_session_id
 from specai.store import Store
 from specai.store.engine import insert_ignore
-from specai.store.schema import MESSAGE_ROLES
+from specai.store.schema import MESSAGE_ROLES, a2a_tasks
 from specai.store.schema import messages as messages_table
 from specai.store.schema import sessions as sessions_table
 from specai.store.types import utcnow
@@ -151,7 +151,8 @@ class SessionStore:
             return int(await conn.scalar(select(func.count()).select_from(sessions_table)) or 0)
 
     async def delete(self, session_id: str, owner: str) -> None:
-        """Delete the owner's session and its messages; NotFoundError when it is missing or someone else's."""
+        """Delete the owner's session, its messages and the A2A tasks of it (they hold copies of the conversation);
+        NotFoundError when it is missing or someone else's."""
         async with self._store.transaction() as conn:
             result = await conn.execute(
                 delete(sessions_table).where(
@@ -160,6 +161,9 @@ class SessionStore:
             )
             if result.rowcount == 0:
                 raise _not_found(session_id)
+            await conn.execute(
+                delete(a2a_tasks).where(a2a_tasks.c.owner_id == owner, a2a_tasks.c.context_id == session_id)
+            )
 
     async def messages(self, session_id: str, owner: str) -> builtins.list[StoredMessage]:
         """Every message of the owner's session, oldest first; NotFoundError when it is missing or someone else's."""
