@@ -17,8 +17,9 @@ from databases import seed_users
 from litestar.testing import TestClient
 
 from helpers import assert_error
-from specai.agents.a2a_tasks import TLS_FINGERPRINT_EXTENSION, SpecaiUser, StoredTasks
+from specai.agents.a2a_tasks import SpecaiUser, StoredTasks
 from specai.config import A2ASettings, AgentSettings, AuthSettings, ModelSettings, Settings
+from specai.identity.fingerprint import TLS_FINGERPRINT_EXTENSION
 from specai.identity.tls import ensure_server_cert, read_cert
 from specai.server.app import create_app
 from specai.store import Store

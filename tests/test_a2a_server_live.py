@@ -40,7 +40,7 @@ from databases import pg_admin
 from live import PASSWORD, ServerProcess, add_user, make_home, run_cli
 
 from fakes import DEFAULT_TOKENS, FakeOpenAI, Turn
-from specai.agents.a2a_tasks import TLS_FINGERPRINT_EXTENSION
+from specai.identity.fingerprint import TLS_FINGERPRINT_EXTENSION
 from specai.identity.tls import pinned_ssl_context
 
 pytestmark = [pytest.mark.live, pytest.mark.anyio]

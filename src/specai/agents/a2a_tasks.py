@@ -54,7 +54,6 @@ from specai.store.schema import a2a_tasks
 from specai.store.types import utcnow
 from specai.users.access import Principal
 
-TLS_FINGERPRINT_EXTENSION = "https://specai.dev/a2a/ext/tls-fingerprint/v1"  # card extension: params.sha256
 AGENT_METADATA_KEY = "agent"  # message (or request) metadata naming the agent to run
 FLUSH_SECS = 0.05  # at most one artifact update per task this often (each is a database write)
 ARTIFACT_ID = "answer"  # the one artifact a task's answer streams into

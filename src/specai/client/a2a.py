@@ -16,7 +16,7 @@ from specai import __version__
 from specai.client.errors import reason, transport_error
 from specai.client.pinning import check_pin, fetch_cert, pinned_context
 from specai.errors import ConnectionFailedError, RemoteError, SpecaiError, TrustError
-from specai.identity.fingerprint import fingerprint_der, normalize_fingerprint
+from specai.identity.fingerprint import TLS_FINGERPRINT_EXTENSION, fingerprint_der, normalize_fingerprint
 from specai.identity.trust import KnownServers, ServerAddress, ServerUrlError, parse_server
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 CARD_PATH = "/.well-known/agent-card.json"
-TLS_FINGERPRINT_EXTENSION = "https://specai.dev/a2a/ext/tls-fingerprint/v1"
 JSONRPC = "JSONRPC"
 TokenLookup = Callable[[str], "str | None"]  # an origin -> the bearer token to send there, or None
 Confirm = Callable[[str, str], bool]

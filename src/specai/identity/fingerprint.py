@@ -6,6 +6,10 @@ import hashlib
 
 from specai.errors import TlsError
 
+# The A2A agent-card extension in which a specai server names its certificate (`params.sha256`, this format), so a
+# client that fetched the card over a pinned connection can pin the card's endpoints by it.
+TLS_FINGERPRINT_EXTENSION = "https://specai.dev/a2a/ext/tls-fingerprint/v1"
+
 
 def format_fingerprint(digest: bytes) -> str:
     """Render a SHA-256 digest as uppercase colon-separated hex (AA:BB:...)."""

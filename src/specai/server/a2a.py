@@ -36,7 +36,6 @@ from starlette.requests import Request as StarletteRequest
 from specai import __version__
 from specai.agents.a2a_tasks import (
     AGENT_METADATA_KEY,
-    TLS_FINGERPRINT_EXTENSION,
     AgentTaskExecutor,
     RunContextBuilder,
     SpecaiUser,
@@ -44,6 +43,7 @@ from specai.agents.a2a_tasks import (
     TaskRequestHandler,
 )
 from specai.agents.runtime import AgentRuntime
+from specai.identity.fingerprint import TLS_FINGERPRINT_EXTENSION
 from specai.server.state import ServerState
 from specai.users.access import LOCAL, Principal
 
