@@ -57,7 +57,6 @@ def test_plain_http_is_a_usage_error(env: dict[str, str], args: list[str]) -> No
 @pytest.mark.parametrize(
     ("option", "value"),
     [
-        ("--agent", "writer"),
         ("--session", "s-1"),
         ("--system", "be brief"),
         ("--temperature", "0.5"),

@@ -58,6 +58,10 @@ model_provider = "openai"
 model_name = "gpt-fake"
 base_url = "@OPENAI@"
 api_key_source = "sk-test"
+
+[agents.poet]
+model_provider = "mock"
+mock_script = [{text = "roses are red"}]
 """
 
 
@@ -153,7 +157,7 @@ async def test_card_send_get_and_list(live: Live) -> None:
     live.script()
     card = await resolve(live)
     assert card.name == "specai"
-    assert [s.id for s in card.skills] == ["oa"]
+    assert [s.id for s in card.skills] == ["oa", "poet"]
     assert card.supported_interfaces[0].url == f"{live.proc.url}/a2a"
     assert card.capabilities.streaming
     extension = next(e for e in card.capabilities.extensions if e.uri == TLS_FINGERPRINT_EXTENSION)
@@ -338,6 +342,24 @@ async def test_specai_query_a2a_against_this_server(live: Live, tmp_path: Path) 
     assert live.fake.last_body["messages"][-1]["content"] == "hi there"
     pins = json.loads((client_home / "known_servers.json").read_text())
     assert pins[live.proc.url] == live.proc.fingerprint
+    poet = await asyncio.to_thread(
+        run_cli,
+        client_home,
+        *("query", "--a2a", live.proc.url, "a poem", "--agent", "poet", "--no-stream"),
+        SPECAI_TOKEN=live.tokens["alice"],
+    )
+    assert poet.returncode == 0, poet.stderr
+    assert (
+        poet.stdout == "roses are red\n"
+    )  # the skill named by --agent answered (metadata {"agent": "poet"})
+    unknown = await asyncio.to_thread(
+        run_cli,
+        client_home,
+        *("a2a", "send", live.proc.url, "hi", "--agent", "nobody"),
+        SPECAI_TOKEN=live.tokens["alice"],
+    )
+    assert unknown.returncode == 1
+    assert "nobody" in unknown.stderr
 
 
 async def test_sigterm_ends_open_a2a_streams(tmp_path: Path) -> None:

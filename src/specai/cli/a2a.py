@@ -127,6 +127,12 @@ def send(
         Optional[str],
         typer.Option("--context", help="An A2A context id to continue (from an earlier answer)."),
     ] = None,
+    agent: Annotated[
+        Optional[str],
+        typer.Option(
+            "--agent", "-a", help="The skill (a specai server's agent) to ask: message metadata {agent: ID}."
+        ),
+    ] = None,
     fingerprint: FingerprintOption = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the agent's result as JSON (implies --no-stream).")
@@ -143,17 +149,35 @@ def send(
       specai a2a send https://127.0.0.1:3000 "hello"
 
       specai a2a send https://agent.example:8443 "summarise this" --no-stream --json
+
+      specai a2a send https://127.0.0.1:3000 "a haiku" --agent poet
     """
-    run_send(url, message, stream=stream, context=context, fingerprint=fingerprint, json_output=json_output)
+    run_send(
+        url,
+        message,
+        stream=stream,
+        context=context,
+        agent=agent,
+        fingerprint=fingerprint,
+        json_output=json_output,
+    )
 
 
 def query_a2a(
-    url: str, message: str, given: list[str], *, stream: bool, fingerprint: str | None, json_output: bool
+    url: str,
+    message: str,
+    given: list[str],
+    *,
+    agent: str | None,
+    stream: bool,
+    fingerprint: str | None,
+    json_output: bool,
 ) -> None:
-    """`specai query --a2a URL`: like `a2a send`; the options that only a specai server understands are refused."""
+    """`specai query --a2a URL`: like `a2a send` (`--agent` names the skill); the options that only a specai
+    server's own API understands are refused."""
     if given:
         fail(f"{', '.join(given)} cannot be used with --a2a (use them with --server)", USAGE)
-    run_send(url, message, stream=stream, fingerprint=fingerprint, json_output=json_output)
+    run_send(url, message, stream=stream, agent=agent, fingerprint=fingerprint, json_output=json_output)
 
 
 def run_send(
@@ -162,6 +186,7 @@ def run_send(
     *,
     stream: bool,
     context: str | None = None,
+    agent: str | None = None,
     fingerprint: str | None,
     json_output: bool,
 ) -> None:
@@ -170,11 +195,17 @@ def run_send(
         from specai.cli.remote import _stdin_message
 
         message = _stdin_message()
-    asyncio.run(_send(url, message, stream and not json_output, context, fingerprint, json_output))
+    asyncio.run(_send(url, message, stream and not json_output, context, agent, fingerprint, json_output))
 
 
 async def _send(
-    url: str, message: str, stream: bool, context: str | None, fingerprint: str | None, json_output: bool
+    url: str,
+    message: str,
+    stream: bool,
+    context: str | None,
+    agent_id: str | None,
+    fingerprint: str | None,
+    json_output: bool,
 ) -> None:
     from specai.client.a2a import A2AAgent, Reply
 
@@ -191,7 +222,7 @@ async def _send(
         reply = Reply()
         renderer = None if json_output else StreamRenderer()
         try:
-            async for event in agent.events(message, context_id=context, into=reply):
+            async for event in agent.events(message, context_id=context, agent=agent_id, into=reply):
                 if renderer is None:
                     continue
                 if event.text:

@@ -220,14 +220,21 @@ def query(
         from specai.cli.a2a import query_a2a
 
         specai_only: dict[str, object] = {
-            "--agent": agent,
             "--session": session,
             "--continue": continue_ or None,
             "--new": new or None,
         }
         specai_only |= {"--system": system, "--temperature": temperature, "--max-tokens": max_tokens}
         given = [name for name, value in specai_only.items() if value is not None]
-        query_a2a(a2a, message, given, stream=not no_stream, fingerprint=fingerprint, json_output=json_output)
+        query_a2a(
+            a2a,
+            message,
+            given,
+            agent=agent,
+            stream=not no_stream,
+            fingerprint=fingerprint,
+            json_output=json_output,
+        )
         return
     _check_query_options(session, new, continue_, temperature, max_tokens)
     if message == "-":

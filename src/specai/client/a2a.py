@@ -307,16 +307,19 @@ class A2AAgent:
         """Close the connection."""
         await self.http.aclose()
 
-    async def ask(self, text: str, *, context_id: str | None = None) -> Reply:
+    async def ask(self, text: str, *, context_id: str | None = None, agent: str | None = None) -> Reply:
         """The whole answer, once the agent is done."""
         reply = Reply()
-        async for _ in self.events(text, context_id=context_id, into=reply):
+        async for _ in self.events(text, context_id=context_id, agent=agent, into=reply):
             pass
         return reply
 
-    async def events(self, text: str, *, context_id: str | None, into: Reply) -> AsyncIterator[ReplyEvent]:
+    async def events(
+        self, text: str, *, context_id: str | None, into: Reply, agent: str | None = None
+    ) -> AsyncIterator[ReplyEvent]:
         """SendStreamingMessage (SendMessage when not streaming, or when the agent cannot): the answer as it
-        comes, also collected into `into`. Failures raise SpecaiError: a 401 as RemoteError(401), a JSON-RPC error
+        comes, also collected into `into`; `agent` goes as message metadata `{"agent": ...}` (a specai server's
+        skill; other agents ignore it). Failures raise SpecaiError: a 401 as RemoteError(401), a JSON-RPC error
         as RemoteError(code=a2a_error), a certificate other than the pin as TrustError."""
         from a2a.types import Message, Part, Role, SendMessageRequest
         from google.protobuf.json_format import MessageToDict
@@ -324,6 +327,8 @@ class A2AAgent:
         message = Message(message_id=uuid.uuid4().hex, role=Role.ROLE_USER, parts=[Part(text=text)])
         if context_id:
             message.context_id = context_id
+        if agent:
+            message.metadata.update({"agent": agent})
         request = SendMessageRequest(message=message)
         request.configuration.accepted_output_modes.append("text/plain")
         seen = _Seen()
