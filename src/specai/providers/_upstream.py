@@ -89,3 +89,18 @@ def parse_arguments(raw: str) -> dict[str, Any]:
 def new_call_id() -> str:
     """A unique id for a tool call whose upstream gave none (Ollama, some OpenAI-compatible servers)."""
     return f"call_{uuid.uuid4().hex[:12]}"
+
+
+def json_object(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one (for reading what a server sent, which may be null or junk)."""
+    return value if isinstance(value, dict) else {}
+
+
+def json_str(value: Any) -> str | None:
+    """`value` if it is a JSON string, else None."""
+    return value if isinstance(value, str) else None
+
+
+def json_int(value: Any) -> int | None:
+    """`value` if it is a JSON integer, else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -14,6 +14,9 @@ import anthropic
 from specai.providers._upstream import (
     connection_error,
     display_url,
+    json_int,
+    json_object,
+    json_str,
     one_line,
     parse_arguments,
     status_error,
@@ -45,6 +48,10 @@ DEFAULT_MAX_TOKENS = 4096
 # Above this max_tokens a whole-answer call could outlast 10 minutes: the SDK refuses it (and Anthropic advises
 # streaming), so `generate` streams (the SDK's own rule: 60 min x max_tokens / 128,000 tokens > 10 min).
 NONSTREAMING_MAX_TOKENS = 128_000 * 10 // 60
+# Calls go through the SDK's own request layer (`AsyncAnthropic.post`: auth, headers, timeouts, status errors, SSE
+# decoding, `error` events) with `cast_to=object`, which hands back each event (or the whole message) as the JSON
+# object the server sent: no pydantic model per event.
+MESSAGES = "/v1/messages"
 # Thinking blocks kept (by the id of the tool call they led to) to be sent back with that assistant turn.
 THINKING_CACHE_SIZE = 512
 
@@ -179,18 +186,20 @@ class _StreamState:
     output_tokens: int | None = None
     reason: str | None = None
 
-    def start_block(self, index: int, block: Any) -> None:
-        data = block.to_dict() if hasattr(block, "to_dict") else dict(block)
-        self.blocks[index] = _Block(kind=str(data.get("type")), data=data)
+    def start_block(self, index: int, block: dict[str, Any]) -> None:
+        self.blocks[index] = _Block(kind=str(block.get("type")), data=dict(block))
 
-    def delta(self, index: int, delta: Any) -> None:
+    def delta(self, index: int, delta: dict[str, Any]) -> None:
         block = self.blocks.setdefault(index, _Block(kind="unknown"))
-        if delta.type == "input_json_delta":
-            block.json_parts.append(delta.partial_json)
-        elif delta.type == "thinking_delta":
-            block.data["thinking"] = block.data.get("thinking", "") + delta.thinking
-        elif delta.type == "signature_delta":
-            block.data["signature"] = block.data.get("signature", "") + delta.signature
+        kind = delta.get("type")
+        if kind == "input_json_delta":
+            block.json_parts.append(json_str(delta.get("partial_json")) or "")
+        elif kind == "thinking_delta":
+            block.data["thinking"] = block.data.get("thinking", "") + (json_str(delta.get("thinking")) or "")
+        elif kind == "signature_delta":
+            block.data["signature"] = block.data.get("signature", "") + (
+                json_str(delta.get("signature")) or ""
+            )
 
     def tool_calls(self) -> list[ToolCall]:
         calls = []
@@ -242,11 +251,17 @@ class AnthropicProvider(BaseProvider):
         state = _StreamState()
         started = False
         try:
-            stream = await self._client.messages.create(**request_kwargs(request, self._thinking))
+            stream = await self._client.post(
+                MESSAGES,
+                body=request_kwargs(request, self._thinking),
+                cast_to=object,
+                stream=True,
+                stream_cls=anthropic.AsyncStream[object],
+            )
             started = True
             async with stream:
                 async for event in stream:
-                    text = self._apply(state, event)
+                    text = self._apply(state, json_object(event))
                     if text:
                         yield TextDelta(text)
         except anthropic.AnthropicError as exc:
@@ -265,14 +280,14 @@ class AnthropicProvider(BaseProvider):
         yield Finished(STOP_REASONS.get(state.reason or ""))
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
-        """One non-streamed call (one `Message` built, not an event object per token); a call whose max_tokens could
-        outlast the SDK's 10 minutes for a whole answer is streamed and collected instead."""
+        """One non-streamed call (the whole message in one JSON object); a call whose max_tokens could outlast the
+        SDK's 10 minutes for a whole answer is streamed and collected instead."""
         if max_tokens(request.options.max_tokens) > NONSTREAMING_MAX_TOKENS:
             return await collect(self.stream(request))
         self._warn_temperature(request)
         try:
-            message = await self._client.messages.create(
-                **request_kwargs(request, self._thinking, stream=False)
+            message = await self._client.post(
+                MESSAGES, body=request_kwargs(request, self._thinking, stream=False), cast_to=object
             )
         except anthropic.AnthropicError as exc:
             raise self._error(exc, False) from exc
@@ -280,47 +295,55 @@ class AnthropicProvider(BaseProvider):
             if transport_failure(exc) is None:
                 raise
             raise self._error(exc, False) from exc
+        data = json_object(message)
         response = ModelResponse()
         texts: list[str] = []
         thinking: list[dict[str, Any]] = []
-        for block in message.content:
-            if block.type == "text":
-                texts.append(block.text)
-            elif block.type == "tool_use":
-                arguments = (
-                    block.input if isinstance(block.input, dict) else {"_raw": json.dumps(block.input)}
-                )
-                response.tool_calls.append(ToolCall(id=block.id, name=block.name, arguments=dict(arguments)))
-            elif block.type in ("thinking", "redacted_thinking"):
-                thinking.append(block.to_dict())
+        for block in data.get("content") or ():
+            block = json_object(block)
+            kind = block.get("type")
+            if kind == "text":
+                texts.append(json_str(block.get("text")) or "")
+            elif kind == "tool_use":
+                given = block.get("input")
+                arguments = given if isinstance(given, dict) else {"_raw": json.dumps(given)}
+                call_id, name = str(block.get("id")), str(block.get("name"))
+                response.tool_calls.append(ToolCall(id=call_id, name=name, arguments=arguments))
+            elif kind in ("thinking", "redacted_thinking"):
+                thinking.append(block)
         self._remember_thinking(response.tool_calls, thinking)
         response.text = "".join(texts)
-        usage = message.usage
-        response.usage = Usage(prompt_tokens=usage.input_tokens, completion_tokens=usage.output_tokens)
-        response.finish_reason = STOP_REASONS.get(message.stop_reason or "")
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            response.usage = Usage(json_int(usage.get("input_tokens")), json_int(usage.get("output_tokens")))
+        response.finish_reason = STOP_REASONS.get(json_str(data.get("stop_reason")) or "")
         return response
 
     def unsupported(self, request: ModelRequest) -> str | None:
         return unsupported_option(request)
 
     @staticmethod
-    def _apply(state: _StreamState, event: Any) -> str | None:
-        """Fold one stream event into `state`; return its text, if it is a text delta."""
-        kind = event.type
-        if kind == "message_start":
-            state.input_tokens = event.message.usage.input_tokens
-            state.output_tokens = event.message.usage.output_tokens
+    def _apply(state: _StreamState, event: dict[str, Any]) -> str | None:
+        """Fold one stream event (its JSON object) into `state`; return its text, if it is a text delta."""
+        kind = event.get("type")
+        index = json_int(event.get("index")) or 0
+        if kind == "content_block_delta":
+            delta = json_object(event.get("delta"))
+            if delta.get("type") == "text_delta":
+                return json_str(delta.get("text"))
+            state.delta(index, delta)
+        elif kind == "message_start":
+            usage = json_object(json_object(event.get("message")).get("usage"))
+            state.input_tokens = json_int(usage.get("input_tokens"))
+            state.output_tokens = json_int(usage.get("output_tokens"))
         elif kind == "content_block_start":
-            state.start_block(event.index, event.content_block)
-        elif kind == "content_block_delta":
-            if event.delta.type == "text_delta":
-                return str(event.delta.text)
-            state.delta(event.index, event.delta)
+            state.start_block(index, json_object(event.get("content_block")))
         elif kind == "message_delta":
-            state.reason = event.delta.stop_reason or state.reason
-            state.output_tokens = event.usage.output_tokens
-            if event.usage.input_tokens is not None:
-                state.input_tokens = event.usage.input_tokens
+            state.reason = json_str(json_object(event.get("delta")).get("stop_reason")) or state.reason
+            usage = json_object(event.get("usage"))
+            state.output_tokens = json_int(usage.get("output_tokens"))
+            if usage.get("input_tokens") is not None:
+                state.input_tokens = json_int(usage.get("input_tokens"))
         return None
 
     def _remember_thinking(self, calls: list[ToolCall], thinking: list[dict[str, Any]]) -> None:

@@ -12,6 +12,9 @@ import openai
 from specai.providers._upstream import (
     connection_error,
     display_url,
+    json_int,
+    json_object,
+    json_str,
     new_call_id,
     one_line,
     parse_arguments,
@@ -122,24 +125,11 @@ class _PartialCall:
     arguments: list[str] = field(default_factory=list)
 
 
-def _obj(value: Any) -> dict[str, Any]:
-    """`value` if it is a JSON object, else an empty one (a compatible server may send null or junk)."""
-    return value if isinstance(value, dict) else {}
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) else None
-
-
 def _usage(raw: Any) -> Usage | None:
     """A `usage` object's token counts; None when the server sent none."""
     if not isinstance(raw, dict):
         return None
-    return Usage(_count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens")))
+    return Usage(json_int(raw.get("prompt_tokens")), json_int(raw.get("completion_tokens")))
 
 
 class ToolCallAccumulator:
@@ -151,15 +141,15 @@ class ToolCallAccumulator:
     def add(self, fragment: dict[str, Any]) -> None:
         """Fold one `delta.tool_calls[i]` fragment in."""
         call = self._calls.setdefault(self._index(fragment), _PartialCall())
-        call_id = _str(fragment.get("id"))
+        call_id = json_str(fragment.get("id"))
         if call_id:
             call.id = call_id
         function = fragment.get("function")
         if isinstance(function, dict):
-            name = _str(function.get("name"))
+            name = json_str(function.get("name"))
             if name:
                 call.name += name
-            arguments = _str(function.get("arguments"))
+            arguments = json_str(function.get("arguments"))
             if arguments:
                 call.arguments.append(arguments)
 
@@ -188,12 +178,12 @@ def _message_calls(calls: Any) -> list[ToolCall]:
     """The function calls of a whole (non-streamed) assistant message; missing ids are invented (unique)."""
     out = []
     for call in calls if isinstance(calls, list) else ():
-        function = _obj(call).get("function")
+        function = json_object(call).get("function")
         if not isinstance(function, dict):  # a custom tool call: specai offers functions only
             continue
-        arguments = parse_arguments(_str(function.get("arguments")) or "")
-        call_id = _str(call.get("id")) or new_call_id()
-        out.append(ToolCall(id=call_id, name=_str(function.get("name")) or "", arguments=arguments))
+        arguments = parse_arguments(json_str(function.get("arguments")) or "")
+        call_id = json_str(call.get("id")) or new_call_id()
+        out.append(ToolCall(id=call_id, name=json_str(function.get("name")) or "", arguments=arguments))
     return out
 
 
@@ -235,17 +225,17 @@ class OpenAIProvider(BaseProvider):
             started = True
             async with stream:
                 async for chunk in stream:
-                    data = _obj(chunk)
+                    data = json_object(chunk)
                     usage = _usage(data.get("usage")) or usage
                     for choice in data.get("choices") or ():
-                        choice = _obj(choice)
-                        delta = _obj(choice.get("delta"))
+                        choice = json_object(choice)
+                        delta = json_object(choice.get("delta"))
                         content = delta.get("content")
                         if content and isinstance(content, str):
                             yield TextDelta(content)
                         for fragment in delta.get("tool_calls") or ():
-                            tool_calls.add(_obj(fragment))
-                        reason = _str(choice.get("finish_reason")) or reason
+                            tool_calls.add(json_object(fragment))
+                        reason = json_str(choice.get("finish_reason")) or reason
         except openai.OpenAIError as exc:
             raise self._error(exc, started) from exc
         except Exception as exc:  # transport errors the SDK let through
@@ -271,14 +261,14 @@ class OpenAIProvider(BaseProvider):
             if transport_failure(exc) is None:
                 raise
             raise self._error(exc, False) from exc
-        data = _obj(completion)
+        data = json_object(completion)
         response = ModelResponse(usage=_usage(data.get("usage")))
         reason: str | None = None
         for choice in (data.get("choices") or ())[:1]:
-            message = _obj(_obj(choice).get("message"))
-            response.text = _str(message.get("content")) or ""
+            message = json_object(json_object(choice).get("message"))
+            response.text = json_str(message.get("content")) or ""
             response.tool_calls = _message_calls(message.get("tool_calls"))
-            reason = _str(_obj(choice).get("finish_reason"))
+            reason = json_str(json_object(choice).get("finish_reason"))
         response.finish_reason = _final_reason(reason, response.tool_calls)
         return response
 
