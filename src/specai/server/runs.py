@@ -2,15 +2,57 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from specai.agents.runtime import Run
-from specai.errors import ExecutionError
+from specai.errors import ExecutionError, SpecaiError
+
+Receive = Callable[[], Awaitable[Any]]
 
 
-async def finish(run: Run) -> tuple[str, dict[str, Any]]:
+class ClientGoneError(SpecaiError):
+    """The client went away before the answer was ready; the answer (nginx's 499) reaches nobody."""
+
+    code = "client_closed_request"
+    status = 499
+
+
+async def finish(run: Run, receive: Receive | None = None) -> tuple[str, dict[str, Any]]:
     """Run to the end with non-streaming model calls; return the text and metadata, or raise the run's failure
-    (502/504/500)."""
+    (502/504/500).
+
+    With the request's ASGI `receive` (its body already read), a client that goes away cancels the run and its
+    upstream call (ClientGoneError then ends the request, quietly).
+    """
+    if receive is None:
+        return await _finish(run)
+    work = asyncio.ensure_future(_finish(run))
+    watch = asyncio.ensure_future(_disconnect(receive))
+    try:
+        done, _ = await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+        if work not in done and watch.exception() is not None:  # cannot watch the client: just run to the end
+            await asyncio.wait((work,))
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work  # the upstream call is closed before the request ends
+    if work.cancelled():
+        raise ClientGoneError("the client went away before the answer was ready")
+    return work.result()
+
+
+async def _disconnect(receive: Receive) -> None:
+    """Return when the client has gone away."""
+    while (await receive()).get("type") != "http.disconnect":
+        pass
+
+
+async def _finish(run: Run) -> tuple[str, dict[str, Any]]:
     parts: list[str] = []
     metadata: dict[str, Any] = {}
     async for event in run.events(stream=False):

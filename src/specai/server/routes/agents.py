@@ -59,7 +59,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         if data.stream:
             raise InvalidRequestError("streaming is not supported on /query; use POST /stream")
         run = await _prepare(server.runtime, data, request)
-        text, metadata = await finish(run)
+        text, metadata = await finish(run, request.receive)
         return QueryOut(
             response=text,
             session_id=run.session_id,

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
-from litestar import Response, get, post
+from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
@@ -147,7 +147,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         operation_class=JsonOrEventStream,
     )
     async def chat_completions(
-        data: JSONBody[ChatCompletionIn],
+        data: JSONBody[ChatCompletionIn], request: Request
     ) -> Response[ChatCompletionOut] | ServerSentEvent:
         """Run the agent named by `model` over the given messages (nothing is stored); with `tools`, the model may
         call the client's tools instead of the agent's, and the completion returns those calls."""
@@ -159,7 +159,7 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
             usage = data.stream_options is not None and data.stream_options.include_usage
             events = relay(run.events(), server.stopping, keepalive)
             return EventStream(_chunks(run, events, usage))
-        text, metadata = await finish(run)
+        text, metadata = await finish(run, request.receive)
         calls = [_call_out(call) for call in run.client_calls]
         usage_in = metadata.get("usage")
         body = ChatCompletionOut(
