@@ -25,7 +25,7 @@ from specai.providers import (
 )
 from specai.server.routes.agents import _sse
 from specai.server.routes.openai import _MARK
-from specai.server.sse import KEEPALIVE, KEEPALIVE_FRAME, STOPPING, frame, relay
+from specai.server.sse import KEEPALIVE, KEEPALIVE_FRAME, STOPPING, frame, relay, relay_batches
 
 
 @pytest.fixture
@@ -155,3 +155,31 @@ async def test_relay_ends_with_the_shutdown_marker_and_stops_the_source() -> Non
         stopping.set()
     assert items == ["first", STOPPING]
     assert closed.is_set()
+
+
+@pytest.mark.anyio
+async def test_items_already_waiting_come_as_one_batch_in_order() -> None:
+    async def source() -> AsyncIterator[int]:
+        for n in range(10):  # produced without a pause: all waiting by the time the consumer looks
+            yield n
+        await asyncio.sleep(0.05)
+        yield 10
+
+    batches = [batch async for batch in relay_batches(source(), asyncio.Event(), 30)]
+    assert [item for batch in batches for item in batch] == list(range(11))
+    assert len(batches) < 11
+    assert batches[-1] == [10]
+
+
+@pytest.mark.anyio
+async def test_a_failing_source_delivers_what_came_before_then_raises() -> None:
+    async def source() -> AsyncIterator[str]:
+        yield "a"
+        yield "b"
+        raise RuntimeError("boom")
+
+    seen: list[Any] = []
+    with pytest.raises(RuntimeError, match="boom"):  # noqa: PT012 (reading the batches is what raises)
+        async for batch in relay_batches(source(), asyncio.Event(), 30):
+            seen += batch
+    assert seen == ["a", "b"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,9 +94,22 @@ class JsonOrEventStream(Operation):
 async def relay(events: AsyncIterator[Any], stopping: asyncio.Event, keepalive: float) -> AsyncIterator[Any]:
     """Relay events; yield KEEPALIVE after `keepalive` s of silence; on shutdown end with STOPPING.
 
+    Closing this generator (the client went away) cancels the producer, which closes the upstream request.
+    """
+    async with contextlib.aclosing(relay_batches(events, stopping, keepalive)) as batches:
+        async for batch in batches:
+            for item in batch:
+                yield item
+
+
+async def relay_batches(
+    events: AsyncIterator[Any], stopping: asyncio.Event, keepalive: float
+) -> AsyncGenerator[list[Any], None]:
+    """`relay`, but each time every item already waiting, in order: a consumer that fell behind (a full socket,
+    a busy loop) writes them in one go instead of one send per event.
+
     One producer task per stream feeds a queue, so relaying an event costs no new task, and one timer per silence
-    (not a timeout per event) adds the keep-alives. Closing this generator (the client went away) cancels the
-    producer, which closes the upstream request.
+    (not a timeout per event) adds the keep-alives. Closing this generator cancels the producer.
     """
     queue: asyncio.Queue[Any] = asyncio.Queue()
     pulse = _Pulse(queue, keepalive)
@@ -105,18 +118,25 @@ async def relay(events: AsyncIterator[Any], stopping: asyncio.Event, keepalive: 
     stop.add_done_callback(lambda _: queue.put_nowait(STOPPING))
     try:
         while True:
-            item = await queue.get()
-            if item is KEEPALIVE:
-                yield KEEPALIVE
-                continue
-            if item is _DONE:
-                return
-            if item is STOPPING:
-                yield STOPPING
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
+            waiting = [await queue.get()]
+            while not queue.empty():
+                waiting.append(queue.get_nowait())
+            batch: list[Any] = []
+            for item in waiting:
+                if item is _DONE:
+                    if batch:
+                        yield batch
+                    return
+                if item is STOPPING:
+                    batch.append(STOPPING)
+                    yield batch
+                    return
+                if isinstance(item, _Failure):
+                    if batch:
+                        yield batch
+                    raise item.error
+                batch.append(item)
+            yield batch
     finally:
         pulse.cancel()
         stop.cancel()

@@ -24,7 +24,7 @@ from specai.server.sse import (
     EventStream,
     event_stream_response,
     frame,
-    relay,
+    relay_batches,
     shutting_down,
 )
 from specai.server.state import ServerState
@@ -125,20 +125,26 @@ async def _prepare(runtime: AgentRuntime, data: QueryIn, request: Request) -> Ru
 async def _sse(
     events: AsyncIterator[AgentEvent], stopping: asyncio.Event, keepalive: float
 ) -> AsyncIterator[bytes]:
-    """The run's events as SSE frames, numbered; a text chunk's frame is spliced, not built from a dict."""
+    """The run's events as SSE frames, numbered, those already waiting written together; a text chunk's frame is
+    spliced, not built from a dict."""
     number = 0
-    async for item in relay(events, stopping, keepalive):
-        if item is KEEPALIVE:
-            yield KEEPALIVE_FRAME
-            continue
-        number += 1
-        if item is STOPPING:
-            yield shutting_down(agent_error, event_id=str(number)).encode()
-            return
-        if item.type == "chunk":  # json.dumps(item.as_dict()), without the dict
-            yield f'id: {number}\r\ndata: {{"type": "chunk", "text": {json.dumps(item.data["text"])}}}\r\n\r\n'.encode()
-        else:
-            yield frame(json.dumps(item.as_dict()), number)
+    async for batch in relay_batches(events, stopping, keepalive):
+        frames: list[bytes] = []
+        for item in batch:
+            if item is KEEPALIVE:
+                frames.append(KEEPALIVE_FRAME)
+                continue
+            number += 1
+            if item is STOPPING:
+                frames.append(shutting_down(agent_error, event_id=str(number)).encode())
+                yield b"".join(frames)
+                return
+            if item.type == "chunk":  # json.dumps(item.as_dict()), without the dict
+                text = json.dumps(item.data["text"])
+                frames.append(f'id: {number}\r\ndata: {{"type": "chunk", "text": {text}}}\r\n\r\n'.encode())
+            else:
+                frames.append(frame(json.dumps(item.as_dict()), number))
+        yield b"".join(frames)
 
 
 def agent_error(message: str, code: str) -> dict[str, Any]:

@@ -9,10 +9,11 @@ What a request may hold, and what becomes of it:
 Nothing is stored. Errors use OpenAI's body (`specai.server.errors`).
 """
 
+import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -47,7 +48,7 @@ from specai.server.sse import (
     EventStream,
     JsonOrEventStream,
     frame,
-    relay,
+    relay_batches,
     shutting_down,
 )
 from specai.server.state import ServerState
@@ -157,8 +158,8 @@ def routes(server: ServerState) -> list[HTTPRouteHandler]:
         if data.stream:
             keepalive = server.settings.server.sse_keepalive_secs
             usage = data.stream_options is not None and data.stream_options.include_usage
-            events = relay(run.events(), server.stopping, keepalive)
-            return EventStream(_chunks(run, events, usage))
+            batches = relay_batches(run.events(), server.stopping, keepalive)
+            return EventStream(_chunks(run, batches, usage))
         text, metadata = await finish(run, request.receive)
         calls = [_call_out(call) for call in run.client_calls]
         usage_in = metadata.get("usage")
@@ -353,8 +354,10 @@ def _call_out(call: ToolCall) -> ToolCallOut:
     return ToolCallOut(call.id, "function", FunctionCallOut(call.name, json.dumps(call.arguments)))
 
 
-async def _chunks(run: Run, events: AsyncIterator[Any], include_usage: bool) -> AsyncIterator[bytes]:
-    """The run as `chat.completion.chunk` SSE frames, then `[DONE]`."""
+async def _chunks(
+    run: Run, batches: AsyncGenerator[list[Any], None], include_usage: bool
+) -> AsyncIterator[bytes]:
+    """The run as `chat.completion.chunk` SSE frames, those already waiting written together, then `[DONE]`."""
     created = int(time.time())
     head: dict[str, Any] = {
         "id": run.session_id,
@@ -370,32 +373,45 @@ async def _chunks(run: Run, events: AsyncIterator[Any], include_usage: bool) -> 
 
     # a text chunk is the same JSON every time but for its text: encoded once, the text spliced in
     before, after = chunk({"content": _MARK}).split(json.dumps(_MARK).encode())
-
-    yield chunk({"role": "assistant", "content": ""})
     calls = 0
-    async for event in events:
+
+    def frames_of(event: Any, frames: list[bytes]) -> bool:
+        """Append the frames of one relayed item; False when the stream ends with it."""
+        nonlocal calls
         if event is KEEPALIVE:
-            yield KEEPALIVE_FRAME
+            frames.append(KEEPALIVE_FRAME)
         elif event is STOPPING:
-            yield shutting_down(_stream_error).encode()
-            break
+            frames.append(shutting_down(_stream_error).encode())
+            return False
         elif event.type == "chunk":
-            yield before + json.dumps(event.data["text"]).encode() + after
+            frames.append(before + json.dumps(event.data["text"]).encode() + after)
         elif event.type == "tool_call" and "id" in event.data:  # a client tool's call, for the client to run
             function = {"name": event.data["name"], "arguments": json.dumps(event.data["arguments"])}
             call = {"index": calls, "id": event.data["id"], "type": "function", "function": function}
-            yield chunk({"tool_calls": [call]})
+            frames.append(chunk({"tool_calls": [call]}))
             calls += 1
         elif event.type == "error":
             status = run.failure.status if run.failure is not None else 500
             body = openai_error(event.data["message"], event.data["code"], status)
-            yield frame(msgspec.json.encode(body).decode())
-            break
+            frames.append(frame(msgspec.json.encode(body).decode()))
+            return False
         elif event.type == "end":
-            yield chunk({}, run.finish_reason or "stop")
+            frames.append(chunk({}, run.finish_reason or "stop"))
             if include_usage:
                 usage = event.data["metadata"].get("usage")
-                yield frame(json.dumps({**head, "choices": [], "usage": usage}))
+                frames.append(frame(json.dumps({**head, "choices": [], "usage": usage})))
+        return True
+
+    yield chunk({"role": "assistant", "content": ""})
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            frames: list[bytes] = []
+            going = all(frames_of(event, frames) for event in batch)
+            if not going:
+                frames.append(DONE_FRAME)
+                yield b"".join(frames)
+                return
+            yield b"".join(frames)
     yield DONE_FRAME
 
 
