@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,21 +28,29 @@ async def finish(run: Run, receive: Receive | None = None) -> tuple[str, dict[st
     """
     if receive is None:
         return await _finish(run)
-    work = asyncio.ensure_future(_finish(run))
+    task = asyncio.current_task()
+    assert task is not None
+    gone = over = False
+
+    def cancel_if_gone(watch: asyncio.Future[None]) -> None:
+        nonlocal gone
+        # (a callback already scheduled still runs after `over`; a receive that failed watches nothing)
+        if not over and not watch.cancelled() and watch.exception() is None:
+            gone = True
+            task.cancel()
+
     watch = asyncio.ensure_future(_disconnect(receive))
+    watch.add_done_callback(cancel_if_gone)
     try:
-        done, _ = await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
-        if work not in done and watch.exception() is not None:  # cannot watch the client: just run to the end
-            await asyncio.wait((work,))
+        return await _finish(run)  # cancelled, the SDK closes the upstream request
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        raise ClientGoneError("the client went away before the answer was ready") from None
     finally:
+        over = True
         watch.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work  # the upstream call is closed before the request ends
-    if work.cancelled():
-        raise ClientGoneError("the client went away before the answer was ready")
-    return work.result()
 
 
 async def _disconnect(receive: Receive) -> None:
