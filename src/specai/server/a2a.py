@@ -51,7 +51,14 @@ CARD_PATH = AGENT_CARD_WELL_KNOWN_PATH  # /.well-known/agent-card.json
 ENDPOINT = "/a2a"
 BINDING = "JSONRPC"
 PROTOCOL_VERSIONS = ("1.0", "0.3")  # 1.0 first: clients that speak both pick it
-SCHEME = "bearer"
+SCHEMES = (  # name, bearerFormat, description
+    ("bearer", "JWT", "a specai login token: POST /auth/token, or `specai login` then `specai token`"),
+    (
+        "apiKey",
+        "specai API key",
+        "a specai API key (`specai auth token create --scope write`), sent as a bearer token",
+    ),
+)
 CONTENT_TYPE_NOT_SUPPORTED = -32005  # A2A's JSON-RPC code for ContentTypeNotSupportedError
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 _WILDCARDS = ("0.0.0.0", "::", "")
@@ -186,17 +193,16 @@ def agent_card(state: ServerState, origin: str) -> AgentCard:
         default_output_modes=["text/plain"],
         skills=_skills(runtime),
     )
-    if auth:
-        card.security_schemes[SCHEME].CopyFrom(
-            SecurityScheme(
-                http_auth_security_scheme=HTTPAuthSecurityScheme(
-                    scheme="Bearer",
-                    bearer_format="JWT",
-                    description="a specai JWT (POST /auth/token) or a specai API key, both as bearer tokens",
+    if auth:  # either scheme will do: both travel as `Authorization: Bearer ...`
+        for name, token_format, about in SCHEMES:
+            card.security_schemes[name].CopyFrom(
+                SecurityScheme(
+                    http_auth_security_scheme=HTTPAuthSecurityScheme(
+                        scheme="Bearer", bearer_format=token_format, description=about
+                    )
                 )
             )
-        )
-        card.security_requirements.append(SecurityRequirement(schemes={SCHEME: StringList()}))
+            card.security_requirements.append(SecurityRequirement(schemes={name: StringList()}))
     return card
 
 
